@@ -1,0 +1,21 @@
+CREATE SCHEMA "semaphore";
+--> statement-breakpoint
+CREATE TABLE "semaphore"."semaphores" (
+	"id" integer PRIMARY KEY GENERATED ALWAYS AS IDENTITY (sequence name "semaphore"."semaphores_id_seq" INCREMENT BY 1 MINVALUE 1 MAXVALUE 2147483647 START WITH 1 CACHE 1),
+	"name" text NOT NULL,
+	"tickets" integer NOT NULL,
+	"created_at" timestamp with time zone DEFAULT now() NOT NULL,
+	"updated_at" timestamp with time zone DEFAULT now() NOT NULL,
+	CONSTRAINT "semaphores_name_key" UNIQUE("name"),
+	CONSTRAINT "semaphores_name_length" CHECK (char_length("semaphore"."semaphores"."name") BETWEEN 1 AND 200),
+	CONSTRAINT "semaphores_tickets_range" CHECK ("semaphore"."semaphores"."tickets" BETWEEN 0 AND 10000)
+);
+--> statement-breakpoint
+CREATE TABLE "semaphore"."tickets" (
+	"id" integer PRIMARY KEY GENERATED ALWAYS AS IDENTITY (sequence name "semaphore"."tickets_id_seq" INCREMENT BY 1 MINVALUE 1 MAXVALUE 2147483647 START WITH 1 CACHE 1),
+	"semaphore_id" integer NOT NULL,
+	"no" integer NOT NULL,
+	CONSTRAINT "tickets_semaphore_no_key" UNIQUE("semaphore_id","no")
+);
+--> statement-breakpoint
+ALTER TABLE "semaphore"."tickets" ADD CONSTRAINT "tickets_semaphore_id_semaphores_id_fk" FOREIGN KEY ("semaphore_id") REFERENCES "semaphore"."semaphores"("id") ON DELETE cascade ON UPDATE no action;
