@@ -1,5 +1,5 @@
 import pg from 'pg';
-import type { Pool, PoolClient, PoolConfig } from 'pg';
+import type { Pool, PoolConfig } from 'pg';
 import { sql as dsql } from 'drizzle-orm';
 import { InvalidArgumentError } from './errors/invalid-argument-error.js';
 import { PgSemaphoreError } from './errors/pg-semaphore-error.js';
@@ -208,7 +208,7 @@ export class PgSemaphore {
       this.ownsPool = false;
     } else if (typeof options.connection === 'string' || (options.connection && typeof options.connection === 'object')) {
       const config: PoolConfig =
-        typeof options.connection === 'string' ? { connectionString: options.connection } : { ...options.connection };
+        typeof options.connection === 'string' ? { connectionString: options.connection } : { ...(options.connection as PoolConfig) };
       this.pool = new pg.Pool({ application_name: appName, keepAlive: true, keepAliveInitialDelayMillis: 10_000, ...config });
       this.ownsPool = true;
     } else {
