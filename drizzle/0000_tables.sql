@@ -18,4 +18,15 @@ CREATE TABLE "semaphore"."tickets" (
 	CONSTRAINT "tickets_semaphore_no_key" UNIQUE("semaphore_id","no")
 );
 --> statement-breakpoint
-ALTER TABLE "semaphore"."tickets" ADD CONSTRAINT "tickets_semaphore_id_semaphores_id_fk" FOREIGN KEY ("semaphore_id") REFERENCES "semaphore"."semaphores"("id") ON DELETE cascade ON UPDATE no action;
+CREATE TABLE "semaphore"."waiting_jobs" (
+	"id" bigint PRIMARY KEY GENERATED ALWAYS AS IDENTITY (sequence name "semaphore"."waiting_jobs_id_seq" INCREMENT BY 1 MINVALUE 1 MAXVALUE 9223372036854775807 START WITH 1 CACHE 1),
+	"semaphore_id" integer NOT NULL,
+	"queue" text NOT NULL,
+	"job_id" text NOT NULL,
+	"since" timestamp with time zone DEFAULT now() NOT NULL,
+	CONSTRAINT "waiting_jobs_key" UNIQUE("semaphore_id","queue","job_id")
+);
+--> statement-breakpoint
+ALTER TABLE "semaphore"."tickets" ADD CONSTRAINT "tickets_semaphore_id_semaphores_id_fk" FOREIGN KEY ("semaphore_id") REFERENCES "semaphore"."semaphores"("id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
+ALTER TABLE "semaphore"."waiting_jobs" ADD CONSTRAINT "waiting_jobs_semaphore_id_semaphores_id_fk" FOREIGN KEY ("semaphore_id") REFERENCES "semaphore"."semaphores"("id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
+CREATE INDEX "waiting_jobs_order" ON "semaphore"."waiting_jobs" USING btree ("semaphore_id","id");

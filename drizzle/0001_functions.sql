@@ -242,6 +242,47 @@ BEGIN
 END
 $$;
 
+-- BullMQ wrapper: remember a job that was put back to wait for tickets of these semaphores.
+-- Returns how many jobs wait ahead of it (the most over the semaphores) and the smallest
+-- capacity among them, so the caller can pick a sensible delay.
+CREATE OR REPLACE FUNCTION "semaphore".enqueue_job(p_names text[], p_queue text, p_job_id text, OUT ahead integer, OUT capacity integer)
+LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO "semaphore".waiting_jobs (semaphore_id, queue, job_id)
+  SELECT m.id, p_queue, p_job_id FROM "semaphore".semaphores m WHERE m.name = ANY (p_names)
+  ON CONFLICT ON CONSTRAINT waiting_jobs_key DO NOTHING;
+  SELECT coalesce(max((SELECT count(*) FROM "semaphore".waiting_jobs o WHERE o.semaphore_id = w.semaphore_id AND o.id < w.id)), 0)::integer,
+         min(m.tickets)::integer
+    INTO ahead, capacity
+    FROM "semaphore".waiting_jobs w JOIN "semaphore".semaphores m ON m.id = w.semaphore_id
+   WHERE w.queue = p_queue AND w.job_id = p_job_id;
+END
+$$;
+
+-- BullMQ wrapper: take the oldest waiting jobs of these semaphores (in the queues the caller
+-- can reach) so the caller can promote them. Each job is returned once and forgotten.
+CREATE OR REPLACE FUNCTION "semaphore".dequeue_jobs(p_semaphore_ids integer[], p_queues text[], p_limit integer DEFAULT 1)
+RETURNS TABLE (queue text, job_id text)
+LANGUAGE sql AS $$
+  WITH picked AS (
+    SELECT w.id, w.queue, w.job_id FROM "semaphore".waiting_jobs w
+     WHERE w.semaphore_id = ANY (p_semaphore_ids) AND w.queue = ANY (p_queues)
+     ORDER BY w.id
+     LIMIT p_limit
+     FOR UPDATE SKIP LOCKED
+  ), gone AS (
+    DELETE FROM "semaphore".waiting_jobs w USING picked p
+     WHERE w.queue = p.queue AND w.job_id = p.job_id
+  )
+  SELECT p.queue, p.job_id FROM picked p ORDER BY p.id
+$$;
+
+-- BullMQ wrapper: a job got its tickets (or gave up); stop promoting it.
+CREATE OR REPLACE FUNCTION "semaphore".forget_job(p_queue text, p_job_id text) RETURNS void
+LANGUAGE sql AS $$
+  DELETE FROM "semaphore".waiting_jobs WHERE queue = p_queue AND job_id = p_job_id
+$$;
+
 -- Who holds tickets right now, from Postgres's own lock table.
 CREATE OR REPLACE FUNCTION "semaphore".holders(p_name text DEFAULT NULL)
 RETURNS TABLE (name text, ticket integer, pid integer, application_name text, client_addr inet, since timestamptz, label text)

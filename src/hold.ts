@@ -20,6 +20,8 @@ export interface HoldHooks {
 export class Hold {
   /** The semaphore names, as asked for. */
   readonly names: readonly string[];
+  /** The ids of the semaphores held (the rows' ids). */
+  readonly semaphoreIds: readonly number[];
   /** The ticket ids held (each is the second key of an advisory lock). Empty when limiting is disabled. */
   readonly tickets: readonly number[];
   /** When the tickets were taken (`Date.now()` of this process). */
@@ -39,11 +41,13 @@ export class Hold {
     private readonly client: PoolClient | undefined,
     names: string[],
     tickets: number[],
-    private readonly wakeSql: string | undefined,
+    private readonly qs: string,
+    semaphoreIds: number[],
     livenessMs: number,
     private readonly hooks?: HoldHooks,
   ) {
     this.names = names;
+    this.semaphoreIds = semaphoreIds;
     this.tickets = tickets;
     this.acquiredAt = Date.now();
     this.signal = this.controller.signal;
@@ -75,6 +79,9 @@ export class Hold {
 
   private async beat(): Promise<void> {
     if (this.settled || !this.client) return;
+    // Skip while the holder runs its own statements on the connection: it is not idle then.
+    const busy = (this.client as unknown as { activeQuery?: unknown; queryQueue?: unknown[] });
+    if (busy.activeQuery || (busy.queryQueue?.length ?? 0) > 0) return;
     try {
       this.hooks?.roundTrip();
       await this.client.query('SELECT 1');
@@ -88,38 +95,53 @@ export class Hold {
     this.controller.abort(new TicketLostError([...this.names], reason, { cause }));
   }
 
+  /** Changes the label `status()` shows for this holder (one round trip on the holding connection). */
+  async relabel(label: string): Promise<void> {
+    if (!this.client || this.settled || this.lost) return;
+    this.hooks?.roundTrip();
+    await this.client.query(`SELECT set_config('application_name', left('pg-semaphore:' || $1, 63), true)`, [label]).catch(() => undefined);
+  }
+
   /**
    * Returns the tickets: commits the holding transaction (or rolls it back with
-   * `{ commit: false }`) and wakes processes waiting on these semaphores. Safe to call
-   * twice; a lost hold just discards its broken connection.
+   * `{ commit: false }`) and wakes processes waiting on these semaphores, in one round trip.
+   * Safe to call twice; a lost hold just discards its broken connection.
+   *
+   * @returns `jobsWaiting`: whether jobs are recorded as waiting on these semaphores (the
+   *   BullMQ wrapper then promotes the oldest).
    */
-  async release(options: { commit?: boolean } = {}): Promise<void> {
-    if (this.settled) return;
+  async release(options: { commit?: boolean } = {}): Promise<{ jobsWaiting: boolean }> {
+    if (this.settled) return { jobsWaiting: false };
     this.settled = true;
     if (this.heartbeat) clearInterval(this.heartbeat);
     const client = this.client;
-    if (!client) return;
+    if (!client) return { jobsWaiting: false };
     const detach = () => {
       client.removeListener('end', this.onEnd);
-      // keep an error listener until the client is back in the pool's hands
       client.removeListener('error', this.onError);
     };
     if (this.controller.signal.aborted) {
       detach();
       client.release(true);
-      return;
+      return { jobsWaiting: false };
     }
     const end = options.commit === false ? 'ROLLBACK' : 'COMMIT';
+    // Only ids this library read from Postgres go into the text; no user data.
+    const ids = `'{${this.semaphoreIds.filter((n) => Number.isInteger(n)).join(',')}}'::integer[]`;
     try {
       this.hooks?.roundTrip();
-      await client.query(this.wakeSql ? `${end}; ${this.wakeSql}` : end);
+      const result = (await client.query(
+        `${end}; SELECT ${this.qs}.wake(${ids}) AS notified, EXISTS (SELECT 1 FROM ${this.qs}.waiting_jobs WHERE semaphore_id = ANY (${ids})) AS jobs_waiting`,
+      )) as unknown as Array<{ rows: Array<{ jobs_waiting: boolean }> }>;
       detach();
       client.release();
+      return { jobsWaiting: result[1]?.rows[0]?.jobs_waiting === true };
     } catch (err) {
       // The transaction ended one way or another (a dead connection frees its locks).
       detach();
       client.release(err as Error);
       if (end === 'COMMIT' && !isConnectionError(err)) throw err;
+      return { jobsWaiting: false };
     }
   }
 }
@@ -127,11 +149,4 @@ export class Hold {
 function isConnectionError(err: unknown): boolean {
   const code = (err as { code?: string } | undefined)?.code;
   return code === undefined || code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03' || code === '25P03';
-}
-
-/** Builds the statement a release sends after COMMIT to wake waiters. @internal */
-export function wakeStatement(qs: string, semaphoreIds: number[]): string | undefined {
-  const ids = semaphoreIds.filter((n) => Number.isInteger(n));
-  if (ids.length === 0) return undefined;
-  return `SELECT ${qs}.wake('{${ids.join(',')}}'::integer[])`;
 }

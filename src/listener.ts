@@ -19,6 +19,14 @@ export class Listener {
   private connecting: Promise<PoolClient> | undefined;
   private ns: number | undefined;
   private readonly waiters = new Map<number, Waiter[]>();
+  /** Statements on the LISTEN connection run one after another. */
+  private chain: Promise<unknown> = Promise.resolve();
+
+  private run<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.chain.then(fn, fn);
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
 
   constructor(
     private readonly pool: Pool,
@@ -29,7 +37,7 @@ export class Listener {
   /** Registers a waiter on the semaphores named; returns a function that unregisters it. */
   async watch(names: string[], wake: () => void): Promise<() => Promise<void>> {
     const client = await this.connect();
-    const { rows } = await client.query<{ ids: number[] }>(`SELECT ${this.qs}.watch($1::text[]) AS ids`, [names]);
+    const { rows } = await this.run(() => client.query<{ ids: number[] }>(`SELECT ${this.qs}.watch($1::text[]) AS ids`, [names]));
     const ids = rows[0]?.ids ?? [];
     const waiter: Waiter = { ids, wake };
     for (const id of ids) {
@@ -46,7 +54,7 @@ export class Listener {
         if (list.length === 0) this.waiters.delete(id);
       }
       if (this.client === client) {
-        await client.query(`SELECT ${this.qs}.unwatch($1::integer[])`, [ids]).catch(() => undefined);
+        await this.run(() => client.query(`SELECT ${this.qs}.unwatch($1::integer[])`, [ids])).catch(() => undefined);
       }
     };
   }

@@ -6,7 +6,7 @@ import { PgSemaphoreError } from './errors/pg-semaphore-error.js';
 import { SemaphoreBusyError } from './errors/semaphore-busy-error.js';
 import { SemaphoreTimeoutError } from './errors/semaphore-timeout-error.js';
 import { UnknownSemaphoreError } from './errors/unknown-semaphore-error.js';
-import { Hold, wakeStatement, type HoldHooks } from './hold.js';
+import { Hold, type HoldHooks } from './hold.js';
 import { Listener } from './listener.js';
 import type { Logger } from './logger.js';
 import { migrate as runMigrate } from './migrate.js';
@@ -394,6 +394,48 @@ export class PgSemaphore {
     return this.withTickets({ name, tickets: 'all' }, fn, { createWith: 100, ...options });
   }
 
+  /**
+   * Calls `onRelease` when a holder in another process releases tickets of these
+   * semaphores (LISTEN/NOTIFY on one connection per PgSemaphore). Wake-ups can be lost when
+   * that connection drops, so pair this with a fallback poll. Returns a function that stops
+   * watching. Used by the BullMQ wrapper; most code wants `wait` instead.
+   */
+  async watch(names: string[], onRelease: () => void): Promise<() => Promise<void>> {
+    names.forEach((n, i) => validateName(n, `names[${i}]`));
+    if (this.disabled) return async () => undefined;
+    this.listener ??= new Listener(this.pool, this.qs, this.logger);
+    return this.listener.watch(names, onRelease);
+  }
+
+  /**
+   * Records a BullMQ job as waiting for tickets of these semaphores (see the BullMQ wrapper).
+   * @returns how many jobs wait ahead of it and the smallest capacity among the semaphores.
+   */
+  async enqueueJob(names: string[], queue: string, jobId: string): Promise<{ ahead: number; capacity: number }> {
+    this.roundTrips++;
+    const { rows } = await this.pool.query<{ ahead: number | null; capacity: number | null }>(
+      `SELECT * FROM ${this.qs}.enqueue_job($1::text[], $2, $3)`,
+      [names, queue, jobId],
+    );
+    return { ahead: rows[0]?.ahead ?? 0, capacity: rows[0]?.capacity ?? 0 };
+  }
+
+  /** Takes (and forgets) the oldest jobs waiting on these semaphores in the given queues. */
+  async dequeueJobs(semaphoreIds: readonly number[], queues: string[], limit = 1): Promise<Array<{ queue: string; jobId: string }>> {
+    this.roundTrips++;
+    const { rows } = await this.pool.query<{ queue: string; job_id: string }>(
+      `SELECT queue, job_id FROM ${this.qs}.dequeue_jobs($1::integer[], $2::text[], $3)`,
+      [semaphoreIds, queues, limit],
+    );
+    return rows.map((r) => ({ queue: r.queue, jobId: r.job_id }));
+  }
+
+  /** Forgets a waiting job (it got its tickets or gave up). */
+  async forgetJob(queue: string, jobId: string): Promise<void> {
+    this.roundTrips++;
+    await this.pool.query(`SELECT ${this.qs}.forget_job($1, $2)`, [queue, jobId]);
+  }
+
   /** Holds currently open in this process. */
   get openHolds(): number {
     return this.holds.size;
@@ -420,7 +462,7 @@ export class PgSemaphore {
     const wait = normalizeWait(options.wait);
     if (this.disabled) {
       this.warnDisabled();
-      return new Hold(undefined, req.names, [], undefined, this.livenessMs);
+      return new Hold(undefined, req.names, [], this.qs, [], this.livenessMs);
     }
     wait?.signal?.throwIfAborted();
     const started = Date.now();
@@ -436,14 +478,12 @@ export class PgSemaphore {
         let row: AcquireRow;
         try {
           this.roundTrips += 2;
-          const [, result] = await Promise.all([
-            client.query('BEGIN'),
-            client.query<AcquireRow>(`SELECT * FROM ${this.qs}.acquire($1::text[], $2::integer[], $3, $4)`, [
-              req.names,
-              req.counts,
-              label ?? null,
-              this.livenessMs,
-            ]),
+          await client.query('BEGIN');
+          const result = await client.query<AcquireRow>(`SELECT * FROM ${this.qs}.acquire($1::text[], $2::integer[], $3, $4)`, [
+            req.names,
+            req.counts,
+            label ?? null,
+            this.livenessMs,
           ]);
           row = result.rows[0]!;
         } catch (err) {
@@ -457,15 +497,16 @@ export class PgSemaphore {
             client,
             req.names,
             row.tickets ?? [],
-            wakeStatement(this.qs, row.semaphore_ids ?? []),
+            this.qs,
+            row.semaphore_ids ?? [],
             this.livenessMs,
             this.hooks,
           );
           this.holds.add(hold);
           const release = hold.release.bind(hold);
-          hold.release = async (opts) => {
+          hold.release = (opts) => {
             this.holds.delete(hold);
-            await release(opts);
+            return release(opts);
           };
           return hold;
         }

@@ -1,5 +1,5 @@
 import { sql } from 'drizzle-orm';
-import { check, integer, pgSchema, text, timestamp, unique } from 'drizzle-orm/pg-core';
+import { bigint, check, index, integer, pgSchema, text, timestamp, unique } from 'drizzle-orm/pg-core';
 import { DEFAULT_SCHEMA, validateSchemaName } from './validate.js';
 
 /**
@@ -48,7 +48,20 @@ export function semaphoreTables(schemaName: string = DEFAULT_SCHEMA) {
     },
     (t) => [unique('tickets_semaphore_no_key').on(t.semaphoreId, t.no)],
   );
-  return { schema, semaphores, tickets };
+  const waitingJobs = schema.table(
+    'waiting_jobs',
+    {
+      id: bigint('id', { mode: 'number' }).primaryKey().generatedAlwaysAsIdentity(),
+      semaphoreId: integer('semaphore_id')
+        .notNull()
+        .references(() => semaphores.id, { onDelete: 'cascade' }),
+      queue: text('queue').notNull(),
+      jobId: text('job_id').notNull(),
+      since: timestamp('since', { withTimezone: true }).notNull().defaultNow(),
+    },
+    (t) => [unique('waiting_jobs_key').on(t.semaphoreId, t.queue, t.jobId), index('waiting_jobs_order').on(t.semaphoreId, t.id)],
+  );
+  return { schema, semaphores, tickets, waitingJobs };
 }
 
 const defaults = semaphoreTables(DEFAULT_SCHEMA);
@@ -58,3 +71,5 @@ export const semaphoreSchema = defaults.schema;
 export const semaphores = defaults.semaphores;
 /** The tickets table in the default schema: one row per ticket; a ticket's id is its advisory-lock key. */
 export const tickets = defaults.tickets;
+/** Jobs the BullMQ wrapper put back to wait for a ticket, oldest first, so a release can promote them. */
+export const waitingJobs = defaults.waitingJobs;
