@@ -31,6 +31,8 @@ export class Hold {
 
   private readonly controller = new AbortController();
   private heartbeat: NodeJS.Timeout | undefined;
+  /** The library's own statements on the holding connection run one after another. */
+  private chain: Promise<unknown> = Promise.resolve();
   private settled = false;
   private drizzleTx: NodePgDatabase | undefined;
   private readonly onError: (err: Error) => void;
@@ -84,7 +86,7 @@ export class Hold {
     if (busy.activeQuery || (busy.queryQueue?.length ?? 0) > 0) return;
     try {
       this.hooks?.roundTrip();
-      await this.client.query('SELECT 1');
+      await this.serial(() => this.client!.query('SELECT 1'));
     } catch (err) {
       this.lose(`the heartbeat failed (${(err as Error).message})`, err);
     }
@@ -99,7 +101,16 @@ export class Hold {
   async relabel(label: string): Promise<void> {
     if (!this.client || this.settled || this.lost) return;
     this.hooks?.roundTrip();
-    await this.client.query(`SELECT set_config('application_name', left('pg-semaphore:' || $1, 63), true)`, [label]).catch(() => undefined);
+    const client = this.client;
+    await this.serial(() => client.query(`SELECT set_config('application_name', left('pg-semaphore:' || $1, 63), true)`, [label])).catch(
+      () => undefined,
+    );
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.chain.then(fn, fn);
+    this.chain = next.catch(() => undefined);
+    return next;
   }
 
   /**
@@ -125,6 +136,7 @@ export class Hold {
       client.release(true);
       return { jobsWaiting: false };
     }
+    await this.chain;
     const end = options.commit === false ? 'ROLLBACK' : 'COMMIT';
     // Only ids this library read from Postgres go into the text; no user data.
     const ids = `'{${this.semaphoreIds.filter((n) => Number.isInteger(n)).join(',')}}'::integer[]`;
