@@ -147,6 +147,8 @@ interface Gate {
   holding: number;
   /** Jobs of this process using this gate (from arrival until they are done with it). */
   jobs: number;
+  /** Acquire calls in flight from jobs that just arrived (at most one at a time). */
+  arriving: number;
   meanHoldMs: number;
   unwatch: Promise<() => Promise<void>> | undefined;
 }
@@ -198,6 +200,8 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
   const events = new EventEmitter<LimiterEventMap>();
   const stats: LimiterStats = { attempts: 0, busy: 0, handoffs: 0, reschedules: 0, promotions: 0, ran: 0 };
   const gates = new Map<string, Gate>();
+  /** Set when the last acquire call could not reach Postgres; cleared by the next success. */
+  let unavailable = false;
   const holdState = new WeakMap<Hold, HoldState>();
   /** Queue handles this process has seen, by qualified name, for promotions. */
   const queues = new Map<string, unknown>();
@@ -214,7 +218,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     const key = JSON.stringify([req.names, req.counts]);
     let gate = gates.get(key);
     if (!gate) {
-      gate = { key, req, waiters: [], holding: 0, jobs: 0, meanHoldMs: 0, unwatch: undefined };
+      gate = { key, req, waiters: [], holding: 0, jobs: 0, arriving: 0, meanHoldMs: 0, unwatch: undefined };
       gates.set(key, gate);
     }
     return gate;
@@ -269,9 +273,24 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       gate.req.names.map((name, i) => ({ name, tickets: gate.req.counts[i] === 0 ? ('all' as const) : gate.req.counts[i]! })),
       { createWith, label },
     );
+    unavailable = false;
     metrics.attempts.add(1, { result: hold ? 'acquired' : 'busy' });
     if (!hold) stats.busy++;
     return hold;
+  };
+
+  /**
+   * An acquire call; when Postgres cannot be reached it counts as "no ticket", so the job
+   * is put back (and retried later) instead of failing and using an attempt.
+   */
+  const tryOrBackOff = async (gate: Gate, label: string): Promise<Hold | null> => {
+    try {
+      return await tryAcquire(gate, label);
+    } catch (err) {
+      if (!isUnavailable(err)) throw err;
+      unavailable = true;
+      return null;
+    }
   };
 
   /** Waits in process for a hand-off or a free ticket; null when the wait budget ran out. */
@@ -293,11 +312,13 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
           me.trying = true;
           let hold: Hold | null;
           try {
-            hold = await tryAcquire(gate, label);
+            hold = await tryOrBackOff(gate, label);
           } finally {
             me.trying = false;
           }
           if (hold) {
+            // more tickets may be free: let the next waiter try too
+            queueMicrotask(() => kick(gate));
             if (me.handed) {
               // A hand-off raced our own acquire: keep one, give the other back.
               void hold.release().catch(() => undefined);
@@ -339,7 +360,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       );
     }
     let delay = Math.min(maxDelay, minDelay * 2 ** Math.min(reschedules, 20));
-    if (wakeOnRelease && job.id !== undefined) {
+    if (wakeOnRelease && job.id !== undefined && !unavailable) {
       const { ahead, capacity } = await sem.enqueueJob(gate.req.names, queueKey(job), job.id);
       if (capacity > 0 && gate.meanHoldMs > 0) {
         // When this job's turn should come, if promotion does not bring it back first.
@@ -428,8 +449,19 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
 
     let hold: Hold | null = null;
     let handoff = false;
-    if (!wakeOnRelease || gate.waiters.length === 0) hold = await tryAcquire(gate, label);
-    if (!hold && wakeOnRelease && localWait > 0) {
+    // One acquire call per semaphore set at a time from arriving jobs: the others queue
+    // behind it and are woken one by one while tickets keep coming (no stampede, one
+    // connection per attempt).
+    if (!wakeOnRelease || (gate.waiters.length === 0 && gate.arriving === 0)) {
+      gate.arriving++;
+      try {
+        hold = await tryOrBackOff(gate, label);
+      } finally {
+        gate.arriving--;
+      }
+      if (hold && wakeOnRelease) kick(gate);
+    }
+    if (!hold && wakeOnRelease && localWait > 0 && !unavailable) {
       if (gate.waiters.length < localRoom(gate, job)) {
         hold = await waitLocally(gate, label, signal, localWait);
         if (hold && holdState.has(hold)) {
@@ -519,6 +551,16 @@ function withWeight(request: TicketRequest, weight: number): TicketRequest {
   if (weight === 1) return request;
   const apply = (item: unknown) => (typeof item === 'string' ? { name: item, tickets: weight } : item);
   return (Array.isArray(request) ? request.map(apply) : apply(request)) as TicketRequest;
+}
+
+/** Errors that mean "Postgres cannot be reached right now", not "this request is wrong". */
+function isUnavailable(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown } | undefined;
+  const code = typeof e?.code === 'string' ? e.code : '';
+  if (/^(08|57P|53)/.test(code)) return true;
+  if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH'].includes(code)) return true;
+  const message = typeof e?.message === 'string' ? e.message : '';
+  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(message);
 }
 
 function queueKey(job: Job): string {

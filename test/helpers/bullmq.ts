@@ -1,0 +1,42 @@
+import { randomBytes } from 'node:crypto';
+import { Queue, createPostgresBackend } from 'bullmq';
+import pg from 'pg';
+import { inject } from 'vitest';
+
+export type Backend = 'redis' | 'postgres';
+
+/**
+ * BullMQ queues of one test file on one backend: a Redis prefix of their own, or a
+ * Postgres schema of their own for BullMQ's Postgres backend. `cleanup()` removes them.
+ */
+export async function bullmqQueues(backend: Backend, names: string[]) {
+  const id = randomBytes(3).toString('hex');
+  const prefix = `pgsem_test_${id}`;
+  const bqSchema = `bq_test_${id}`;
+  const databaseUrl = inject('databaseUrl');
+  const redisUrl = inject('redisUrl');
+  const queues =
+    backend === 'postgres'
+      ? names.map((n) => new Queue(n, { connection: { connectionString: databaseUrl, schema: bqSchema, migrate: true } }, createPostgresBackend))
+      : names.map((n) => new Queue(n, { connection: { url: redisUrl }, prefix } as never));
+  await Promise.all(queues.map((q) => q.waitUntilReady()));
+  return {
+    queues,
+    /** Environment for a worker fixture on this backend. */
+    env: { BQ_BACKEND: backend, BQ_PREFIX: prefix, BQ_SCHEMA: bqSchema, REDIS_URL: redisUrl, DATABASE_URL: databaseUrl },
+    connection: backend === 'postgres' ? { connectionString: databaseUrl, schema: bqSchema } : { url: redisUrl },
+    prefix,
+    async cleanup() {
+      for (const q of queues) {
+        await q.obliterate({ force: true }).catch(() => undefined);
+        await q.close();
+      }
+      if (backend === 'postgres') {
+        const client = new pg.Client({ connectionString: databaseUrl });
+        await client.connect();
+        await client.query(`DROP SCHEMA IF EXISTS "${bqSchema}" CASCADE`);
+        await client.end();
+      }
+    },
+  };
+}
