@@ -85,7 +85,7 @@ function buildProgram(json: boolean): Command {
     // --json mode let report() print usage errors as JSON
     .exitOverride()
     .configureOutput({ outputError: (text, write) => (json ? undefined : write(text)) })
-    .showHelpAfterError('(run with --help for usage)')
+    .showHelpAfterError(json ? false : '(run with --help for usage)')
     .addOption(new Option('--database-url <url>', 'Postgres connection string').env('DATABASE_URL'))
     .addOption(new Option('--schema <name>', 'the schema pg-semaphore lives in').argParser(schemaName).default(DEFAULT_SCHEMA))
     .option('--json', 'machine-readable output (one JSON document on stdout)', false)
@@ -159,6 +159,10 @@ async function withSemaphore(cmd: Command, fn: (sem: PgSemaphore, g: GlobalOptio
   try {
     await fn(sem, g);
   } catch (err) {
+    if ((err as Error | null)?.name === 'UnknownSemaphoreError') {
+      const names = (err as { names?: string[] }).names ?? [];
+      throw new CliError(`no semaphore named ${names.map((n) => JSON.stringify(n)).join(', ')} in schema "${g.schema}"`, EXIT.notFound, 'not_found');
+    }
     throw explainDatabaseError(err, g);
   } finally {
     await sem.close().catch(() => undefined);

@@ -263,7 +263,8 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     void job;
     let active = 0;
     for (const g of gates.values()) if (g === gate || g.holding > 0 || g.waiters.length > 0) active++;
-    const share = Math.floor(concurrency / active) - gate.holding;
+    // one slot stays free for semaphore sets not seen yet, so their jobs still get in
+    const share = Math.floor((concurrency - 1) / active) - gate.holding;
     return Math.max(gate.holding + 1, share);
   };
 

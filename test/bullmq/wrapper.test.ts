@@ -1,0 +1,228 @@
+import { Worker, type Job } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { InvalidArgumentError } from '../../src/index.js';
+import { limitProcessor, RescheduleBudgetError } from '../../src/bullmq/index.js';
+import { bullmqQueues } from '../helpers/bullmq.js';
+import { setupSchema, waitFor } from '../helpers/db.js';
+
+// The wrapper in one process against real Redis and Postgres: pass-through, cancellation,
+// reschedule budget, labels, per-key and combined caps, argument errors.
+
+let ctx: Awaited<ReturnType<typeof setupSchema>>;
+let bq: Awaited<ReturnType<typeof bullmqQueues>>;
+const workers: Worker[] = [];
+
+beforeAll(async () => {
+  ctx = await setupSchema('wrapper');
+  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label']);
+});
+afterAll(async () => {
+  await Promise.all(workers.map((w) => w.close(true)));
+  await bq?.cleanup();
+  await ctx?.drop();
+});
+
+function worker(queue: string, processor: ConstructorParameters<typeof Worker>[1], concurrency = 8) {
+  const w = new Worker(queue, processor, { connection: bq.connection, prefix: bq.prefix, concurrency } as never);
+  w.on('error', () => undefined);
+  workers.push(w);
+  return w;
+}
+const queue = (name: string) => bq.queues.find((q) => q.name === name)!;
+
+function finished(w: Worker, count: number) {
+  const done: Job[] = [];
+  const failed: Job[] = [];
+  const promise = new Promise<void>((resolve) => {
+    const check = () => done.length + failed.length >= count && resolve();
+    w.on('completed', (job) => (done.push(job), check()));
+    w.on('failed', (job) => (job && failed.push(job), check()));
+  });
+  return { done, failed, promise };
+}
+
+describe('limitProcessor', () => {
+  it('passes results and errors through unchanged and keeps attemptsMade across reschedules', async () => {
+    await ctx.sem.make('pass', 1);
+    const seen: number[] = [];
+    const processor = limitProcessor<{ n: number }>(
+      ctx.sem,
+      async (job) => {
+        seen.push(job.attemptsMade);
+        await new Promise((r) => setTimeout(r, 20));
+        if (job.data.n === 3) throw new Error('boom 3');
+        return { doubled: job.data.n * 2 };
+      },
+      { semaphore: 'pass', localWait: 0, backoff: { delay: 10, maxDelay: 50 } },
+    );
+    const w = worker('w-pass', processor);
+    const f = finished(w, 6);
+    await queue('w-pass').addBulk([1, 2, 3, 4, 5, 6].map((n) => ({ name: 'x', data: { n } })));
+    await f.promise;
+    expect(f.done.map((j) => j.returnvalue.doubled).sort((a, b) => a - b)).toEqual([2, 4, 8, 10, 12]);
+    expect(f.failed.map((j) => j.failedReason)).toEqual(['boom 3']);
+    // with one ticket, no local wait and 8 slots, jobs were put back, yet no attempt was used
+    expect(processor.stats.reschedules).toBeGreaterThan(0);
+    expect(seen.every((a) => a === 0)).toBe(true);
+    expect((await ctx.sem.status('pass')).held).toBe(0);
+  });
+
+  it('worker.cancelJob aborts the processor and releases its ticket', async () => {
+    await ctx.sem.make('cancel', 1);
+    let started!: () => void;
+    const running = new Promise<void>((r) => (started = r));
+    const processor = limitProcessor(
+      ctx.sem,
+      (_job, _token, signal) =>
+        new Promise((_resolve, reject) => {
+          started();
+          signal.addEventListener('abort', () => reject(new Error(`aborted: ${String(signal.reason)}`)), { once: true });
+        }),
+      { semaphore: 'cancel' },
+    );
+    const w = worker('w-cancel', processor);
+    const f = finished(w, 1);
+    const job = await queue('w-cancel').add('x', {});
+    await running;
+    expect((await ctx.sem.status('cancel')).held).toBe(1);
+    expect(w.cancelJob(job.id!, 'stop it')).toBe(true);
+    await f.promise;
+    expect(f.failed[0]?.failedReason).toMatch(/aborted/);
+    await waitFor(async () => (await ctx.sem.status('cancel')).held === 0, { timeout: 2_000, what: 'the ticket to be released' });
+  });
+
+  it('fails a job with RescheduleBudgetError once maxReschedules is used up', async () => {
+    await ctx.sem.make('budget', 1);
+    const blocker = await ctx.sem.hold('budget');
+    try {
+      const processor = limitProcessor(ctx.sem, async () => 'never', {
+        semaphore: 'budget',
+        localWait: 0,
+        maxReschedules: 2,
+        backoff: { delay: 10, maxDelay: 20 },
+      });
+      const w = worker('w-budget', processor);
+      const f = finished(w, 1);
+      await queue('w-budget').add('x', {}, { attempts: 5 });
+      await f.promise;
+      const failed = f.failed[0]!;
+      expect(failed.failedReason).toMatch(/within 2 reschedules, got none after 2/);
+      // unrecoverable: the job's own attempts were not spent retrying into the same wait
+      expect(failed.attemptsMade).toBe(1);
+      expect(processor.stats.reschedules).toBe(2);
+    } finally {
+      await blocker.release();
+    }
+  });
+
+  it('fails a job with RescheduleBudgetError once maxWaitTime has passed', async () => {
+    await ctx.sem.make('time', 1);
+    const blocker = await ctx.sem.hold('time');
+    try {
+      let error: unknown;
+      const processor = limitProcessor(ctx.sem, async () => 'never', {
+        semaphore: 'time',
+        localWait: 50,
+        maxWaitTime: 300,
+        backoff: { delay: 20, maxDelay: 100 },
+      });
+      const w = worker('w-time', processor);
+      w.on('failed', (_job, err) => (error = err));
+      const f = finished(w, 1);
+      await queue('w-time').add('x', {});
+      await f.promise;
+      expect(error).toBeInstanceOf(RescheduleBudgetError);
+      expect((error as RescheduleBudgetError).name).toBe('RescheduleBudgetError');
+      expect(f.failed[0]!.failedReason).toMatch(/within 300 ms/);
+    } finally {
+      await blocker.release();
+    }
+  });
+
+  it('caps per key while other keys proceed', async () => {
+    const inflight = new Map<string, number>();
+    const max = new Map<string, number>();
+    const finishedAt = new Map<string, number>();
+    const processor = limitProcessor<{ tenant: string; ms: number }>(
+      ctx.sem,
+      async (job) => {
+        const t = job.data.tenant;
+        inflight.set(t, (inflight.get(t) ?? 0) + 1);
+        max.set(t, Math.max(max.get(t) ?? 0, inflight.get(t)!));
+        await new Promise((r) => setTimeout(r, job.data.ms));
+        inflight.set(t, inflight.get(t)! - 1);
+        finishedAt.set(t, Date.now());
+      },
+      { semaphore: (job) => `tenant:${job.data.tenant}`, createWith: 2 },
+    );
+    const w = worker('w-tenant', processor, 12);
+    const f = finished(w, 33);
+    // a heavy tenant with 30 slow jobs, then two light tenants with one quick job each
+    await queue('w-tenant').addBulk(Array.from({ length: 30 }, () => ({ name: 'x', data: { tenant: 'heavy', ms: 60 } })));
+    await queue('w-tenant').addBulk(['light-a', 'light-b', 'light-a'].map((tenant) => ({ name: 'x', data: { tenant, ms: 5 } })));
+    await f.promise;
+    expect(f.failed).toEqual([]);
+    expect(max.get('heavy')).toBe(2);
+    expect(max.get('light-a')).toBeLessThanOrEqual(2);
+    // the light tenants did not wait for the heavy one's backlog (≈ 15 rounds of 60 ms)
+    expect(finishedAt.get('light-b')!).toBeLessThan(finishedAt.get('heavy')! - 300);
+    expect((await ctx.sem.status('tenant:heavy')).tickets).toBe(2);
+  });
+
+  it('takes the global cap and the tenant cap together, atomically', async () => {
+    await ctx.sem.make('api-both', 3);
+    let inflight = 0;
+    let max = 0;
+    const perTenant = new Map<string, number>();
+    const perTenantMax = new Map<string, number>();
+    const processor = limitProcessor<{ tenant: string }>(
+      ctx.sem,
+      async (job) => {
+        inflight++;
+        max = Math.max(max, inflight);
+        const t = job.data.tenant;
+        perTenant.set(t, (perTenant.get(t) ?? 0) + 1);
+        perTenantMax.set(t, Math.max(perTenantMax.get(t) ?? 0, perTenant.get(t)!));
+        await new Promise((r) => setTimeout(r, 15));
+        perTenant.set(t, perTenant.get(t)! - 1);
+        inflight--;
+      },
+      { semaphore: (job) => ['api-both', `both:${job.data.tenant}`], createWith: 2 },
+    );
+    const w = worker('w-both', processor, 12);
+    const f = finished(w, 40);
+    await queue('w-both').addBulk(Array.from({ length: 40 }, (_, i) => ({ name: 'x', data: { tenant: `t${i % 4}` } })));
+    await f.promise;
+    expect(f.failed).toEqual([]);
+    expect(max).toBe(3);
+    expect(Math.max(...perTenantMax.values())).toBeLessThanOrEqual(2);
+    expect((await ctx.sem.status('api-both')).held).toBe(0);
+  });
+
+  it("labels holders with the queue and job id, so status() shows who holds what", async () => {
+    await ctx.sem.make('label', 2);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const processor = limitProcessor(ctx.sem, () => gate, { semaphore: 'label' });
+    const w = worker('w-label', processor);
+    const f = finished(w, 1);
+    const job = await queue('w-label').add('x', {});
+    const status = await waitFor(async () => {
+      const s = await ctx.sem.status('label');
+      return s.held === 1 ? s : undefined;
+    });
+    expect(status.holders[0]!.label).toBe(`w-label:${job.id}`);
+    release();
+    await f.promise;
+  });
+
+  it('rejects bad options with a typed error', () => {
+    const fn = async () => undefined;
+    expect(() => limitProcessor(ctx.sem, fn, { semaphore: '' })).toThrow(InvalidArgumentError);
+    expect(() => limitProcessor(ctx.sem, fn, { semaphore: 'x', tickets: 0 })).toThrow(/tickets: expected a whole number from 1/);
+    expect(() => limitProcessor(ctx.sem, fn, { semaphore: 'x', maxReschedules: -1 })).toThrow(InvalidArgumentError);
+    expect(() => limitProcessor(ctx.sem, 'nope' as never, { semaphore: 'x' })).toThrow(/processor: expected a function/);
+    // BullMQ passes its AbortSignal only to processors declared with three parameters
+    expect(limitProcessor(ctx.sem, fn, { semaphore: 'x' }).length).toBe(3);
+  });
+});
