@@ -11,11 +11,12 @@ export async function startFakeApi(holdMs: number) {
   const tenantInflight = new Map<string, number>();
   const tenantMax = new Map<string, number>();
   const calls = new Map<string, number>();
+  let maxHold = Infinity;
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
     const job = url.searchParams.get('job') ?? '';
     const tenant = url.searchParams.get('tenant') ?? '';
-    const hold = Number(url.searchParams.get('hold')) || holdMs;
+    const hold = Math.min(maxHold, Number(url.searchParams.get('hold')) || holdMs);
     calls.set(job, (calls.get(job) ?? 0) + 1);
     inflight++;
     max = Math.max(max, inflight);
@@ -48,6 +49,10 @@ export async function startFakeApi(holdMs: number) {
     },
     tenantMax,
     calls,
+    /** Caps every later call's hold (e.g. to make reruns of long jobs quick). */
+    setMaxHold(ms: number) {
+      maxHold = ms;
+    },
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
