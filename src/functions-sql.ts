@@ -236,6 +236,13 @@ LANGUAGE sql AS $$
    WHERE m.name = ANY (p_names)
 $$;
 
+-- The same markers by semaphore id, one per element (repeats count), for re-registering
+-- waiters after the LISTEN connection was replaced.
+CREATE OR REPLACE FUNCTION ${s}.watch_ids(p_ids integer[]) RETURNS void
+LANGUAGE sql AS $$
+  SELECT count(pg_advisory_lock_shared(${s}._ns() # 2, i)) FROM unnest(p_ids) i;
+$$;
+
 CREATE OR REPLACE FUNCTION ${s}.unwatch(p_ids integer[]) RETURNS void
 LANGUAGE sql AS $$
   SELECT count(pg_advisory_unlock_shared(${s}._ns() # 2, i)) FROM unnest(p_ids) i;

@@ -81,6 +81,9 @@ export class Listener {
         this.ns = rows[0]!.ns;
         client.on('notification', this.onNotification);
         await client.query('LISTEN pg_semaphore');
+        // Waiters registered on a previous connection lost their markers with it.
+        const ids = [...this.waiters.entries()].flatMap(([id, list]) => list.map(() => id));
+        if (ids.length > 0) await client.query(`SELECT ${this.qs}.watch_ids($1::integer[])`, [ids]);
       } catch (err) {
         this.connecting = undefined;
         client.release(err as Error);

@@ -22,8 +22,8 @@ afterAll(async () => {
   await ctx?.drop();
 });
 
-function worker(queue: string, processor: ConstructorParameters<typeof Worker>[1], concurrency = 8) {
-  const w = new Worker(queue, processor, { connection: bq.connection, prefix: bq.prefix, concurrency } as never);
+function worker(queue: string, processor: object, concurrency = 8) {
+  const w = new Worker(queue, processor as never, { connection: bq.connection, prefix: bq.prefix, concurrency } as never);
   w.on('error', () => undefined);
   workers.push(w);
   return w;
@@ -211,7 +211,7 @@ describe('limitProcessor', () => {
       const s = await ctx.sem.status('label');
       return s.held === 1 ? s : undefined;
     });
-    expect(status.holders[0]!.label).toBe(`w-label:${job.id}`);
+    expect(status!.holders[0]!.label).toBe(`w-label:${job.id}`);
     release();
     await f.promise;
   });
