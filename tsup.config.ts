@@ -1,7 +1,7 @@
 import { defineConfig } from 'tsup';
 
 export default defineConfig({
-  entry: { index: 'src/index.ts', drizzle: 'src/drizzle.ts', bullmq: 'src/bullmq/index.ts' },
+  entry: { index: 'src/index.ts', drizzle: 'src/drizzle.ts', bullmq: 'src/bullmq/index.ts', cli: 'src/cli.ts' },
   format: ['esm', 'cjs'],
   dts: true,
   sourcemap: true,

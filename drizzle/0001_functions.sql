@@ -47,6 +47,9 @@ BEGIN
   IF p_tickets > v_old THEN
     INSERT INTO "semaphore".tickets (semaphore_id, no)
       SELECT v_id, g FROM generate_series(v_old + 1, p_tickets) g;
+    -- new tickets are free tickets: tell waiting processes (delivered at commit; make()
+    -- writes anyway, so the NOTIFY costs nothing extra here)
+    PERFORM pg_notify('pg_semaphore', "semaphore"._ns() || ':' || v_id);
   ELSIF p_tickets < v_old THEN
     PERFORM set_config('lock_timeout', CASE WHEN p_timeout_ms IS NULL THEN 0 ELSE greatest(p_timeout_ms, 1) END::text, true);
     FOR v_ticket IN SELECT id FROM "semaphore".tickets WHERE semaphore_id = v_id AND no > p_tickets ORDER BY no LOOP
@@ -206,6 +209,24 @@ BEGIN
   END IF;
   status := 'ok';
   tickets := v_got;
+END
+$$;
+
+-- acquire() with its arguments taken from the session setting pg_semaphore.request (JSON:
+-- names, counts, label, idle), which the caller sets with a bind parameter before BEGIN. Then
+-- "BEGIN; SELECT * FROM acquire_request()" goes as one simple-protocol round trip, and the
+-- holding transaction is left with no open portal, so it keeps no snapshot while idle.
+CREATE OR REPLACE FUNCTION "semaphore".acquire_request(OUT status text, OUT tickets integer[], OUT semaphore_ids integer[], OUT names text[])
+LANGUAGE plpgsql AS $$
+DECLARE
+  v jsonb := current_setting('pg_semaphore.request')::jsonb;
+BEGIN
+  SELECT a.status, a.tickets, a.semaphore_ids, a.names INTO status, tickets, semaphore_ids, names
+    FROM "semaphore".acquire(
+      ARRAY(SELECT e FROM jsonb_array_elements_text(v -> 'names') WITH ORDINALITY AS x(e, o) ORDER BY o),
+      ARRAY(SELECT e::integer FROM jsonb_array_elements_text(v -> 'counts') WITH ORDINALITY AS x(e, o) ORDER BY o),
+      v ->> 'label',
+      (v ->> 'idle')::integer) a;
 END
 $$;
 

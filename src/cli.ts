@@ -361,4 +361,7 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-process.exitCode = await main(process.argv);
+// No top-level await, so the file also builds as CommonJS next to the library's entries.
+void main(process.argv).then((code) => {
+  process.exitCode = code;
+});

@@ -75,8 +75,34 @@ export class Hold {
    */
   get tx(): NodePgDatabase {
     if (!this.client) throw new PgSemaphoreError('expected a holding transaction, got none: limiting is disabled');
-    this.drizzleTx ??= drizzle({ client: this.client });
+    this.drizzleTx ??= drizzle({ client: this.portalClearingClient(this.client) });
     return this.drizzleTx;
+  }
+
+  /**
+   * The holding client as Drizzle sees it: statements run one after another with the
+   * library's own, and after the last of a burst a simple `SELECT 1` closes the unnamed
+   * portal a parameterised statement leaves open, which would otherwise keep a snapshot
+   * (and so hold back VACUUM) while the transaction sits idle.
+   */
+  private portalClearingClient(client: PoolClient): PoolClient {
+    let pending = 0;
+    const query = (...args: unknown[]) => {
+      pending++;
+      const run = this.serial(() => (client.query as (...a: unknown[]) => Promise<unknown>)(...args));
+      const after = () => {
+        if (--pending === 0 && !this.settled) void this.serial(() => client.query('SELECT 1')).catch(() => undefined);
+      };
+      run.then(after, after);
+      return run;
+    };
+    return new Proxy(client, {
+      get(target, prop, receiver) {
+        if (prop === 'query') return query;
+        const value = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
   }
 
   private async beat(): Promise<void> {
@@ -97,7 +123,7 @@ export class Hold {
     this.controller.abort(new TicketLostError([...this.names], reason, { cause }));
   }
 
-  /** Changes the label `status()` shows for this holder (one round trip on the holding connection). */
+  /** Changes the label `status()` shows for this holder (two round trips on the holding connection, while the tickets stay held). */
   async relabel(label: string): Promise<void> {
     if (!this.client || this.settled || this.lost) return;
     this.hooks?.roundTrip();
@@ -105,6 +131,8 @@ export class Hold {
     await this.serial(() => client.query(`SELECT set_config('application_name', left('pg-semaphore:' || $1, 63), true)`, [label])).catch(
       () => undefined,
     );
+    // close the parameterised statement's portal, or it keeps a snapshot while we sit idle
+    await this.serial(() => client.query('SELECT 1')).catch(() => undefined);
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {

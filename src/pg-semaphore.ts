@@ -141,8 +141,6 @@ export interface AcquiredTickets {
 /** Something `tryAcquire` can run SQL on: a Drizzle node-postgres database/transaction or a `pg` client. */
 export type Executor = { execute(query: unknown): Promise<unknown> } | { query(text: string, values?: unknown[]): Promise<unknown> };
 
-let warnedDisabled = false;
-
 interface AcquireRow {
   status: 'ok' | 'busy' | 'missing' | 'exceeds';
   tickets: number[] | null;
@@ -180,6 +178,11 @@ export class PgSemaphore {
   private readonly logger: Logger;
   private listener: Listener | undefined;
   private readonly holds = new Set<Hold>();
+  private readonly inflight = new Set<Promise<unknown>>();
+  private closing = false;
+  /** Aborts when close() starts, so waits in flight end promptly. */
+  private readonly closed = new AbortController();
+  private warnedDisabled = false;
   /** @internal counts round trips to Postgres for the benchmark. */
   roundTrips = 0;
   private readonly hooks: HoldHooks = { roundTrip: () => void this.roundTrips++ };
@@ -238,6 +241,7 @@ export class PgSemaphore {
    * @example `await sem.make('openai', 5)`
    */
   async make(name: string, tickets: number, options: { timeout?: number } = {}): Promise<void> {
+    checkOptions(options);
     validateName(name);
     validateInt(tickets, 'tickets', 0, MAX_TICKETS);
     const timeout = validateTimeout(options.timeout ?? 30_000, 'timeout');
@@ -249,6 +253,7 @@ export class PgSemaphore {
    * @returns false when no such semaphore existed.
    */
   async destroy(name: string, options: { timeout?: number } = {}): Promise<boolean> {
+    checkOptions(options);
     validateName(name);
     const timeout = validateTimeout(options.timeout ?? 30_000, 'timeout');
     const { rows } = await this.admin<{ destroyed: boolean }>(
@@ -309,6 +314,10 @@ export class PgSemaphore {
    * ```
    */
   async tryAcquire(tx: Executor, request: TicketRequest, options: Omit<AcquireOptions, 'wait'> = {}): Promise<AcquiredTickets | null> {
+    if (tx === null || typeof tx !== 'object' || (typeof (tx as { execute?: unknown }).execute !== 'function' && typeof (tx as { query?: unknown }).query !== 'function')) {
+      throw new InvalidArgumentError('tx', 'a Drizzle node-postgres transaction or a pg client inside BEGIN', tx);
+    }
+    checkOptions(options);
     const req = normalizeRequest(request);
     const createWith = options.createWith === undefined ? undefined : validateInt(options.createWith, 'createWith', 1, MAX_TICKETS);
     const label = checkLabel(options.label);
@@ -333,13 +342,25 @@ export class PgSemaphore {
    * Prefer {@link PgSemaphore.withTickets}, which releases for you.
    */
   async hold(request: TicketRequest, options: AcquireOptions = {}): Promise<Hold> {
-    const got = await this.acquireHold(request, options, false);
+    const got = await this.track(this.acquireHold(request, checkOptions(options), false));
     return got!;
   }
 
   /** Like {@link PgSemaphore.hold} without waiting, but returns null when no ticket is free. */
   async tryHold(request: TicketRequest, options: Omit<AcquireOptions, 'wait'> = {}): Promise<Hold | null> {
-    return this.acquireHold(request, { ...options, wait: false }, true);
+    return this.track(this.acquireHold(request, { ...checkOptions(options), wait: false }, true));
+  }
+
+  /** Remembers an acquire in flight so close() can wait for it. */
+  private track<T>(work: Promise<T>): Promise<T> {
+    if (this.closing) {
+      work.catch(() => undefined);
+      return Promise.reject(new PgSemaphoreError('expected an open PgSemaphore, got one that is closed'));
+    }
+    this.inflight.add(work);
+    const done = () => void this.inflight.delete(work);
+    work.then(done, done);
+    return work;
   }
 
   /**
@@ -354,6 +375,7 @@ export class PgSemaphore {
    */
   async withTickets<T>(request: TicketRequest, fn: (ctx: HoldContext) => Promise<T> | T, options: AcquireOptions = {}): Promise<T> {
     if (typeof fn !== 'function') throw new InvalidArgumentError('fn', 'a function', fn);
+    checkOptions(options);
     const hold = await this.hold(request, options);
     let ok = false;
     try {
@@ -446,6 +468,9 @@ export class PgSemaphore {
    * open are released first (rolled back).
    */
   async close(): Promise<void> {
+    this.closing = true;
+    this.closed.abort();
+    await Promise.all([...this.inflight].map((p) => p.catch(() => undefined)));
     await Promise.all([...this.holds].map((h) => h.release({ commit: false }).catch(() => undefined)));
     await this.listener?.close();
     this.listener = undefined;
@@ -456,7 +481,6 @@ export class PgSemaphore {
 
   private async acquireHold(request: TicketRequest, options: AcquireOptions, nullIfBusy: boolean): Promise<Hold | null> {
     const req = normalizeRequest(request);
-    if (options === null || typeof options !== 'object') throw new InvalidArgumentError('options', 'an object', options);
     const createWith = options.createWith === undefined ? undefined : validateInt(options.createWith, 'createWith', 1, MAX_TICKETS);
     const label = checkLabel(options.label);
     const wait = normalizeWait(options.wait);
@@ -478,18 +502,27 @@ export class PgSemaphore {
         let row: AcquireRow;
         try {
           this.roundTrips += 2;
-          await client.query('BEGIN');
-          const result = await client.query<AcquireRow>(`SELECT * FROM ${this.qs}.acquire($1::text[], $2::integer[], $3, $4)`, [
-            req.names,
-            req.counts,
-            label ?? null,
-            this.livenessMs,
-          ]);
-          row = result.rows[0]!;
+          // The request goes in as a bind parameter outside the transaction; BEGIN and the
+          // acquire then go as one simple-protocol string, which leaves no open portal (and
+          // so no snapshot) behind in the holding transaction.
+          const request = JSON.stringify({ names: req.names, counts: req.counts, label: label ?? null, idle: this.livenessMs });
+          await client.query(`SELECT set_config('pg_semaphore.request', $1, false)`, [request]);
+          const results = (await client.query(`BEGIN; SELECT * FROM ${this.qs}.acquire_request()`)) as unknown as Array<pg.QueryResult<AcquireRow>>;
+          row = results[1]!.rows[0]!;
         } catch (err) {
           client.removeListener('error', onError);
           client.release(err as Error);
           throw err;
+        }
+        if (row.status === 'ok' && (wait?.signal?.aborted || this.closing)) {
+          // aborted or closing while the try was in flight: give the tickets straight back
+          client.removeListener('error', onError);
+          await client.query('ROLLBACK').then(
+            () => client.release(),
+            (err: Error) => client.release(err),
+          );
+          if (this.closing) throw new PgSemaphoreError('expected an open PgSemaphore, got one closed while acquiring');
+          wait!.signal!.throwIfAborted();
         }
         if (row.status === 'ok') {
           client.removeListener('error', onError);
@@ -521,11 +554,13 @@ export class PgSemaphore {
         }
         const next = await this.interpret(row, req, createWith, round);
         if (next === 'retry') continue;
-        // busy
+        // busy; an abort that came while we were talking to Postgres counts now
+        wait?.signal?.throwIfAborted();
         if (!wait) {
           if (nullIfBusy) return null;
           throw new SemaphoreBusyError(req.names);
         }
+        if (this.closing) throw new PgSemaphoreError('expected an open PgSemaphore, got one closed while waiting');
         const now = Date.now();
         if (now >= deadline) throw new SemaphoreTimeoutError('acquire', req.names, wait.timeout ?? 0);
         if (!unwatch) {
@@ -549,19 +584,23 @@ export class PgSemaphore {
         const pause = Math.min(this.maxPollMs, 25 * 2 ** Math.min(sleeps++, 16)) * (0.5 + Math.random() / 2);
         await new Promise<void>((resolve, reject) => {
           const timer = setTimeout(done, Math.min(pause, deadline - now));
+          const closed = this.closed.signal;
           const onAbort = () => {
             clearTimeout(timer);
+            closed.removeEventListener('abort', done);
             wake = undefined;
             reject(wait.signal!.reason);
           };
           function done() {
             clearTimeout(timer);
             wait?.signal?.removeEventListener('abort', onAbort);
+            closed.removeEventListener('abort', done);
             wake = undefined;
             resolve();
           }
           wake = done;
           wait.signal?.addEventListener('abort', onAbort, { once: true });
+          closed.addEventListener('abort', done, { once: true });
         });
         woken = false;
       }
@@ -636,8 +675,8 @@ export class PgSemaphore {
   }
 
   private warnDisabled(): void {
-    if (warnedDisabled) return;
-    warnedDisabled = true;
+    if (this.warnedDisabled) return;
+    this.warnedDisabled = true;
     this.logger.warn(`pg-semaphore: limiting is DISABLED (option disabled or ${DISABLE_ENV}); every acquire succeeds without a ticket`);
   }
 }
@@ -657,6 +696,13 @@ function toInfo(row: Record<string, unknown>): SemaphoreInfo {
     createdAt: row.created_at as Date,
     updatedAt: row.updated_at as Date,
   };
+}
+
+function checkOptions<T>(options: T, argument = 'options'): T {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new InvalidArgumentError(argument, 'an options object', options);
+  }
+  return options;
 }
 
 function checkLabel(label: unknown): string | undefined {

@@ -1,0 +1,211 @@
+// Waiting for tickets: wake-up on release, timeout, abort, fail-fast, tryHold.
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { setupSchema, waitFor } from '../helpers/db.js';
+import { classidOf, heldOf, nsOf, rejection, track, within } from '../helpers/core.js';
+import { SemaphoreBusyError, SemaphoreTimeoutError, type Hold, type PgSemaphore } from '../../src/index.js';
+
+let ctx: Awaited<ReturnType<typeof setupSchema>>;
+let holder: PgSemaphore;
+let ns: number;
+beforeAll(async () => {
+  ctx = await setupSchema('waiting');
+  holder = ctx.another();
+  ns = await nsOf(ctx.admin, ctx.schema);
+});
+afterAll(async () => {
+  await holder?.close();
+  await ctx?.drop();
+});
+
+// Each test gets its own semaphore and its own waiting instance, so a failure cannot leak.
+let name: string;
+let waiter: PgSemaphore;
+let testNo = 0;
+/** Holds a failed test may leave behind, and waits still pending; settled after each test. */
+const stray: Hold[] = [];
+const pending: Promise<unknown>[] = [];
+beforeEach(async () => {
+  name = `one-${++testNo}`;
+  await ctx.sem.make(name, 1);
+  // A long fallback poll, so a prompt wake-up can only come from the release's NOTIFY.
+  waiter = ctx.another({ maxPollInterval: 10_000 });
+});
+afterEach(async () => {
+  const releaseStray = () => Promise.all(stray.splice(0).map((h) => h.release()));
+  await releaseStray();
+  await Promise.all(pending.splice(0).map((p) => within(p, 10_000, 'a pending wait to settle').catch(() => undefined)));
+  await releaseStray();
+  await within(waiter.close(), 5_000, 'waiter.close()');
+});
+
+/** A hold attempt whose eventual hold (if any) is released after the test. */
+function attempt(p: Promise<Hold>): Promise<Hold> {
+  const watched = p.then((h) => (stray.push(h), h));
+  pending.push(watched.catch(() => undefined));
+  return watched;
+}
+
+/**
+ * Waits until the waiter has failed `tries` tries and is sleeping before the next one: its
+ * acquire connection is back in the pool (only the LISTEN connection is checked out).
+ */
+async function waiterAsleepAfter(start: number, tries: number) {
+  await waitFor(() => waiter.roundTrips - start >= 3 * tries && waiter.pool.totalCount - waiter.pool.idleCount === 1, {
+    timeout: 5_000,
+    interval: 5,
+    what: `the waiter to fail ${tries} tries and sleep`,
+  });
+}
+
+/** Backends that registered as waiting on this test's semaphore (shared session-level marker locks). */
+async function watchers(): Promise<number> {
+  const { rows } = await ctx.admin.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM pg_locks l JOIN "${ctx.schema}".semaphores m ON m.id = l.objid::bigint
+      WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock' AND l.classid = $1::bigint AND l.objsubid = 2 AND m.name = $2`,
+    [classidOf(ns ^ 2), name],
+  );
+  return rows[0]!.n;
+}
+
+describe('waiting for a ticket', () => {
+  it('wakes promptly when the holder releases, and gets the ticket only after the release', async () => {
+    const listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
+    await listen.connect();
+    const notes: string[] = [];
+    listen.on('notification', (n) => notes.push(n.payload ?? ''));
+    await listen.query('LISTEN pg_semaphore');
+    try {
+      const hold = await holder.hold(name);
+      stray.push(hold);
+      const released = { at: undefined as number | undefined };
+      const start = waiter.roundTrips;
+      const waiting = track(
+        attempt(waiter.hold(name, { wait: 20_000 })).then((h) => {
+          expect(released.at, 'got the ticket before it was released').toBeDefined();
+          return h;
+        }),
+      );
+      await waitFor(async () => (await watchers()) === 1, { timeout: 5_000, what: 'the waiter to register' });
+      // Let the waiter back off: after 7 failed tries (3 round trips each) its next poll is
+      // at least 400 ms away, so a quick wake-up can only come from the NOTIFY.
+      await waiterAsleepAfter(start, 7);
+      expect(waiting.settled).toBe(false);
+      expect(await heldOf(ctx.sem, name)).toBe(1);
+
+      released.at = Date.now();
+      await hold.release();
+      const got = await within(waiting.promise, 5_000, 'the waiter to get the ticket');
+      const latency = waiting.at! - released.at;
+      expect(latency).toBeLessThan(300);
+      expect(got.tickets).toEqual(hold.tickets);
+      expect(await heldOf(ctx.sem, name)).toBe(1);
+      // the release sent a NOTIFY for this schema (other test runs may share the channel)
+      await waitFor(() => notes.some((n) => n.startsWith(`${ns}:`)), { timeout: 2_000, what: 'the NOTIFY' });
+      // the waiter unregistered once served
+      await waitFor(async () => (await watchers()) === 0, { timeout: 2_000, what: 'the waiter to unregister' });
+    } finally {
+      await listen.end();
+    }
+  });
+
+  it('several waiters in one process are all served, one at a time, as tickets return', async () => {
+    const first = await holder.hold(name);
+    stray.push(first);
+    const order: number[] = [];
+    const start = waiter.roundTrips;
+    const waits = [0, 1, 2].map((i) =>
+      waiter.withTickets(
+        name,
+        async () => {
+          order.push(i);
+          expect(await heldOf(ctx.sem, name)).toBe(1);
+        },
+        { wait: 10_000 },
+      ),
+    );
+    for (const w of waits) pending.push(w.catch(() => undefined));
+    await waitFor(async () => (await watchers()) === 1, { timeout: 5_000, what: 'the waiters to register' });
+    // each of the three has tried, registered and tried again
+    await waitFor(() => waiter.roundTrips - start >= 18, { timeout: 5_000, interval: 5, what: 'the waiters to wait' });
+    await first.release();
+    await within(Promise.all(waits), 5_000, 'every waiter to be served');
+    expect([...order].sort()).toEqual([0, 1, 2]);
+    expect(await heldOf(ctx.sem, name)).toBe(0);
+  });
+
+  it('a wait timeout rejects with SemaphoreTimeoutError and takes nothing', async () => {
+    const hold = await holder.hold(name);
+    stray.push(hold);
+    for (const wait of [200, { timeout: 200 }]) {
+      const started = Date.now();
+      const err = await rejection(attempt(waiter.hold(name, { wait })));
+      expect(err).toBeInstanceOf(SemaphoreTimeoutError);
+      expect(err).toMatchObject({ name: 'SemaphoreTimeoutError', operation: 'acquire', names: [name], timeoutMs: 200 });
+      expect(Date.now() - started).toBeGreaterThanOrEqual(190);
+      expect(Date.now() - started).toBeLessThan(2_000);
+    }
+    expect(await rejection(waiter.withTickets(name, () => 1, { wait: 0 }))).toBeInstanceOf(SemaphoreTimeoutError);
+    expect(await heldOf(ctx.sem, name)).toBe(1);
+    expect(waiter.openHolds).toBe(0);
+    await waitFor(async () => (await watchers()) === 0, { timeout: 2_000, what: 'the waiter to unregister' });
+  });
+
+  it('an already aborted signal rejects with its reason', async () => {
+    const hold = await holder.hold(name);
+    stray.push(hold);
+    const reason = new Error('aborted before');
+    expect(await rejection(attempt(waiter.hold(name, { wait: { signal: AbortSignal.abort(reason) } })))).toBe(reason);
+    expect(await heldOf(ctx.sem, name)).toBe(1);
+  });
+
+  it('aborting while waiting between tries rejects with the signal reason', async () => {
+    const hold = await holder.hold(name);
+    stray.push(hold);
+    const c = new AbortController();
+    const reason = new Error('stop waiting');
+    const start = waiter.roundTrips;
+    const p = attempt(waiter.hold(name, { wait: { signal: c.signal, timeout: 3_000 } }));
+    await waitFor(async () => (await watchers()) === 1, { timeout: 5_000, what: 'the waiter to register' });
+    await waiterAsleepAfter(start, 5); // sleeping for at least 100 ms now
+    c.abort(reason);
+    expect(await within(rejection(p), 2_000, 'the abort to take effect')).toBe(reason);
+    expect(await heldOf(ctx.sem, name)).toBe(1);
+    expect(waiter.openHolds).toBe(0);
+  });
+
+  it('aborting while a try is in flight rejects with the signal reason, and takes no ticket later', async () => {
+    const hold = await holder.hold(name);
+    stray.push(hold);
+    const c = new AbortController();
+    const reason = new Error('stop at once');
+    const p = track(attempt(waiter.hold(name, { wait: { signal: c.signal, timeout: 3_000 } })));
+    c.abort(reason); // the first try is on its way to Postgres now
+    await waitFor(async () => p.settled || (await watchers()) === 1, { timeout: 5_000, what: 'the waiter to settle or register' });
+    await hold.release();
+    await within(p.promise.catch(() => undefined), 5_000, 'the aborted wait to settle');
+    expect(p.error, 'an aborted wait took the ticket').toBe(reason);
+    expect(await heldOf(ctx.sem, name)).toBe(0);
+  });
+
+  it('fails fast with SemaphoreBusyError by default; tryHold returns null', async () => {
+    const hold = await holder.hold(name);
+    stray.push(hold);
+    const started = Date.now();
+    const err = await rejection(attempt(waiter.hold(name)));
+    expect(err).toBeInstanceOf(SemaphoreBusyError);
+    expect(err).toMatchObject({ name: 'SemaphoreBusyError', names: [name] });
+    expect(await rejection(waiter.withTickets(name, () => 'never'))).toBeInstanceOf(SemaphoreBusyError);
+    expect(await rejection(attempt(waiter.hold(name, { wait: false })))).toBeInstanceOf(SemaphoreBusyError);
+    expect(await waiter.tryHold(name)).toBeNull();
+    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(await heldOf(ctx.sem, name)).toBe(1);
+    expect(await watchers()).toBe(0);
+    expect(waiter.openHolds).toBe(0);
+
+    await hold.release();
+    const got = await waiter.tryHold(name);
+    expect(got).not.toBeNull();
+    await got!.release();
+  });
+});

@@ -1,0 +1,111 @@
+import type pg from 'pg';
+import type { PgSemaphore } from '../../src/index.js';
+import type { Child } from './processes.js';
+
+/** Rejects with a clear message when `promise` does not settle within `ms`. */
+export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
+/** Follows a promise so a test can ask whether it has settled yet, without awaiting it. */
+export interface Tracked<T> {
+  promise: Promise<T>;
+  settled: boolean;
+  value?: T;
+  error?: unknown;
+  /** `Date.now()` when it settled. */
+  at?: number;
+}
+
+export function track<T>(promise: Promise<T>): Tracked<T> {
+  const t: Tracked<T> = { promise, settled: false };
+  promise.then(
+    (value) => Object.assign(t, { settled: true, value, at: Date.now() }),
+    (error: unknown) => Object.assign(t, { settled: true, error, at: Date.now() }),
+  );
+  return t;
+}
+
+/** The rejection of a promise that must reject (fails the test if it resolves). */
+export async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise;
+  } catch (err) {
+    return err;
+  }
+  throw new Error('expected a rejection, got a resolved promise');
+}
+
+/**
+ * The error thrown by `fn`, synchronously or as a rejection (fails the test if none; a hold
+ * or anything else with `release()` that came back instead is released first).
+ */
+export async function errorOf(fn: () => unknown, what = String(fn)): Promise<unknown> {
+  let value: unknown;
+  try {
+    value = await fn();
+  } catch (err) {
+    return err;
+  }
+  if (value !== null && typeof value === 'object' && typeof (value as { release?: unknown }).release === 'function') {
+    await (value as { release(): Promise<void> }).release();
+  }
+  throw new Error(`expected an error, got none: ${what}`);
+}
+
+/** How many tickets of `name` are held right now (from pg_locks, via status()). */
+export async function heldOf(sem: PgSemaphore, name: string): Promise<number> {
+  return (await sem.status(name)).held;
+}
+
+/** Name, capacity and held count of every semaphore, for "nothing changed" checks. */
+export async function listSnapshot(sem: PgSemaphore): Promise<string> {
+  const list = await sem.list();
+  return JSON.stringify(list.map((s) => [s.name, s.tickets, s.held, s.updatedAt.toISOString()]));
+}
+
+/** The lock namespace key of a schema's install (first key of its ticket advisory locks). */
+export async function nsOf(admin: pg.Pool, schema: string): Promise<number> {
+  const { rows } = await admin.query<{ ns: number }>(`SELECT "${schema}"._ns() AS ns`);
+  return rows[0]!.ns;
+}
+
+/** `classid` of pg_locks for a two-key advisory lock whose first key is `key1`. */
+export function classidOf(key1: number): number {
+  return (key1 + 2 ** 32) % 2 ** 32;
+}
+
+/** Advisory locks of this schema's namespace that some backend waits for (a blocked shrink/destroy). */
+export async function waitingTicketLocks(admin: pg.Pool, schema: string): Promise<number> {
+  const ns = await nsOf(admin, schema);
+  const { rows } = await admin.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = $1::bigint AND objsubid = 2`,
+    [classidOf(ns)],
+  );
+  return rows[0]!.n;
+}
+
+/** pg_stat_activity of one backend. */
+export async function backendOf(
+  admin: pg.Pool,
+  pid: number,
+): Promise<{ state: string | null; backend_xid: string | null; backend_xmin: string | null } | undefined> {
+  const { rows } = await admin.query(`SELECT state, backend_xid::text, backend_xmin::text FROM pg_stat_activity WHERE pid = $1`, [pid]);
+  return rows[0];
+}
+
+/** Kills every child still running and waits (bounded) for them to exit. */
+export async function killAll(children: Child[]): Promise<void> {
+  for (const c of children) {
+    if (c.proc.exitCode === null && c.proc.signalCode === null) {
+      c.proc.kill('SIGCONT');
+      c.proc.kill('SIGKILL');
+    }
+  }
+  await within(Promise.all(children.map((c) => c.exited)), 10_000, 'children to exit').catch(() => undefined);
+  children.length = 0;
+}
