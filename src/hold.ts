@@ -33,6 +33,8 @@ export class Hold {
   private heartbeat: NodeJS.Timeout | undefined;
   /** The library's own statements on the holding connection run one after another. */
   private chain: Promise<unknown> = Promise.resolve();
+  /** Statements queued or running on the holding connection. */
+  private running = 0;
   private settled = false;
   private drizzleTx: NodePgDatabase | undefined;
   private readonly onError: (err: Error) => void;
@@ -58,6 +60,8 @@ export class Hold {
     if (client) {
       client.on('error', this.onError);
       client.on('end', this.onEnd);
+      // the acquire was parameterised: close its portal so no snapshot stays behind
+      void this.serial(() => client.query('SELECT 1')).catch(() => undefined);
       this.heartbeat = setInterval(() => void this.beat(), Math.max(10, Math.floor(livenessMs / 3)));
       this.heartbeat.unref();
     }
@@ -107,9 +111,8 @@ export class Hold {
 
   private async beat(): Promise<void> {
     if (this.settled || !this.client) return;
-    // Skip while the holder runs its own statements on the connection: it is not idle then.
-    const busy = (this.client as unknown as { activeQuery?: unknown; queryQueue?: unknown[] });
-    if (busy.activeQuery || (busy.queryQueue?.length ?? 0) > 0) return;
+    // Skip while statements run on the connection: it is not idle then.
+    if (this.running > 0) return;
     try {
       this.hooks?.roundTrip();
       await this.serial(() => this.client!.query('SELECT 1'));
@@ -136,8 +139,11 @@ export class Hold {
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
+    this.running++;
     const next = this.chain.then(fn, fn);
     this.chain = next.catch(() => undefined);
+    const done = () => void this.running--;
+    next.then(done, done);
     return next;
   }
 

@@ -57,6 +57,13 @@ export interface PgSemaphoreOptions {
   /** Where warnings go. @default console */
   logger?: Logger;
   /**
+   * Use LISTEN/NOTIFY to wake waiters when tickets are released. Turn it off behind a
+   * connection pooler in transaction mode (PgBouncer), where LISTEN does not work: waiting
+   * then relies on the jittered poll alone.
+   * @default true
+   */
+  listen?: boolean;
+  /**
    * `application_name` of the connections pg-semaphore opens itself.
    * @default 'pg-semaphore'
    */
@@ -176,6 +183,7 @@ export class PgSemaphore {
   private readonly livenessMs: number;
   private readonly maxPollMs: number;
   private readonly logger: Logger;
+  private readonly listen: boolean;
   private listener: Listener | undefined;
   private readonly holds = new Set<Hold>();
   private readonly inflight = new Set<Promise<unknown>>();
@@ -196,6 +204,7 @@ export class PgSemaphore {
     this.livenessMs = validateInt(options.livenessTimeout ?? 30_000, 'livenessTimeout', 100, 2_147_483_647);
     this.maxPollMs = validateInt(options.maxPollInterval ?? 1_000, 'maxPollInterval', 10, 600_000);
     this.logger = options.logger ?? console;
+    this.listen = options.listen ?? true;
     const env = process.env[DISABLE_ENV]?.toLowerCase();
     this.disabled = options.disabled === true || env === '1' || env === 'true' || env === 'yes';
     const appName = options.applicationName ?? 'pg-semaphore';
@@ -424,7 +433,7 @@ export class PgSemaphore {
    */
   async watch(names: string[], onRelease: () => void): Promise<() => Promise<void>> {
     names.forEach((n, i) => validateName(n, `names[${i}]`));
-    if (this.disabled) return async () => undefined;
+    if (this.disabled || !this.listen) return async () => undefined;
     this.listener ??= new Listener(this.pool, this.qs, this.logger);
     return this.listener.watch(names, onRelease);
   }
@@ -502,13 +511,18 @@ export class PgSemaphore {
         let row: AcquireRow;
         try {
           this.roundTrips += 2;
-          // The request goes in as a bind parameter outside the transaction; BEGIN and the
-          // acquire then go as one simple-protocol string, which leaves no open portal (and
-          // so no snapshot) behind in the holding transaction.
-          const request = JSON.stringify({ names: req.names, counts: req.counts, label: label ?? null, idle: this.livenessMs });
-          await client.query(`SELECT set_config('pg_semaphore.request', $1, false)`, [request]);
-          const results = (await client.query(`BEGIN; SELECT * FROM ${this.qs}.acquire_request()`)) as unknown as Array<pg.QueryResult<AcquireRow>>;
-          row = results[1]!.rows[0]!;
+          // Two statements on one connection inside one transaction, so this also works
+          // behind PgBouncer in transaction mode. The parameterised acquire leaves an open
+          // portal that would keep a snapshot; the Hold closes it with a simple statement sent
+          // right after, without making the caller wait for it.
+          await client.query('BEGIN');
+          const result = await client.query<AcquireRow>(`SELECT * FROM ${this.qs}.acquire($1::text[], $2::integer[], $3, $4)`, [
+            req.names,
+            req.counts,
+            label ?? null,
+            this.livenessMs,
+          ]);
+          row = result.rows[0]!;
         } catch (err) {
           client.removeListener('error', onError);
           client.release(err as Error);
@@ -563,6 +577,7 @@ export class PgSemaphore {
         if (this.closing) throw new PgSemaphoreError('expected an open PgSemaphore, got one closed while waiting');
         const now = Date.now();
         if (now >= deadline) throw new SemaphoreTimeoutError('acquire', req.names, wait.timeout ?? 0);
+        if (!unwatch && !this.listen) unwatch = async () => undefined;
         if (!unwatch) {
           try {
             this.listener ??= new Listener(this.pool, this.qs, this.logger);

@@ -29,8 +29,9 @@ export function quoteSchema(schema: string): string {
 
 /** Checks a semaphore name: a string of 1 to 200 characters with no NUL. */
 export function validateName(name: unknown, argument = 'name'): string {
-  if (typeof name !== 'string' || name.length < 1 || [...name].length > MAX_NAME_LENGTH || name.includes('\u0000')) {
-    throw new InvalidArgumentError(argument, `a string of 1 to ${MAX_NAME_LENGTH} characters without NUL`, name);
+  // Lone surrogates are rejected: Postgres would store each as U+FFFD, so two names would collide.
+  if (typeof name !== 'string' || name.length < 1 || [...name].length > MAX_NAME_LENGTH || name.includes('\u0000') || /\p{Cs}/u.test(name)) {
+    throw new InvalidArgumentError(argument, `a string of 1 to ${MAX_NAME_LENGTH} characters, without NUL or lone surrogates`, name);
   }
   return name;
 }

@@ -368,6 +368,8 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
         delay = Math.max(minDelay, Math.min(maxDelay, ((ahead + 1) / capacity) * gate.meanHoldMs * 1.5));
       }
     }
+    // Postgres unreachable: come back soon (jittered) rather than after a long doubling backoff
+    if (unavailable) delay = Math.min(delay, 1_000);
     delay = Math.round(delay * (0.75 + Math.random() / 2));
     if (maxWaitTime !== undefined) delay = Math.max(1, Math.min(delay, job.timestamp + maxWaitTime - Date.now()));
     await job.moveToDelayed(Date.now() + delay, token);

@@ -213,24 +213,6 @@ BEGIN
 END
 $$;
 
--- acquire() with its arguments taken from the session setting pg_semaphore.request (JSON:
--- names, counts, label, idle), which the caller sets with a bind parameter before BEGIN. Then
--- "BEGIN; SELECT * FROM acquire_request()" goes as one simple-protocol round trip, and the
--- holding transaction is left with no open portal, so it keeps no snapshot while idle.
-CREATE OR REPLACE FUNCTION "semaphore".acquire_request(OUT status text, OUT tickets integer[], OUT semaphore_ids integer[], OUT names text[])
-LANGUAGE plpgsql AS $$
-DECLARE
-  v jsonb := current_setting('pg_semaphore.request')::jsonb;
-BEGIN
-  SELECT a.status, a.tickets, a.semaphore_ids, a.names INTO status, tickets, semaphore_ids, names
-    FROM "semaphore".acquire(
-      ARRAY(SELECT e FROM jsonb_array_elements_text(v -> 'names') WITH ORDINALITY AS x(e, o) ORDER BY o),
-      ARRAY(SELECT e::integer FROM jsonb_array_elements_text(v -> 'counts') WITH ORDINALITY AS x(e, o) ORDER BY o),
-      v ->> 'label',
-      (v ->> 'idle')::integer) a;
-END
-$$;
-
 -- Session-level shared "I am waiting" markers, taken by a waiting process's listener
 -- connection; wake() uses them to skip the NOTIFY when nobody waits.
 CREATE OR REPLACE FUNCTION "semaphore".watch(p_names text[]) RETURNS integer[]
