@@ -147,8 +147,10 @@ interface Gate {
   holding: number;
   /** Jobs of this process using this gate (from arrival until they are done with it). */
   jobs: number;
-  /** Acquire calls in flight from jobs that just arrived (at most one at a time). */
+  /** Acquire calls in flight from jobs that just arrived. */
   arriving: number;
+  /** The last acquire call found no ticket (cleared by the next success). */
+  saturated: boolean;
   meanHoldMs: number;
   unwatch: Promise<() => Promise<void>> | undefined;
 }
@@ -218,7 +220,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     const key = JSON.stringify([req.names, req.counts]);
     let gate = gates.get(key);
     if (!gate) {
-      gate = { key, req, waiters: [], holding: 0, jobs: 0, arriving: 0, meanHoldMs: 0, unwatch: undefined };
+      gate = { key, req, waiters: [], holding: 0, jobs: 0, arriving: 0, saturated: false, meanHoldMs: 0, unwatch: undefined };
       gates.set(key, gate);
     }
     return gate;
@@ -275,6 +277,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       { createWith, label },
     );
     unavailable = false;
+    gate.saturated = !hold;
     metrics.attempts.add(1, { result: hold ? 'acquired' : 'busy' });
     if (!hold) stats.busy++;
     return hold;
@@ -452,10 +455,10 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
 
     let hold: Hold | null = null;
     let handoff = false;
-    // One acquire call per semaphore set at a time from arriving jobs: the others queue
-    // behind it and are woken one by one while tickets keep coming (no stampede, one
-    // connection per attempt).
-    if (!wakeOnRelease || (gate.waiters.length === 0 && gate.arriving === 0)) {
+    // While tickets are plentiful, arriving jobs acquire at once and in parallel. Once an
+    // acquire found none, arriving jobs queue behind the waiters instead, and only one
+    // acquire call per semaphore set is in flight at a time (no stampede on Postgres).
+    if (!wakeOnRelease || (gate.waiters.length === 0 && (!gate.saturated || gate.arriving === 0))) {
       gate.arriving++;
       try {
         hold = await tryOrBackOff(gate, label);
