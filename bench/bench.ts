@@ -1,0 +1,142 @@
+// pg-semaphore benchmark: fleet-wide caps for BullMQ workers, against BullMQ's global
+// concurrency, redis-semaphore, the wrapper without wake-ups, and a plain uncapped worker.
+//
+//   npm run bench                      full run (< 15 min), writes bench/results/latest.*
+//   npx tsx bench/bench.ts --quick     < 1 min; exits non-zero if a cap broke or a job was lost
+//
+// Options: --quick, --raw (also write every run's job timestamps), --pool=<pg-semaphore pool max per process, 8>, --only=<contender,...>, --workloads=<id,...>, --jobs=<n>, --deadline=<s per run>,
+// --budget=<s in all>, --out=<dir>. DATABASE_URL and REDIS_URL override the loopback defaults.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { analyze, type RunFigures } from './lib/analyze.js';
+import { waitForQuiet } from './lib/cpu.js';
+import { collectEnvironment } from './lib/environment.js';
+import { fullPlan, quickPlan } from './lib/plan.js';
+import { evaluateTargets, printTable, writeResults } from './lib/report.js';
+import { liveChildren, pendingCleanups, runOne } from './lib/run.js';
+import type { ContenderId, WorkloadId } from './lib/types.js';
+
+const args = process.argv.slice(2);
+const flag = (name: string) => args.includes(`--${name}`);
+const opt = (name: string) => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
+for (const a of args) {
+  if (!/^--(quick|raw|pool=\d+|only=.+|workloads=.+|jobs=\d+|deadline=\d+|budget=\d+|quiet-wait=\d+|out=.+)$/.test(a)) {
+    console.error(`bench: unknown argument ${a}; expected --quick, --raw, --pool=, --only=, --workloads=, --jobs=, --deadline=, --budget=, --quiet-wait=, --out=`);
+    process.exit(2);
+  }
+}
+const quick = flag('quick');
+const databaseUrl = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const budgetMs = Number(opt('budget') ?? (quick ? 55 : 14 * 60)) * 1000;
+const runDeadlineMs = Number(opt('deadline') ?? (quick ? 20 : 90)) * 1000;
+// Postgres is shared (max_connections 100): pg-semaphore's pool per worker process stays small.
+const semPoolMax = Number(opt('pool') ?? 8);
+const quietWaitMs = Number(opt('quiet-wait') ?? (quick ? 0 : 10)) * 1000;
+const outDir = opt('out') ?? fileURLToPath(new URL('./results/', import.meta.url));
+
+let plan = quick ? quickPlan() : fullPlan();
+const only = opt('only')?.split(',') as ContenderId[] | undefined;
+const workloads = opt('workloads')?.split(',') as WorkloadId[] | undefined;
+if (workloads) plan = plan.filter((w) => workloads.includes(w.id));
+if (only) plan = plan.map((w) => ({ ...w, contenders: w.contenders.filter((c) => only.includes(c)) }));
+if (opt('jobs')) plan = plan.map((w) => ({ ...w, jobs: Number(opt('jobs')) }));
+plan = plan.filter((w) => w.contenders.length > 0);
+
+const log = (s: string) => process.stderr.write(`${s}\n`);
+
+// ---------------------------------------------------------------- never leave children or schemas behind
+let exiting = false;
+async function emergencyExit(code: number, why: string): Promise<never> {
+  if (!exiting) {
+    exiting = true;
+    log(`bench: ${why}; cleaning up`);
+    for (const c of liveChildren) c.kill('SIGKILL');
+    await Promise.race([Promise.all([...pendingCleanups].map((f) => f().catch(() => undefined))), new Promise((r) => setTimeout(r, 10_000))]);
+  }
+  process.exit(code);
+}
+process.on('exit', () => {
+  for (const c of liveChildren) c.kill('SIGKILL');
+});
+process.on('SIGINT', () => void emergencyExit(130, 'interrupted'));
+process.on('SIGTERM', () => void emergencyExit(143, 'terminated'));
+
+// ---------------------------------------------------------------- run
+const started = Date.now();
+const environment = await collectEnvironment(databaseUrl, redisUrl, args, quick);
+log(`bench: ${quick ? 'quick' : 'full'} run on ${environment.machine.cpus} cpus (${environment.machine.cpuModel}), node ${environment.versions.node}, ${environment.versions.postgres}, redis ${environment.versions.redis}, bullmq ${environment.versions.bullmq}`);
+
+const figures: RunFigures[] = [];
+const skipped: string[] = [];
+const crashed: string[] = [];
+for (const workload of plan) {
+  log(`\n== ${workload.title} (${workload.jobs} jobs)`);
+  for (const contender of workload.contenders) {
+    const left = budgetMs - (Date.now() - started);
+    const reserve = quick ? 8_000 : 20_000;
+    if (left < reserve + 5_000) {
+      skipped.push(`${workload.id} / ${contender}: out of time budget`);
+      log(`  ${contender}: skipped (time budget)`);
+      continue;
+    }
+    // The machine may be shared: let other load pass first (bounded), and record what was left.
+    const quiet = quietWaitMs > 0 ? await waitForQuiet(Math.min(quietWaitMs, left - reserve - 5_000)) : { busy: null, waitedMs: 0 };
+    const deadline = Math.min(runDeadlineMs, budgetMs - (Date.now() - started) - reserve);
+    log(
+      `  ${contender}: running (deadline ${Math.round(deadline / 1000)} s` +
+        (quiet.busy !== null ? `; CPU ${(quiet.busy * 100).toFixed(0)} % busy before, after waiting ${(quiet.waitedMs / 1000).toFixed(0)} s` : '') +
+        ')',
+    );
+    try {
+      const raw = await runOne(contender, workload, { databaseUrl, redisUrl, semPoolMax, bqPoolMax: 3 }, deadline, log);
+      const f = analyze(raw);
+      f.backgroundBusy = quiet.busy;
+      if (flag('raw')) {
+        // every job's timestamps, for digging into one run
+        mkdirSync(outDir, { recursive: true });
+        writeFileSync(join(outDir, `raw-${workload.id}-${contender}-${raw.runId}.json`), JSON.stringify(raw));
+      }
+      figures.push(f);
+      log(
+        `  ${contender}: ${f.completed}/${f.jobs} jobs, ${f.jobsPerSec.toFixed(0)} jobs/s` +
+          (f.shareOfIdeal !== null ? ` (${(f.shareOfIdeal * 100).toFixed(1)} % of ideal)` : '') +
+          `, max holders ${f.maxHolders} (api) ${f.maxHoldersByClock} (clock)${f.cap !== null ? ` of cap ${f.cap}` : ''}, cpu ${f.cpuBusy !== null ? (f.cpuBusy * 100).toFixed(0) : '?'} %` +
+          (f.errors.length ? `; ${f.errors.slice(0, 3).join('; ')}` : ''),
+      );
+    } catch (err) {
+      crashed.push(`${workload.id} / ${contender}: ${(err as Error).message}`);
+      log(`  ${contender}: FAILED: ${(err as Error).stack ?? err}`);
+    }
+  }
+}
+const totalSeconds = (Date.now() - started) / 1000;
+
+// ---------------------------------------------------------------- report
+const targets = evaluateTargets(figures, environment);
+const settings = { semPoolMax, bqPoolMax: 3, runDeadlineS: runDeadlineMs / 1000, budgetS: budgetMs / 1000, quietWaitS: quietWaitMs / 1000 };
+printTable(figures, targets, { settings, skipped, crashed, totalSeconds, quick });
+mkdirSync(outDir, { recursive: true });
+const written = writeResults(outDir, { environment, settings, plan, figures, targets, skipped, crashed, totalSeconds, quick });
+log(`\nbench: wrote ${written.join(', ')}`);
+
+// Caps and jobs are correctness: they fail the run. Speed targets only print PASS/MISS.
+const broken = figures.filter((f) => f.capHeld === false);
+const lost = figures.filter((f) => f.lost > 0 || f.failed > 0 || (quick && f.deadlineHit) || f.errors.some((e) => /sent no result|exited early/.test(e)));
+const problems = [
+  ...broken.map((f) => `CAP BROKEN: ${f.workload} / ${f.contender}: ${Math.max(f.maxHolders, f.maxHoldersByClock)} holders > cap ${f.cap} (api ${f.maxHolders}, clock ${f.maxHoldersByClock})`),
+  ...lost.map((f) =>
+    f.deadlineHit && f.failed === 0
+      ? `UNFINISHED AT DEADLINE: ${f.workload} / ${f.contender}: ${f.lost} of ${f.jobs} jobs not done when the run's deadline came`
+      : `JOBS LOST: ${f.workload} / ${f.contender}: ${f.lost} unfinished, ${f.failed} failed${f.deadlineHit ? ' (deadline hit)' : ''}`,
+  ),
+  ...crashed.map((c) => `RUN FAILED: ${c}`),
+];
+if (problems.length) {
+  for (const p of problems) console.log(p);
+  // A run that hit its deadline in the full benchmark is reported, not fatal; the quick mode must finish.
+  const fatal = broken.length > 0 || crashed.length > 0 || lost.some((f) => quick || !f.deadlineHit);
+  process.exit(fatal ? 1 : 0);
+}
+process.exit(0);

@@ -1,0 +1,73 @@
+// What the benchmark runs: the workloads, their sizes and their contenders, full and quick.
+import type { ContenderId, WorkloadSpec } from './types.js';
+
+const ALL: ContenderId[] = ['pgsem-redis', 'pgsem-pg', 'pgsem-nowake', 'bullmq-global', 'redis-semaphore', 'plain'];
+
+export function fullPlan(): WorkloadSpec[] {
+  return [
+    {
+      id: 'saturated-10ms',
+      title: 'Saturated, one semaphore: K=5, 4 processes x concurrency 20, 10 ms holds',
+      jobs: 5_000,
+      holdMs: 10,
+      processes: 4,
+      concurrency: 20,
+      cap: 5,
+      mode: 'single',
+      tenants: 0,
+      contenders: ALL,
+    },
+    {
+      id: 'saturated-0ms',
+      title: 'Saturated, one semaphore: K=5, 4 processes x concurrency 20, 0 ms holds',
+      jobs: 5_000,
+      holdMs: 0,
+      processes: 4,
+      concurrency: 20,
+      cap: 5,
+      mode: 'single',
+      tenants: 0,
+      contenders: ALL,
+    },
+    {
+      id: 'per-key',
+      title: 'Per key: 100 tenants x cap 2, 5 heavy tenants get 40 % of the jobs, 4 x 20, 10 ms holds',
+      jobs: 3_000,
+      holdMs: 10,
+      processes: 4,
+      concurrency: 20,
+      cap: 2,
+      mode: 'tenant',
+      tenants: 100,
+      // BullMQ's global concurrency is one cap per queue: nothing per key.
+      contenders: ['pgsem-redis', 'pgsem-pg', 'pgsem-nowake', 'redis-semaphore', 'plain'],
+    },
+    {
+      id: 'uncontended',
+      title: 'Uncontended: K=100 > fleet concurrency 4 x 5, 10 ms holds (bare overhead)',
+      jobs: 2_000,
+      holdMs: 10,
+      processes: 4,
+      concurrency: 5,
+      cap: 100,
+      mode: 'single',
+      tenants: 0,
+      contenders: ['pgsem-redis', 'pgsem-pg', 'redis-semaphore', 'plain'],
+    },
+  ];
+}
+
+/** Under a minute: fewer jobs and contenders; checks that the benchmark works and caps hold. */
+export function quickPlan(): WorkloadSpec[] {
+  const [sat10, sat0, perKey, unc] = fullPlan();
+  // Five runs of this library (both BullMQ backends); starting 4 worker processes costs ~3-5 s
+  // each time. The cap checks that matter most come first, in case a slow machine runs out of
+  // the time budget (later runs are then skipped and listed as such).
+  return [
+    { ...sat10!, jobs: 300, contenders: ['pgsem-redis'] },
+    { ...perKey!, jobs: 400, contenders: ['pgsem-redis'] },
+    { ...sat10!, jobs: 300, contenders: ['pgsem-pg'] },
+    { ...sat0!, jobs: 300, contenders: ['pgsem-redis'] },
+    { ...unc!, jobs: 200, contenders: ['pgsem-redis'] },
+  ];
+}

@@ -1,0 +1,346 @@
+// One benchmark run: one contender on one workload, with its own Postgres schemas, Redis
+// prefix, fake API and worker OS processes; everything is removed again, also on failure.
+import { fork, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { Queue, createPostgresBackend } from 'bullmq';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { PgSemaphore } from '../../src/index.js';
+import { busyBetween, cpuTimes, serverCpuMs } from './cpu.js';
+import { startFakeApi } from './fake-api.js';
+import { CONTENDERS, HEAVY_TENANTS, type ContenderId, type HostConfig, type HostMessage, type HostResult, type WorkloadSpec } from './types.js';
+
+export interface RunEnv {
+  databaseUrl: string;
+  redisUrl: string;
+  semPoolMax: number;
+  bqPoolMax: number;
+}
+
+export interface RawRun {
+  runId: string;
+  contender: ContenderId;
+  workload: WorkloadSpec;
+  /** Tenant of each job (index = job index). */
+  tenantOf: number[];
+  hosts: HostResult[];
+  api: { max: number; tenantMax: number; calls: number };
+  /** Job counts BullMQ reports after the run. */
+  queueCounts: Record<string, number>;
+  /** pg-semaphore's connections (peak, of them in a transaction at once, mean) and BullMQ Postgres backend's. */
+  conns: { semPeak: number; semTxPeak: number; semMean: number; bqPeak: number; bqMean: number; samples: number; names: string[] };
+  cpuBusy: number | null;
+  /** CPU the Postgres and Redis servers used during the run (others' load included). */
+  serverCpuMs: { postgres: number; redis: number } | null;
+  /** ms from "go" until every job was done (or the deadline). */
+  wallMs: number;
+  deadlineHit: boolean;
+  setupMs: number;
+  errors: string[];
+}
+
+const HOST_SCRIPT = fileURLToPath(new URL('../worker-host.ts', import.meta.url));
+
+/** Children alive right now, so the benchmark can kill them whatever happens. */
+export const liveChildren = new Set<ChildProcess>();
+/** Cleanups of runs in progress, for a signal arriving mid-run. */
+export const pendingCleanups = new Set<() => Promise<void>>();
+
+/** Deterministic PRNG (mulberry32), so every contender gets the same job order. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Tenants of the jobs, in queue order. Per key: 5 heavy tenants get 40 % of the jobs
+ * (8 % each), the other tenants share the rest evenly; the order is shuffled (seeded).
+ */
+export function tenantsFor(workload: WorkloadSpec): number[] {
+  const n = workload.jobs;
+  if (workload.mode !== 'tenant') return new Array<number>(n).fill(-1);
+  const heavy = Math.min(HEAVY_TENANTS, workload.tenants);
+  const out: number[] = [];
+  const heavyEach = Math.floor((n * 0.4) / heavy);
+  for (let t = 0; t < heavy; t++) for (let k = 0; k < heavyEach; k++) out.push(t);
+  const light = workload.tenants - heavy;
+  for (let k = 0; out.length < n; k++) out.push(light > 0 ? heavy + (k % light) : k % heavy);
+  const rnd = prng(42);
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(rnd() * (i + 1));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
+}
+
+function redisConnection(url: string) {
+  const u = new URL(url);
+  return { host: u.hostname, port: Number(u.port || 6379), maxRetriesPerRequest: null };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function runOne(contender: ContenderId, workload: WorkloadSpec, env: RunEnv, deadlineMs: number, log: (s: string) => void): Promise<RawRun> {
+  const info = CONTENDERS[contender];
+  const runId = randomBytes(3).toString('hex');
+  const semSchema = `pgsem_bench_${runId}`;
+  const bqSchema = `bq_bench_${runId}`;
+  const prefix = `pgsem_bench_${runId}`;
+  const queueName = `bench_${runId}`;
+  const semAppName = `pgsem-bench-${runId}`;
+  const bqAppName = `bq-bench-${runId}`;
+  const usesSem = contender.startsWith('pgsem');
+  const errors: string[] = [];
+  const tenantOf = tenantsFor(workload);
+  const setupStarted = Date.now();
+
+  const admin = new pg.Pool({ connectionString: env.databaseUrl, max: 2, application_name: `bench-admin-${runId}` });
+  admin.on('error', () => undefined);
+  const api = await startFakeApi(workload.tenants);
+  let queue: Queue | undefined;
+  let adminSem: PgSemaphore | undefined;
+  const children: ChildProcess[] = [];
+
+  let cleaned = false;
+  let cleaning: Promise<void> | undefined;
+  // Called by the run's own finally and by a signal handler: both wait for the one cleanup.
+  const cleanup = () => (cleaning ??= doCleanup());
+  const doCleanup = async () => {
+    cleaned = true;
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    if (queue) {
+      await queue.obliterate({ force: true }).catch((err) => errors.push(`obliterate: ${(err as Error).message}`));
+      await queue.close().catch(() => undefined);
+    }
+    await adminSem?.close().catch(() => undefined);
+    await admin.query(`DROP SCHEMA IF EXISTS "${semSchema}" CASCADE`).catch((err) => errors.push(`drop ${semSchema}: ${(err as Error).message}`));
+    await admin.query(`DROP SCHEMA IF EXISTS "${bqSchema}" CASCADE`).catch((err) => errors.push(`drop ${bqSchema}: ${(err as Error).message}`));
+    await admin.end().catch(() => undefined);
+    // redis-semaphore's keys ("semaphore:<prefix>:...") and anything left under the prefix
+    const redis = new Redis(env.redisUrl, { maxRetriesPerRequest: 1 });
+    try {
+      for (const pattern of [`semaphore:${prefix}:*`, `${prefix}:*`]) {
+        let cursor = '0';
+        do {
+          const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+          cursor = next;
+          if (keys.length) await redis.del(...keys);
+        } while (cursor !== '0');
+      }
+    } catch (err) {
+      errors.push(`redis cleanup: ${(err as Error).message}`);
+    } finally {
+      redis.disconnect();
+    }
+    await api.close().catch(() => undefined);
+  };
+  pendingCleanups.add(cleanup);
+
+  try {
+    // ------------------------------------------------------------ setup
+    if (usesSem) {
+      adminSem = new PgSemaphore({ connection: { connectionString: env.databaseUrl, max: 2 }, schema: semSchema, applicationName: `bench-admin-${runId}` });
+      await adminSem.migrate();
+      if (workload.mode === 'single') await adminSem.make('api', workload.cap);
+      // per key: the semaphores are made on first use (createWith), as an application would
+    }
+    // Both backends' queues have the same surface; the types differ in their backend parameter.
+    const q: Queue =
+      info.backend === 'postgres'
+        ? (new Queue(
+            queueName,
+            { connection: { connectionString: env.databaseUrl, schema: bqSchema, migrate: true, max: 2, application_name: `bench-admin-${runId}` } },
+            createPostgresBackend,
+          ) as unknown as Queue)
+        : new Queue(queueName, { connection: redisConnection(env.redisUrl), prefix });
+    queue = q;
+    await q.waitUntilReady();
+    if (contender === 'bullmq-global') await q.setGlobalConcurrency(workload.cap);
+
+    const results = new Map<number, HostResult>();
+    const progress = new Map<number, number>();
+    const readyWaiters: Array<Promise<void>> = [];
+    for (let h = 0; h < workload.processes; h++) {
+      const cfg: HostConfig = {
+        runId,
+        hostIndex: h,
+        contender,
+        backend: info.backend,
+        queue: queueName,
+        concurrency: workload.concurrency,
+        cap: workload.cap,
+        mode: workload.mode,
+        holdMs: workload.holdMs,
+        databaseUrl: env.databaseUrl,
+        redisUrl: env.redisUrl,
+        semSchema,
+        bqSchema,
+        prefix,
+        apiUrl: api.url,
+        semPoolMax: env.semPoolMax,
+        bqPoolMax: env.bqPoolMax,
+        semAppName,
+        bqAppName,
+      };
+      const child = fork(HOST_SCRIPT, [], {
+        execArgv: ['--import', 'tsx'],
+        env: { ...process.env, BENCH_CONFIG: JSON.stringify(cfg) },
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      });
+      children.push(child);
+      liveChildren.add(child);
+      // a message to a child that is going away fails with EPIPE: not our concern then
+      child.on('error', (err) => {
+        if (!cleaned) errors.push(`host ${h}: ${err.message}`);
+      });
+      child.once('exit', (code, signal) => {
+        liveChildren.delete(child);
+        if (!results.has(h) && !cleaned) errors.push(`host ${h} exited early (code ${code}, signal ${signal})`);
+      });
+      readyWaiters.push(
+        new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error(`host ${h} not ready within 60 s`)), 60_000);
+          child.on('message', (m: HostMessage) => {
+            if (m.type === 'ready') {
+              clearTimeout(timer);
+              resolve();
+            } else if (m.type === 'progress') {
+              progress.set(h, m.completed + m.failed);
+            } else if (m.type === 'result') {
+              results.set(h, m);
+            } else if (m.type === 'error') {
+              errors.push(`host ${h}: ${m.message}`);
+              clearTimeout(timer);
+              reject(new Error(`host ${h}: ${m.message}`));
+            }
+          });
+          child.once('exit', () => reject(new Error(`host ${h} exited before it was ready`)));
+        }),
+      );
+    }
+    await Promise.all(readyWaiters);
+    const readyMs = Date.now() - setupStarted;
+
+    // Jobs go in before the workers start, so adding them does not pace the run.
+    for (let i = 0; i < workload.jobs; i += 500) {
+      const batch = [];
+      for (let j = i; j < Math.min(workload.jobs, i + 500); j++) batch.push({ name: 'call', data: { i: j, tenant: tenantOf[j]! } });
+      await q.addBulk(batch);
+    }
+    const setupMs = Date.now() - setupStarted;
+    log(`    hosts ready after ${(readyMs / 1000).toFixed(1)} s, ${workload.jobs} jobs added after ${(setupMs / 1000).toFixed(1)} s`);
+
+    // ------------------------------------------------------------ run
+    const connNames = new Set<string>();
+    const conns = { semPeak: 0, semTxPeak: 0, semSum: 0, bqPeak: 0, bqSum: 0, samples: 0 };
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        try {
+          const { rows } = await admin.query<{ application_name: string; n: number; tx: number }>(
+            `SELECT application_name, count(*)::int AS n, count(xact_start)::int AS tx FROM pg_stat_activity WHERE application_name LIKE $1 GROUP BY 1`,
+            [`%${runId}%`],
+          );
+          let s = 0;
+          let b = 0;
+          let tx = 0;
+          for (const r of rows) {
+            if (r.application_name.startsWith('bench-admin-')) continue;
+            connNames.add(r.application_name.replace(/:\d+$/, ':<job>'));
+            if (r.application_name.startsWith(semAppName) || r.application_name.startsWith('pg-semaphore:')) {
+              s += r.n;
+              tx += r.tx;
+            } else b += r.n;
+          }
+          conns.semPeak = Math.max(conns.semPeak, s);
+          conns.semTxPeak = Math.max(conns.semTxPeak, tx);
+          conns.bqPeak = Math.max(conns.bqPeak, b);
+          conns.semSum += s;
+          conns.bqSum += b;
+          conns.samples++;
+        } catch {
+          // sampling is best effort
+        }
+        await sleep(200);
+      }
+    })();
+
+    const cpu0 = cpuTimes();
+    const srv0 = serverCpuMs();
+    const go = Date.now();
+    for (const c of children) if (c.connected) c.send({ type: 'go' });
+    const total = () => [...progress.values()].reduce((a, b) => a + b, 0);
+    let deadlineHit = false;
+    let lastLog = go;
+    for (;;) {
+      if (total() >= workload.jobs) break;
+      if (Date.now() - go > deadlineMs) {
+        deadlineHit = true;
+        errors.push(`deadline of ${Math.round(deadlineMs / 1000)} s hit with ${workload.jobs - total()} jobs unfinished`);
+        break;
+      }
+      if (children.some((c) => c.exitCode !== null || c.signalCode !== null)) break;
+      if (Date.now() - lastLog > 5_000) {
+        lastLog = Date.now();
+        log(`    ${total()}/${workload.jobs} jobs after ${Math.round((lastLog - go) / 1000)} s`);
+      }
+      await sleep(25);
+    }
+    const wallMs = Date.now() - go;
+    const cpu1 = cpuTimes();
+    const srv1 = serverCpuMs();
+    sampling = false;
+    await sampler;
+
+    // ------------------------------------------------------------ collect
+    for (const c of children) if (c.connected) c.send({ type: 'close' });
+    const collectUntil = Date.now() + (deadlineHit ? 15_000 : 30_000);
+    while (results.size < children.length && Date.now() < collectUntil && children.some((c, h) => !results.has(h) && c.exitCode === null)) await sleep(25);
+    for (const [h, c] of children.entries()) {
+      if (!results.has(h)) {
+        errors.push(`host ${h} sent no result`);
+        c.kill('SIGKILL');
+      }
+    }
+    const queueCounts = await q.getJobCounts('completed', 'failed', 'delayed', 'waiting', 'active', 'prioritized').catch((err) => {
+      errors.push(`getJobCounts: ${(err as Error).message}`);
+      return {};
+    });
+    return {
+      runId,
+      contender,
+      workload,
+      tenantOf,
+      hosts: [...results.values()].sort((a, b) => a.hostIndex - b.hostIndex),
+      api: { max: api.max, tenantMax: api.tenantMax, calls: api.calls },
+      queueCounts,
+      conns: {
+        semPeak: conns.semPeak,
+        semTxPeak: conns.semTxPeak,
+        semMean: conns.samples ? conns.semSum / conns.samples : 0,
+        bqPeak: conns.bqPeak,
+        bqMean: conns.samples ? conns.bqSum / conns.samples : 0,
+        samples: conns.samples,
+        names: [...connNames].sort(),
+      },
+      cpuBusy: busyBetween(cpu0, cpu1),
+      serverCpuMs: srv0 && srv1 ? { postgres: srv1.postgres - srv0.postgres, redis: srv1.redis - srv0.redis } : null,
+      wallMs,
+      deadlineHit,
+      setupMs,
+      errors,
+    };
+  } finally {
+    const t = Date.now();
+    await cleanup();
+    pendingCleanups.delete(cleanup);
+    log(`    cleaned up in ${((Date.now() - t) / 1000).toFixed(1)} s`);
+  }
+}

@@ -1,0 +1,117 @@
+// Shared shapes of the benchmark: what a run is, what a worker host is told and what it reports.
+
+/** Per key: this many tenants (0..n-1) get 40 % of the jobs between them. */
+export const HEAVY_TENANTS = 5;
+
+/** Who enforces the cap. */
+export type ContenderId = 'pgsem-redis' | 'pgsem-pg' | 'pgsem-nowake' | 'bullmq-global' | 'redis-semaphore' | 'plain';
+
+/** Which load. */
+export type WorkloadId = 'saturated-10ms' | 'saturated-0ms' | 'per-key' | 'uncontended';
+
+export interface ContenderInfo {
+  id: ContenderId;
+  label: string;
+  /** BullMQ backend the workers use. */
+  backend: 'redis' | 'postgres';
+  /** Whether the contender caps concurrency at all (the plain worker does not). */
+  capped: boolean;
+}
+
+export const CONTENDERS: Record<ContenderId, ContenderInfo> = {
+  'pgsem-redis': { id: 'pgsem-redis', label: 'pg-semaphore (BullMQ Redis)', backend: 'redis', capped: true },
+  'pgsem-pg': { id: 'pgsem-pg', label: 'pg-semaphore (BullMQ Postgres)', backend: 'postgres', capped: true },
+  'pgsem-nowake': { id: 'pgsem-nowake', label: 'pg-semaphore wakeOnRelease:false', backend: 'redis', capped: true },
+  'bullmq-global': { id: 'bullmq-global', label: 'BullMQ setGlobalConcurrency', backend: 'redis', capped: true },
+  'redis-semaphore': { id: 'redis-semaphore', label: 'redis-semaphore (10 ms poll)', backend: 'redis', capped: true },
+  plain: { id: 'plain', label: 'plain BullMQ, no cap (ceiling)', backend: 'redis', capped: false },
+};
+
+export interface WorkloadSpec {
+  id: WorkloadId;
+  title: string;
+  jobs: number;
+  /** Hold time asked of the fake API, ms. */
+  holdMs: number;
+  /** Worker OS processes. */
+  processes: number;
+  /** BullMQ concurrency per process. */
+  concurrency: number;
+  /** Tickets of the one semaphore (single mode), or per tenant (per-key mode). */
+  cap: number;
+  /** One semaphore, or one per tenant. */
+  mode: 'single' | 'tenant';
+  tenants: number;
+  contenders: ContenderId[];
+}
+
+/** Everything a worker host needs, passed as JSON in BENCH_CONFIG. */
+export interface HostConfig {
+  runId: string;
+  hostIndex: number;
+  contender: ContenderId;
+  backend: 'redis' | 'postgres';
+  queue: string;
+  concurrency: number;
+  cap: number;
+  mode: 'single' | 'tenant';
+  holdMs: number;
+  databaseUrl: string;
+  redisUrl: string;
+  /** pg-semaphore schema. */
+  semSchema: string;
+  /** BullMQ Postgres backend schema. */
+  bqSchema: string;
+  /** BullMQ Redis prefix; also the redis-semaphore key prefix. */
+  prefix: string;
+  apiUrl: string;
+  /** Max connections of pg-semaphore's pool in this process. */
+  semPoolMax: number;
+  /** Max connections of BullMQ's Postgres backend pool in this process. */
+  bqPoolMax: number;
+  /** application_name of pg-semaphore's pool. */
+  semAppName: string;
+  /** application_name of the BullMQ Postgres backend pool. */
+  bqAppName: string;
+}
+
+/**
+ * One completed job, as flat numbers (epoch ms with sub-ms precision, from
+ * performance.timeOrigin + performance.now()):
+ * [job index, processor entry, body start, body end, processor exit, ticket id or -1, tenant index or -1]
+ */
+export type JobRecord = [i: number, t0: number, b0: number, b1: number, t1: number, ticket: number, tenant: number];
+
+export interface HostResult {
+  type: 'result';
+  hostIndex: number;
+  pid: number;
+  records: JobRecord[];
+  /** Processor invocations (including ones that were put back). */
+  invocations: number;
+  firstEntry: number;
+  lastExit: number;
+  completed: number;
+  failed: number;
+  failures: string[];
+  /** Jobs this worker's stall checker moved back (their lock ran out). */
+  stalled: number;
+  rssPeak: number;
+  /** CPU time (user + system) this process used from "go" until the run was over, ms. */
+  cpuMs: number;
+  /** pg-semaphore's limitProcessor stats (summed over the process). */
+  stats?: { attempts: number; busy: number; handoffs: number; reschedules: number; promotions: number; ran: number };
+  roundTrips?: number;
+  /** Per put-back: ms from the processor call until the job was put back. */
+  putBackAfterMs?: number[];
+  /** redis-semaphore: acquire() calls, acquire tries (Lua acquire scripts sent) and Redis calls in all. */
+  rsem?: { acquireCalls: number; tries: number; redisCalls: number };
+}
+
+export type HostMessage =
+  | { type: 'ready'; pid: number }
+  | { type: 'progress'; hostIndex: number; completed: number; failed: number }
+  | { type: 'error'; message: string; stack?: string }
+  | HostResult;
+
+export type ParentMessage = { type: 'go' } | { type: 'close' };

@@ -1,0 +1,258 @@
+// A worker "host" of the benchmark: one OS process with one BullMQ Worker whose jobs call the
+// loopback fake API while holding a ticket of the contender under test. Started by
+// bench/lib/run.ts with `node --import tsx`; configured by BENCH_CONFIG (JSON); talks over IPC.
+import http from 'node:http';
+import { Worker, createPostgresBackend, type Job } from 'bullmq';
+import { Redis } from 'ioredis';
+import { Semaphore as RedisSemaphore } from 'redis-semaphore';
+import { PgSemaphore } from '../src/index.js';
+import { limitProcessor, type LimitedProcessor } from '../src/bullmq/index.js';
+import type { HostConfig, HostMessage, HostResult, JobRecord, ParentMessage } from './lib/types.js';
+
+const cfg = JSON.parse(process.env.BENCH_CONFIG ?? '') as HostConfig;
+
+/** A clock shared by every process on this machine, with sub-millisecond resolution. */
+const now = () => performance.timeOrigin + performance.now();
+
+function send(message: HostMessage): Promise<void> {
+  return new Promise((resolve) => {
+    if (!process.send || !process.connected) return resolve();
+    process.send(message, undefined, undefined, () => resolve());
+  });
+}
+
+// The host must never outlive the benchmark.
+process.on('disconnect', () => process.exit(0));
+process.on('unhandledRejection', (err) => {
+  void send({ type: 'error', message: String((err as Error)?.message ?? err), stack: (err as Error)?.stack }).then(() => process.exit(1));
+});
+
+interface JobData {
+  i: number;
+  tenant: number;
+}
+
+// ---------------------------------------------------------------- the "work": a call to the fake API
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+const api = new URL(cfg.apiUrl);
+
+function callApi(job: Job<JobData>, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        host: api.hostname,
+        port: api.port,
+        path: `/call?job=${job.data.i}&tenant=${job.data.tenant}&hold=${cfg.holdMs}`,
+        agent,
+        signal,
+      },
+      (res) => {
+        res.resume();
+        res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`fake API said ${res.statusCode}`))));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+const records: JobRecord[] = [];
+/** Per processor invocation: when BullMQ called us (the same Job object reaches the body). */
+const entries = new WeakMap<Job, number>();
+/** The record of the invocation that ran the body. */
+const done = new WeakMap<Job, JobRecord>();
+let invocations = 0;
+const putBackAfter: number[] = [];
+let firstEntry = Infinity;
+let lastExit = 0;
+
+async function body(job: Job<JobData>, signal: AbortSignal | undefined, ticket: number): Promise<void> {
+  const b0 = now();
+  await callApi(job, signal);
+  const b1 = now();
+  const rec: JobRecord = [job.data.i, entries.get(job) ?? b0, b0, b1, 0, ticket, cfg.mode === 'tenant' ? job.data.tenant : -1];
+  records.push(rec);
+  done.set(job, rec);
+}
+
+/** Wraps the contender's processor to note when BullMQ handed the job over and when it came back. */
+function timed(inner: (job: Job<JobData>, token: string | undefined, signal: AbortSignal | undefined) => Promise<void>) {
+  // BullMQ passes the AbortSignal only to processors declared with three parameters.
+  return async (job: Job<JobData>, token: string | undefined, signal: AbortSignal | undefined): Promise<void> => {
+    const t0 = now();
+    invocations++;
+    if (t0 < firstEntry) firstEntry = t0;
+    entries.set(job, t0);
+    try {
+      await inner(job, token, signal);
+    } finally {
+      const t1 = now();
+      const rec = done.get(job);
+      if (rec && rec[4] === 0) {
+        rec[4] = t1;
+        if (t1 > lastExit) lastExit = t1;
+      }
+    }
+  };
+}
+
+// ---------------------------------------------------------------- the contenders
+
+const semKey = (job: Job<JobData>) => (cfg.mode === 'tenant' ? `tenant:${job.data.tenant}` : 'api');
+
+let sem: PgSemaphore | undefined;
+let limited: LimitedProcessor<JobData, void> | undefined;
+const rsem = { acquireCalls: 0, tries: 0, redisCalls: 0 };
+let redis: Redis | undefined;
+
+let processor: (job: Job<JobData>, token: string | undefined, signal: AbortSignal | undefined) => Promise<void>;
+
+switch (cfg.contender) {
+  case 'pgsem-redis':
+  case 'pgsem-pg':
+  case 'pgsem-nowake': {
+    sem = new PgSemaphore({
+      connection: { connectionString: cfg.databaseUrl, max: cfg.semPoolMax },
+      schema: cfg.semSchema,
+      applicationName: cfg.semAppName,
+    });
+    limited = limitProcessor<JobData, void>(sem, async (job, _token, signal, ctx) => body(job, signal, ctx.tickets[0] ?? -1), {
+      semaphore: cfg.mode === 'tenant' ? semKey : 'api',
+      createWith: cfg.mode === 'tenant' ? cfg.cap : undefined,
+      wakeOnRelease: cfg.contender !== 'pgsem-nowake',
+    });
+    const lp = limited;
+    // How long a job was in the processor before it was put back (local wait or none).
+    lp.events.on('rescheduled', ({ job }) => putBackAfter.push(now() - (entries.get(job) ?? now())));
+    processor = timed((job, token, signal) => lp(job, token, signal));
+    break;
+  }
+  case 'redis-semaphore': {
+    redis = new Redis(cfg.redisUrl, { maxRetriesPerRequest: null });
+    const r = redis;
+    processor = timed(async (job, _token, signal) => {
+      // One client view per acquire so its tries can be counted exactly: redis-semaphore
+      // sends one Lua acquire script (EVALSHA, EVAL after NOSCRIPT) per try, every
+      // retryInterval (10 ms by default) until acquireTimeout (10 s).
+      let acquiring = true;
+      const counting = {
+        evalsha: (...args: unknown[]) => {
+          rsem.redisCalls++;
+          if (acquiring) rsem.tries++;
+          return (r.evalsha as (...a: unknown[]) => Promise<unknown>)(...args);
+        },
+        eval: (...args: unknown[]) => {
+          rsem.redisCalls++;
+          return (r.eval as (...a: unknown[]) => Promise<unknown>)(...args);
+        },
+        get: (...args: unknown[]) => (rsem.redisCalls++, (r.get as (...a: unknown[]) => Promise<unknown>)(...args)),
+        set: (...args: unknown[]) => (rsem.redisCalls++, (r.set as (...a: unknown[]) => Promise<unknown>)(...args)),
+        zrem: (...args: unknown[]) => (rsem.redisCalls++, (r.zrem as (...a: unknown[]) => Promise<unknown>)(...args)),
+        options: r.options,
+      };
+      const s = new RedisSemaphore(counting as never, `${cfg.prefix}:${semKey(job)}`, cfg.cap);
+      rsem.acquireCalls++;
+      await s.acquire(signal);
+      acquiring = false;
+      try {
+        await body(job, signal, -1);
+      } finally {
+        await s.release();
+      }
+    });
+    break;
+  }
+  case 'bullmq-global':
+  case 'plain':
+    // The cap, if any, is BullMQ's own queue-wide global concurrency, set by the parent.
+    processor = timed(async (job, _token, signal) => body(job, signal, -1));
+    break;
+  default:
+    throw new Error(`unknown contender ${String(cfg.contender)}`);
+}
+
+// ---------------------------------------------------------------- the worker
+
+const workerOpts = { concurrency: cfg.concurrency, autorun: false };
+const worker =
+  cfg.backend === 'postgres'
+    ? new Worker(
+        cfg.queue,
+        processor,
+        {
+          connection: { connectionString: cfg.databaseUrl, schema: cfg.bqSchema, max: cfg.bqPoolMax, application_name: cfg.bqAppName },
+          ...workerOpts,
+        },
+        createPostgresBackend,
+      )
+    : new Worker(cfg.queue, processor, { connection: redisOptions(cfg.redisUrl), prefix: cfg.prefix, ...workerOpts });
+
+let completed = 0;
+let failed = 0;
+const failures: string[] = [];
+worker.on('completed', () => void completed++);
+worker.on('failed', (job, err) => {
+  failed++;
+  if (failures.length < 10) failures.push(`job ${job?.data.i}: ${err?.name}: ${err?.message}`);
+});
+let stalled = 0;
+worker.on('stalled', () => void stalled++);
+worker.on('error', (err) => {
+  if (failures.length < 10) failures.push(`worker error: ${err?.message}`);
+});
+
+let rssPeak = process.memoryUsage().rss;
+const rssTimer = setInterval(() => (rssPeak = Math.max(rssPeak, process.memoryUsage().rss)), 100);
+let progressTimer: NodeJS.Timeout | undefined;
+let cpuAtGo: NodeJS.CpuUsage | undefined;
+
+process.on('message', (m: ParentMessage) => {
+  if (m?.type === 'go') {
+    cpuAtGo = process.cpuUsage();
+    void worker.run().catch((err) => failures.push(`worker.run: ${(err as Error).message}`));
+    progressTimer = setInterval(() => void send({ type: 'progress', hostIndex: cfg.hostIndex, completed, failed }), 100);
+  } else if (m?.type === 'close') {
+    void close();
+  }
+});
+
+async function close(): Promise<void> {
+  if (progressTimer) clearInterval(progressTimer);
+  const cpu = process.cpuUsage(cpuAtGo);
+  await worker.close();
+  rssPeak = Math.max(rssPeak, process.memoryUsage().rss);
+  clearInterval(rssTimer);
+  const result: HostResult = {
+    type: 'result',
+    hostIndex: cfg.hostIndex,
+    pid: process.pid,
+    records,
+    invocations,
+    firstEntry: Number.isFinite(firstEntry) ? firstEntry : 0,
+    lastExit,
+    completed,
+    failed,
+    failures,
+    stalled,
+    rssPeak,
+    cpuMs: (cpu.user + cpu.system) / 1000,
+    ...(limited ? { stats: { ...limited.stats }, roundTrips: sem?.roundTrips ?? 0, putBackAfterMs: putBackAfter } : {}),
+    ...(cfg.contender === 'redis-semaphore' ? { rsem } : {}),
+  };
+  await send(result);
+  await sem?.close().catch(() => undefined);
+  redis?.disconnect();
+  agent.destroy();
+  process.exit(0);
+}
+
+function redisOptions(url: string) {
+  const u = new URL(url);
+  return { host: u.hostname, port: Number(u.port || 6379), maxRetriesPerRequest: null };
+}
+
+await worker.waitUntilReady();
+if (sem) await sem.list(); // open one pooled connection before the clock starts
+await send({ type: 'ready', pid: process.pid });
