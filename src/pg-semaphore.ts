@@ -12,6 +12,7 @@ import type { Logger } from './logger.js';
 import { migrate as runMigrate } from './migrate.js';
 import { normalizeRequest, type NormalizedRequest, type TicketRequest } from './request.js';
 import { DEFAULT_SCHEMA, MAX_TICKETS, quoteSchema, validateInt, validateName, validateSchemaName, validateTimeout } from './validate.js';
+import { raceLoss } from './race-loss.js';
 
 /** Environment variable that turns limiting off when set to `1`, `true` or `yes`. */
 export const DISABLE_ENV = 'PG_SEMAPHORE_DISABLED';
@@ -739,25 +740,4 @@ function normalizeWait(wait: AcquireOptions['wait']): WaitOptions | undefined {
     return { timeout: validateTimeout(wait.timeout, 'wait.timeout'), signal: wait.signal };
   }
   throw new InvalidArgumentError('wait', 'true, a timeout in ms, or { timeout, signal }', wait);
-}
-
-function raceLoss<T>(signal: AbortSignal, work: Promise<T>): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => {
-      work.catch(() => undefined);
-      reject(signal.reason);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-    work.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (e) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(e);
-      },
-    );
-  });
 }

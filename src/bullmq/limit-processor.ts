@@ -8,6 +8,7 @@ import { normalizeRequest, type NormalizedRequest, type TicketRequest } from '..
 import { MAX_TICKETS, validateInt } from '../validate.js';
 import { LimiterMetrics } from './metrics.js';
 import { RescheduleBudgetError } from './reschedule-budget-error.js';
+import { raceLoss } from '../race-loss.js';
 
 /** What a limited processor receives as its fourth argument. */
 export interface LimitedContext {
@@ -571,28 +572,4 @@ function isUnavailable(err: unknown): boolean {
 
 function queueKey(job: Job): string {
   return job.queueQualifiedName ?? job.queueName;
-}
-
-function raceLoss<T>(signal: AbortSignal, work: Promise<T>): Promise<T> {
-  if (signal.aborted) {
-    work.catch(() => undefined);
-    return Promise.reject(signal.reason);
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => {
-      work.catch(() => undefined);
-      reject(signal.reason);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-    work.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (e) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(e);
-      },
-    );
-  });
 }
