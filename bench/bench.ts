@@ -34,6 +34,9 @@ const runDeadlineMs = Number(opt('deadline') ?? (quick ? 20 : 90)) * 1000;
 // Postgres is shared (max_connections 100): pg-semaphore's pool per worker process stays small.
 const semPoolMax = Number(opt('pool') ?? 8);
 const quietWaitMs = Number(opt('quiet-wait') ?? (quick ? 0 : 10)) * 1000;
+/** At most this long waiting for quiet over the whole benchmark. */
+const quietBudgetMs = 120_000;
+let quietWaited = 0;
 const outDir = opt('out') ?? fileURLToPath(new URL('./results/', import.meta.url));
 
 let plan = quick ? quickPlan() : fullPlan();
@@ -81,9 +84,17 @@ for (const workload of plan) {
       log(`  ${contender}: skipped (time budget)`);
       continue;
     }
-    // The machine may be shared: let other load pass first (bounded), and record what was left.
-    const quiet = quietWaitMs > 0 ? await waitForQuiet(Math.min(quietWaitMs, left - reserve - 5_000)) : { busy: null, waitedMs: 0 };
+    // The machine may be shared: let other load pass first (bounded per run and in all), and
+    // record what was left.
+    const quiet =
+      quietWaitMs > 0 ? await waitForQuiet(Math.max(1_000, Math.min(quietWaitMs, quietBudgetMs - quietWaited, left - reserve - 5_000))) : { busy: null, waitedMs: 0 };
+    quietWaited += quiet.waitedMs;
     const deadline = Math.min(runDeadlineMs, budgetMs - (Date.now() - started) - reserve);
+    if (deadline < (quick ? 8_000 : 20_000)) {
+      skipped.push(`${workload.id} / ${contender}: out of time budget`);
+      log(`  ${contender}: skipped (time budget)`);
+      continue;
+    }
     log(
       `  ${contender}: running (deadline ${Math.round(deadline / 1000)} s` +
         (quiet.busy !== null ? `; CPU ${(quiet.busy * 100).toFixed(0)} % busy before, after waiting ${(quiet.waitedMs / 1000).toFixed(0)} s` : '') +
