@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { DelayedError, Job } from 'bullmq';
+import { DelayedError, Job, PostgresQueueBackend } from 'bullmq';
 import type { Meter } from '@opentelemetry/api';
 import { InvalidArgumentError } from '../errors/invalid-argument-error.js';
 import type { Hold } from '../hold.js';
@@ -390,6 +390,10 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     for (const { queue, jobId } of jobs) {
       const handle = queues.get(queue);
       if (!handle) continue;
+      // BullMQ 6.7's Postgres backend promotes without re-checking the job's state under a
+      // lock: racing its own due-time promotion, it can send an active job back to wait and
+      // run it twice (seen in the benchmark). There, put-back jobs come back by their delay.
+      if ((handle as { backend?: unknown }).backend instanceof PostgresQueueBackend) continue;
       try {
         const waiting = await Job.fromId(handle as never, jobId);
         if (waiting && (await waiting.isDelayed())) {
