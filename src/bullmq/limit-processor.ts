@@ -66,9 +66,9 @@ export interface LimitOptions<D = unknown, R = unknown, N extends string = strin
   localWait?: number;
   /**
    * How many jobs per semaphore set may wait inside one worker process. By default the
-   * worker's slots are shared fairly among the semaphore sets it is serving: a set alone
-   * may use all of them (so no job is fetched only to be put back), many sets each get
-   * their share, and each keeps at least one waiter per hold it has, plus one.
+   * worker's slots but one are shared fairly among the semaphore sets it is serving (the
+   * spare slot lets other semaphores' jobs in, at the price of fetching backlog jobs only to
+   * put them back), and each set keeps at least one waiter per hold it has, plus one.
    * @default fair share of the worker's concurrency
    */
   maxLocalWaiters?: number;
@@ -254,16 +254,15 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
   };
 
   /**
-   * How many jobs of this gate may wait in this process. Slots are shared fairly among the
-   * semaphore sets this process is serving right now: one gate alone may fill the worker
-   * (no job is pulled just to be put back), many gates each get their share, and every gate
-   * keeps at least one waiter per chain it holds plus one.
+   * How many jobs of this gate may wait in this process. The worker's slots but one are
+   * shared fairly among the semaphore sets this process is serving right now (the spare slot
+   * lets jobs of other semaphores in), and every gate keeps at least one waiter per hold it
+   * has, plus one.
    */
-  const localRoom = (gate: Gate, job: Job<D, R, N>): number => {
+  const localRoom = (gate: Gate): number => {
     if (maxLocalWaiters !== undefined) return maxLocalWaiters;
     let concurrency = 0;
     for (const handle of workers) concurrency += Number((handle as { concurrency?: unknown }).concurrency) || 1;
-    void job;
     let active = 0;
     for (const g of gates.values()) if (g === gate || g.holding > 0 || g.waiters.length > 0) active++;
     // one slot stays free for semaphore sets not seen yet, so their jobs still get in
@@ -473,7 +472,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       if (hold && wakeOnRelease) kick(gate);
     }
     if (!hold && wakeOnRelease && localWait > 0 && !unavailable) {
-      if (gate.waiters.length < localRoom(gate, job)) {
+      if (gate.waiters.length < localRoom(gate)) {
         hold = await waitLocally(gate, label, signal, localWait);
         if (hold && holdState.has(hold)) {
           handoff = true;
