@@ -371,8 +371,9 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
         delay = Math.max(minDelay, Math.min(maxDelay, ((ahead + 1) / capacity) * gate.meanHoldMs * 1.5));
       }
     }
-    // Postgres unreachable: come back soon (jittered) rather than after a long doubling backoff
-    if (unavailable) delay = Math.min(delay, 1_000);
+    // Postgres unreachable, or no promotion on this backend (see promoteWaiting): come back
+    // soon (jittered) rather than after a long estimated or doubling delay
+    if (unavailable || isPostgresBackend(job)) delay = Math.min(delay, 1_000);
     delay = Math.round(delay * (0.75 + Math.random() / 2));
     if (maxWaitTime !== undefined) delay = Math.max(1, Math.min(delay, job.timestamp + maxWaitTime - Date.now()));
     await job.moveToDelayed(Date.now() + delay, token);
@@ -392,7 +393,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       // BullMQ 6.7's Postgres backend promotes without re-checking the job's state under a
       // lock: racing its own due-time promotion, it can send an active job back to wait and
       // run it twice (seen in the benchmark). There, put-back jobs come back by their delay.
-      if ((handle as { backend?: unknown }).backend instanceof PostgresQueueBackend) continue;
+      if (isPostgresHandle(handle)) continue;
       try {
         const waiting = await Job.fromId(handle as never, jobId);
         if (waiting && (await waiting.isDelayed())) {
@@ -561,6 +562,14 @@ function withWeight(request: TicketRequest, weight: number): TicketRequest {
   if (weight === 1) return request;
   const apply = (item: unknown) => (typeof item === 'string' ? { name: item, tickets: weight } : item);
   return (Array.isArray(request) ? request.map(apply) : apply(request)) as TicketRequest;
+}
+
+function isPostgresHandle(handle: unknown): boolean {
+  return (handle as { backend?: unknown } | undefined)?.backend instanceof PostgresQueueBackend;
+}
+
+function isPostgresBackend(job: Job): boolean {
+  return isPostgresHandle((job as unknown as { queue?: unknown }).queue);
 }
 
 /** Errors that mean "Postgres cannot be reached right now", not "this request is wrong". */
