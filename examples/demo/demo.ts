@@ -359,6 +359,7 @@ async function main(): Promise<number> {
   const rate = completed / seconds;
   const ideal = CAP / (meanHoldMs / 1000);
   const reschedules = sum('reschedules', 'final');
+  const promotions = sum('promotions', 'final');
   const handoffs = sum('handoffs', 'final');
   const attempts = sum('attempts', 'final');
   const capHeld = api.max <= CAP;
@@ -406,7 +407,7 @@ async function main(): Promise<number> {
   if (workerErrors) log(`    ${yellow(`BullMQ worker 'error' events: ${workerErrors}`)} ${dim(errorMessages.slice(0, 3).join('; '))}`);
   log(`    throughput: ${rate.toFixed(0)} jobs/s in ${seconds.toFixed(2)} s; ideal ${CAP} tickets / ${meanHoldMs.toFixed(1)} ms mean hold = ${ideal.toFixed(0)} jobs/s (${((rate / ideal) * 100).toFixed(0)}%)`);
   log(`    hand-offs: ${handoffs} ${dim('(a finished job passed its still-open ticket to the next job in the same process)')}`);
-  log(`    reschedules: ${reschedules} ${dim('(jobs put back with a delay when no ticket was free; no attempt used)')}`);
+  log(`    reschedules: ${reschedules} ${dim('(jobs put back with a delay when no ticket was free; no attempt used)')}, ${promotions} of them promoted early when a ticket came free`);
   log(`    acquire round trips: ${attempts} ${dim(`(${(attempts / JOBS).toFixed(2)} per job)`)}`);
   const shown = path.relative(process.cwd(), SVG_PATH);
   log(`    chart: ${shown && !shown.startsWith('..') ? shown : SVG_PATH}`);

@@ -32,6 +32,8 @@ export interface HostStatus {
   failed: number;
   /** Jobs put back with a delay because no ticket was free. */
   reschedules: number;
+  /** Put-back jobs promoted early because a ticket came free. */
+  promotions: number;
   /** Jobs that got their ticket straight from the job before them (no acquire round trip). */
   handoffs: number;
   /** Acquire round trips. */

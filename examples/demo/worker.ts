@@ -38,6 +38,7 @@ const status: HostStatus = {
   completed: 0,
   failed: 0,
   reschedules: 0,
+  promotions: 0,
   handoffs: 0,
   attempts: 0,
   heldMs: 0,
@@ -120,6 +121,7 @@ try {
   const snapshot = (): HostStatus => ({
     ...status,
     reschedules: callApi.stats.reschedules,
+    promotions: callApi.stats.promotions,
     handoffs: callApi.stats.handoffs,
     attempts: callApi.stats.attempts,
   });
