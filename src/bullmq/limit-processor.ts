@@ -364,7 +364,9 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       );
     }
     let delay = Math.min(maxDelay, minDelay * 2 ** Math.min(reschedules, 20));
-    if (wakeOnRelease && job.id !== undefined && !unavailable) {
+    // Record the job for promotion, except on BullMQ's Postgres backend, where nothing
+    // promotes (see promoteWaiting): that would be a round trip for nothing.
+    if (wakeOnRelease && job.id !== undefined && !unavailable && !isPostgresBackend(job)) {
       const { ahead, capacity } = await sem.enqueueJob(gate.req.names, queueKey(job), job.id);
       if (capacity > 0 && gate.meanHoldMs > 0) {
         // When this job's turn should come, if promotion does not bring it back first.
@@ -384,7 +386,9 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
   };
 
   const promoteWaiting = async (hold: Hold) => {
-    const known = [...queues.keys()];
+    // Only queues whose backend can promote safely (see below): dequeuing others would
+    // forget their jobs for nothing.
+    const known = [...queues].filter(([, handle]) => !isPostgresHandle(handle)).map(([key]) => key);
     if (known.length === 0) return;
     const jobs = await sem.dequeueJobs(hold.semaphoreIds, known, Math.max(1, hold.tickets.length));
     for (const { queue, jobId } of jobs) {
@@ -392,8 +396,8 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       if (!handle) continue;
       // BullMQ 6.7's Postgres backend promotes without re-checking the job's state under a
       // lock: racing its own due-time promotion, it can send an active job back to wait and
-      // run it twice (seen in the benchmark). There, put-back jobs come back by their delay.
-      if (isPostgresHandle(handle)) continue;
+      // run it twice (seen in the benchmark). Such queues are filtered out above; there,
+      // put-back jobs come back by their delay.
       try {
         const waiting = await Job.fromId(handle as never, jobId);
         if (waiting && (await waiting.isDelayed())) {
@@ -487,7 +491,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     if (!hold) return reschedule(job, token, gate, reschedules);
     if (!handoff) gate.holding++;
     if (!holdState.has(hold)) holdState.set(hold, { handoffs: 0 });
-    if (reschedules > 0 && wakeOnRelease && job.id !== undefined) void sem.forgetJob(qk, job.id).catch(() => undefined);
+    if (reschedules > 0 && wakeOnRelease && job.id !== undefined && !isPostgresBackend(job)) void sem.forgetJob(qk, job.id).catch(() => undefined);
 
     const started = Date.now();
     const attrs = LimiterMetrics.attrs(req.names, job.queueName);
