@@ -1,0 +1,47 @@
+import { setTimeout as delay } from 'node:timers/promises';
+
+/**
+ * Waits `ms` milliseconds, or less: resolves early (never rejects) when `signal` aborts.
+ * Returns true when the full time passed, false when the signal cut it short. With
+ * `ref: false` a sleeping waiter does not keep the process alive on its own.
+ *
+ * Built on `timers/promises`, which removes its abort listener when it settles, so any number
+ * of sleepers on one long-lived signal add no lasting listeners.
+ * @internal
+ */
+export async function sleep(ms: number, signal?: AbortSignal, ref = true): Promise<boolean> {
+  if (signal?.aborted) return false;
+  try {
+    await delay(Math.max(0, ms), undefined, { signal, ref });
+    return true;
+  } catch (err) {
+    if (signal?.aborted) return false;
+    throw err;
+  }
+}
+
+/** Bounds of a {@link backoff}. @internal */
+export interface BackoffOptions {
+  /** The first delay, in ms. */
+  min: number;
+  /** The longest delay, in ms. */
+  max: number;
+  /** Growth per attempt. @default 2 */
+  factor?: number;
+  /** Random part: the result lies in [(1 - jitter) x d, d]. @default 0.5 */
+  jitter?: number;
+  /** Source of randomness in [0, 1), for tests. @default Math.random */
+  random?: () => number;
+}
+
+/**
+ * The delay before try number `attempt` (0-based): `min x factor^attempt`, capped at `max`,
+ * then jittered down by up to `jitter` of itself so that many waiters spread out.
+ * The one backoff of the core's wait loop and the BullMQ wrapper.
+ * @internal
+ */
+export function backoff(attempt: number, options: BackoffOptions): number {
+  const { min, max, factor = 2, jitter = 0.5, random = Math.random } = options;
+  const base = Math.min(max, min * factor ** Math.min(Math.max(0, attempt), 64));
+  return base * (1 - jitter + jitter * random());
+}
