@@ -1,9 +1,11 @@
 import { UnrecoverableError } from 'bullmq';
+import { PG_SEMAPHORE_ERROR } from '../errors/pg-semaphore-error.js';
 
 /**
  * A job waited for tickets longer than its reschedule budget allows (`maxReschedules` or
  * `maxWaitTime`). It extends BullMQ's `UnrecoverableError`, so the job fails at once
- * instead of being retried into the same wait.
+ * instead of being retried into the same wait. It carries pg-semaphore's error brand, so
+ * `err instanceof PgSemaphoreError` is true for it as well.
  */
 export class RescheduleBudgetError extends UnrecoverableError {
   /** How many times the job had been put back. */
@@ -18,3 +20,4 @@ export class RescheduleBudgetError extends UnrecoverableError {
     this.waitedMs = waitedMs;
   }
 }
+Object.defineProperty(RescheduleBudgetError.prototype, PG_SEMAPHORE_ERROR, { value: true });
