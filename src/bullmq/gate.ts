@@ -1,0 +1,343 @@
+import type { NormalizedRequest } from '../request.js';
+import { backoff, sleep } from '../timing.js';
+
+/**
+ * A gate is the shared scheduling state of one semaphore set (one normalized request) in one
+ * limited processor: the jobs of this process waiting for it, how many hold it, and how long
+ * they hold it. It decides who gets a ticket:
+ *
+ * - an arriving job tries at once while tickets are plentiful ({@link Gate.arrive}); once a
+ *   try found none, arriving jobs queue behind the waiters and only one try per set is in
+ *   flight at a time, so a burst of arrivals does not stampede Postgres;
+ * - a waiting job ({@link Gate.wait}) sleeps until it is handed a hold, woken (a local
+ *   release, or a NOTIFY from another process), or its fallback poll comes round; only the
+ *   head of the queue tries;
+ * - a job that is done with its hold gives it to {@link Gate.free}, the one place that
+ *   decides what happens to it: hand it to the next waiter, or release it and wake the next
+ *   waiter (or promote put-back jobs when nobody here waits).
+ *
+ * Nothing outside this class changes its counters. It talks to Postgres and BullMQ only
+ * through {@link GateContext}, so it is unit-tested with fakes (`test/unit/gate.test.ts`).
+ * @internal
+ */
+
+/** What a gate needs of a hold (a {@link Hold} in production, a fake in unit tests). @internal */
+export interface GateHold {
+  /** The tickets held (only their number matters here; none when limiting is disabled). */
+  readonly tickets: readonly unknown[];
+  readonly lost: boolean;
+  release(options?: { commit?: boolean }): Promise<{ jobsWaiting: boolean }>;
+}
+
+/** The outcome of one acquire call: a hold, no ticket free, or Postgres unreachable. @internal */
+export type Attempt<H> = H | 'busy' | 'unavailable';
+
+/** The gate's only ways out: acquire, watch for releases elsewhere, promote put-back jobs. @internal */
+export interface GateContext<H extends GateHold> {
+  /** One acquire call for the set, without waiting. */
+  tryHold(req: NormalizedRequest, label: string): Promise<Attempt<H>>;
+  /** Calls `onRelease` when another process releases tickets of these semaphores; resolves to a function that stops it. */
+  watch(names: string[], onRelease: () => void): Promise<() => Promise<void>>;
+  /** After a release that found no local waiter while jobs are recorded as waiting. */
+  promote(hold: H): Promise<void>;
+  /** The gate is not used any more (no job, no waiter, no hold, not watching). */
+  onIdle(gate: Gate<H>): void;
+}
+
+/** The options a gate obeys. @internal */
+export interface GateOptions {
+  /** Hand holds on, wake waiters and promote (`wakeOnRelease`); off, every job just tries once. */
+  wakeOnRelease: boolean;
+  /** A hold is handed on at most this many times, then released so other processes get a turn. */
+  maxHandoffs: number;
+}
+
+/** How a job ended with its hold. @internal */
+export interface HoldEnd {
+  /** Commit the holding transaction (false: roll it back). */
+  commit: boolean;
+  /** The transaction carries nothing of the job (it never touched `tx`), so the hold may be handed on. */
+  reusable: boolean;
+}
+
+/**
+ * Where a waiting job stands:
+ * - `waiting`: queued, asleep until woken, handed a hold, or its poll comes round;
+ * - `woken`: told a ticket may be free; tries as soon as it is the head;
+ * - `trying`: its acquire call is in flight (never handed a hold meanwhile; the next idle
+ *   waiter is the head);
+ * - `handed`: it received a hold from a finished job, and left the queue.
+ * @internal
+ */
+export type WaiterState = 'waiting' | 'woken' | 'trying' | 'handed';
+
+/** One job waiting in a gate. Its state changes only through these methods. @internal */
+export class Waiter<H> {
+  /** See {@link WaiterState}. */
+  state: WaiterState = 'waiting';
+  /** The hold handed over; set exactly when `state` is `handed`. */
+  hold: H | undefined;
+  /** Cuts the current pause short; set only while the waiter pauses. */
+  private alarm: AbortController | undefined;
+
+  /** Whether a hand-off may go to this waiter, and whether it counts as the head. */
+  get idle(): boolean {
+    return this.state === 'waiting' || this.state === 'woken';
+  }
+
+  /** A ticket may be free: try as soon as you are the head. */
+  wake(): void {
+    if (this.state === 'waiting') this.state = 'woken';
+    this.alarm?.abort();
+  }
+
+  /** Gives this waiter a hold (it must be idle). */
+  handOver(hold: H): void {
+    this.expectIdle('be handed a hold');
+    this.state = 'handed';
+    this.hold = hold;
+    this.alarm?.abort();
+  }
+
+  /** Starts an acquire call (it must be idle). */
+  startTrying(): void {
+    this.expectIdle('try');
+    this.state = 'trying';
+  }
+
+  /** The acquire call found nothing: back to waiting. */
+  stopTrying(): void {
+    if (this.state !== 'trying') throw new Error(`waiter: expected state "trying" to stop trying, got "${this.state}"`);
+    this.state = 'waiting';
+  }
+
+  /**
+   * Sleeps `ms`, or less when woken, handed a hold or `signal` aborts; not at all when
+   * already handed a hold or aborted. A waiter woken while it was not the head sleeps on
+   * (the wake-up stays in its state until it is the head); returning at once would spin.
+   */
+  async pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+    if (this.state === 'handed' || signal?.aborted) return;
+    const alarm = new AbortController();
+    const onAbort = () => alarm.abort();
+    this.alarm = alarm;
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await sleep(ms, alarm.signal);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      this.alarm = undefined;
+    }
+  }
+
+  private expectIdle(what: string): void {
+    if (!this.idle) throw new Error(`waiter: expected state "waiting" or "woken" to ${what}, got "${this.state}"`);
+  }
+}
+
+/** The shared scheduling state of one semaphore set in one limited processor (see the file's comment). @internal */
+export class Gate<H extends GateHold> {
+  /** Jobs of this process waiting for the set, oldest first; a waiter leaves when handed a hold or done waiting. */
+  private readonly waiters: Array<Waiter<H>> = [];
+  /** Holds of this process on the set, in use by running jobs (a hold handed on counts once). */
+  private holdCount = 0;
+  /** Jobs of this process using the gate, from arrival until they are done with it. */
+  private jobCount = 0;
+  /** Acquire calls in flight from jobs that just arrived (not from waiters). */
+  private arriving = 0;
+  /** The last acquire call that reached Postgres found no ticket (cleared by the next success). */
+  private saturated = false;
+  /** Mean time a job held its tickets, in ms: an exponential average (weight 0.1), 0 until the first job ends. */
+  private meanHold = 0;
+  /** Times each hold in use was handed on; a hold enters when acquired and leaves when released. */
+  private readonly handoffs = new Map<H, number>();
+  /** The watch on releases by other processes, while anyone waits (its stop function once it resolves). */
+  private watching: Promise<() => Promise<void>> | undefined;
+
+  constructor(
+    /** The set's identity within its processor. */
+    readonly key: string,
+    /** The semaphores and tickets each job of this gate takes. */
+    readonly req: NormalizedRequest,
+    private readonly options: GateOptions,
+    private readonly ctx: GateContext<H>,
+  ) {}
+
+  /** Holds of this process on the set right now. */
+  get holding(): number {
+    return this.holdCount;
+  }
+
+  /** Jobs waiting in this process right now. */
+  get waiting(): number {
+    return this.waiters.length;
+  }
+
+  /** Mean hold time in ms (0: unknown yet). */
+  get meanHoldMs(): number {
+    return this.meanHold;
+  }
+
+  /** Holding or waiting: the set takes part in the fair share of worker slots. */
+  get active(): boolean {
+    return this.holdCount > 0 || this.waiters.length > 0;
+  }
+
+  /** A job starts using the gate. */
+  enter(): void {
+    this.jobCount++;
+  }
+
+  /** A job is done with the gate. */
+  leave(): void {
+    this.jobCount--;
+    this.dropIfIdle();
+  }
+
+  /**
+   * An arriving job may try at once: always without wake-ups; otherwise only when nobody
+   * waits, and while the set is saturated only one arriving try at a time.
+   */
+  private get mayTryOnArrival(): boolean {
+    if (!this.options.wakeOnRelease) return true;
+    return this.waiters.length === 0 && (!this.saturated || this.arriving === 0);
+  }
+
+  /** An arriving job's try; null when it may not try now, or found no ticket. */
+  async arrive(label: string): Promise<H | null> {
+    if (!this.mayTryOnArrival) return null;
+    this.arriving++;
+    let hold: H | null;
+    try {
+      hold = await this.attempt(label);
+    } finally {
+      this.arriving--;
+    }
+    // more tickets may be free: the next waiter tries too
+    if (hold && this.options.wakeOnRelease) this.wakeHead();
+    return hold;
+  }
+
+  /**
+   * Waits in this process for a hold, at most `budgetMs`: handed over by a finished job, or
+   * acquired by this waiter when it is the head and was woken or its poll came round.
+   * @returns the hold and whether it was handed over; null when the budget ran out.
+   * @throws the signal's reason when it aborts.
+   */
+  async wait(label: string, signal: AbortSignal | undefined, budgetMs: number): Promise<{ hold: H; handoff: boolean } | null> {
+    const me = new Waiter<H>();
+    this.waiters.push(me);
+    this.startWatching();
+    const deadline = Date.now() + budgetMs;
+    let polls = 0;
+    try {
+      for (;;) {
+        if (me.state === 'handed') return { hold: me.hold!, handoff: true };
+        signal?.throwIfAborted();
+        const now = Date.now();
+        if (now >= deadline) return null;
+        const isHead = this.head() === me;
+        if (isHead && (me.state === 'woken' || polls > 0)) {
+          me.startTrying();
+          let hold: H | null;
+          try {
+            hold = await this.attempt(label);
+          } finally {
+            // no await between this and the return below: nothing can hand this waiter a hold meanwhile
+            me.stopTrying();
+          }
+          if (hold) {
+            // more tickets may be free: let the next waiter try too
+            queueMicrotask(() => this.wakeHead());
+            return { hold, handoff: false };
+          }
+        }
+        // Wake-ups come from local releases and NOTIFY; the head's poll is only the fallback
+        // for a lost one, so it starts slow. The others sleep until woken.
+        const pause = isHead ? backoff(polls, { min: 250, max: 2_000 }) : deadline - now;
+        polls++;
+        await me.pause(Math.max(1, Math.min(pause, deadline - now)), signal);
+      }
+    } finally {
+      const i = this.waiters.indexOf(me);
+      if (i >= 0) this.waiters.splice(i, 1);
+      if (this.waiters.length === 0) void this.stopWatching();
+    }
+  }
+
+  /** Adds one job's hold time to the mean. */
+  recordHoldTime(ms: number): void {
+    this.meanHold = this.meanHold === 0 ? ms : this.meanHold * 0.9 + ms * 0.1;
+  }
+
+  /**
+   * The one dispatcher: a job is done with `hold`. Hands it to the next waiter when it may
+   * ({@link Gate.mayHandOn}); otherwise releases it, then wakes the next waiter, or, when
+   * nobody here waits and jobs are recorded as waiting, promotes them.
+   * @returns true when the hold was handed on.
+   */
+  async free(hold: H, end: HoldEnd): Promise<boolean> {
+    const next = this.mayHandOn(hold, end) ? this.head() : undefined;
+    if (next) {
+      this.handoffs.set(hold, (this.handoffs.get(hold) ?? 0) + 1);
+      this.waiters.splice(this.waiters.indexOf(next), 1);
+      next.handOver(hold);
+      return true;
+    }
+    this.holdCount--;
+    this.handoffs.delete(hold);
+    const { jobsWaiting } = await hold.release({ commit: end.commit });
+    if (!this.options.wakeOnRelease) return false;
+    if (this.waiters.length > 0) this.wakeHead();
+    else if (jobsWaiting) await this.ctx.promote(hold).catch(() => undefined);
+    return false;
+  }
+
+  /** A hold may pass to another job: wake-ups on, the transaction reusable and alive, real tickets, hand-offs left. */
+  private mayHandOn(hold: H, end: HoldEnd): boolean {
+    return (
+      this.options.wakeOnRelease &&
+      end.reusable &&
+      !hold.lost &&
+      hold.tickets.length > 0 &&
+      (this.handoffs.get(hold) ?? 0) < this.options.maxHandoffs
+    );
+  }
+
+  /** The oldest idle waiter: the one that tries, and the one a freed hold goes to. */
+  private head(): Waiter<H> | undefined {
+    return this.waiters.find((w) => w.idle);
+  }
+
+  private wakeHead(): void {
+    this.head()?.wake();
+  }
+
+  /** One acquire call; a hold found is counted here. Postgres unreachable counts as no ticket. */
+  private async attempt(label: string): Promise<H | null> {
+    const got = await this.ctx.tryHold(this.req, label);
+    if (got === 'unavailable') return null;
+    this.saturated = got === 'busy';
+    if (got === 'busy') return null;
+    this.holdCount++;
+    this.handoffs.set(got, 0);
+    return got;
+  }
+
+  private startWatching(): void {
+    this.watching ??= this.ctx.watch(this.req.names, () => this.wakeHead()).catch(() => async () => undefined);
+  }
+
+  private async stopWatching(): Promise<void> {
+    const pending = this.watching;
+    if (!pending || this.waiters.length > 0) return;
+    this.watching = undefined;
+    const unwatch = await pending;
+    await unwatch().catch(() => undefined);
+    this.dropIfIdle();
+  }
+
+  private dropIfIdle(): void {
+    if (this.jobCount === 0 && this.waiters.length === 0 && this.holdCount === 0 && !this.watching) this.ctx.onIdle(this);
+  }
+}

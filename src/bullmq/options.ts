@@ -1,0 +1,111 @@
+import type { Job } from 'bullmq';
+import type { Meter } from '@opentelemetry/api';
+import { InvalidArgumentError } from '../errors/invalid-argument-error.js';
+import type { TicketRequest } from '../request.js';
+import { MAX_TICKETS, validateInt } from '../validate.js';
+
+/** Options of `limitProcessor`. */
+export interface LimitOptions<D = unknown, R = unknown, N extends string = string> {
+  /**
+   * Which semaphore(s) each job needs: a name, `{ name, tickets }`, a list of those taken
+   * together, or a function of the job returning any of those (per-tenant caps, or "the
+   * API's cap AND this tenant's cap" taken atomically). A job's weight on one semaphore of
+   * several goes here: `{ name, tickets }` inside the list.
+   * @example `semaphore: (job) => ['openai', `tenant:${job.data.tenantId}`]`
+   * @example `semaphore: (job) => [{ name: 'openai', tickets: job.data.cost }, `tenant:${job.data.tenantId}`]`
+   */
+  semaphore: TicketRequest | ((job: Job<D, R, N>) => TicketRequest);
+  /**
+   * Tickets per job (its weight), or a function of the job returning them, for a
+   * `semaphore` that names ONE semaphore (an item with its own `tickets` keeps them). When
+   * the request names several, give each its weight inside it instead (e.g.
+   * `[{ name: 'openai', tickets: 2 }, 'tenant:a']`): a weight meant for the API's cap rarely
+   * belongs on the tenant's too, so `tickets` with several semaphores is an
+   * `InvalidArgumentError` (at once for a fixed request, on the job for a function).
+   * @default 1
+   * @example `{ semaphore: 'openai', tickets: (job) => job.data.cost }`
+   */
+  tickets?: number | ((job: Job<D, R, N>) => number);
+  /** Create semaphores that do not exist yet with this capacity (per-key caps). */
+  createWith?: number;
+  /**
+   * Hand freed tickets to waiting jobs: a finished job passes its still-open holding
+   * transaction to the next job of this process waiting for the same semaphores, a
+   * release wakes waiting processes, and put-back jobs are promoted oldest first. Turn it
+   * off to get plain put-back-with-backoff (the benchmark's baseline).
+   * @default true
+   */
+  wakeOnRelease?: boolean;
+  /**
+   * How long a job may wait inside its worker for a ticket before it is put back
+   * (`moveToDelayed`), in ms. Waiting in process keeps a BullMQ slot busy, so only a few
+   * jobs per semaphore do it (see `maxLocalWaiters`).
+   * @default 5_000
+   */
+  localWait?: number;
+  /**
+   * How many jobs per semaphore set may wait inside one worker process. By default the
+   * worker's slots but one are shared fairly among the semaphore sets it is serving (the
+   * spare slot lets other semaphores' jobs in, at the price of fetching backlog jobs only to
+   * put them back), and each set keeps at least one waiter per hold it has, plus one.
+   * @default fair share of the worker's concurrency
+   */
+  maxLocalWaiters?: number;
+  /**
+   * A holding transaction is handed from job to job at most this many times before it is
+   * committed, so other processes get a turn.
+   * @default 32
+   */
+  maxHandoffs?: number;
+  /**
+   * Delay bounds when a job is put back, in ms. The delay is estimated from the jobs
+   * waiting ahead and the mean hold time, jittered, and kept within these bounds;
+   * without an estimate it doubles from `delay` per reschedule.
+   * @default { delay: 200, maxDelay: 10_000 }
+   */
+  backoff?: { delay?: number; maxDelay?: number };
+  /** Fail the job with a `RescheduleBudgetError` once it was put back this many times. @default unlimited */
+  maxReschedules?: number;
+  /** Fail the job with a `RescheduleBudgetError` once it has waited this long (ms since it was added). @default unlimited */
+  maxWaitTime?: number;
+  /** The holder label `status()` shows. @default `${queueName}:${jobId}` */
+  label?: (job: Job<D, R, N>) => string;
+  /** An OpenTelemetry meter for the metrics. @default metrics.getMeter('pg-semaphore') */
+  meter?: Meter;
+}
+
+/** {@link LimitOptions} checked, with their defaults. @internal */
+export interface ResolvedOptions {
+  createWith: number | undefined;
+  wakeOnRelease: boolean;
+  localWait: number;
+  maxLocalWaiters: number | undefined;
+  maxHandoffs: number;
+  minDelay: number;
+  maxDelay: number;
+  maxReschedules: number | undefined;
+  maxWaitTime: number | undefined;
+}
+
+/**
+ * Checks the options other than `semaphore` and `tickets` (see `job-request.ts`).
+ * @throws InvalidArgumentError naming the option, what was expected and what came in.
+ * @internal
+ */
+export function resolveOptions(options: unknown): ResolvedOptions {
+  if (options === null || typeof options !== 'object') throw new InvalidArgumentError('options', 'an object with semaphore', options);
+  const o = options as LimitOptions;
+  const optional = (value: unknown, name: string, min: number, max: number) => (value === undefined ? undefined : validateInt(value, name, min, max));
+  const minDelay = validateInt(o.backoff?.delay ?? 200, 'backoff.delay', 1, 3_600_000);
+  return {
+    createWith: optional(o.createWith, 'createWith', 1, MAX_TICKETS),
+    wakeOnRelease: o.wakeOnRelease ?? true,
+    localWait: validateInt(o.localWait ?? 5_000, 'localWait', 0, 600_000),
+    maxLocalWaiters: optional(o.maxLocalWaiters, 'maxLocalWaiters', 0, 100_000),
+    maxHandoffs: validateInt(o.maxHandoffs ?? 32, 'maxHandoffs', 0, 1_000_000),
+    minDelay,
+    maxDelay: validateInt(o.backoff?.maxDelay ?? 10_000, 'backoff.maxDelay', minDelay, 86_400_000),
+    maxReschedules: optional(o.maxReschedules, 'maxReschedules', 0, 1e9),
+    maxWaitTime: optional(o.maxWaitTime, 'maxWaitTime', 0, 2 ** 31 - 1),
+  };
+}
