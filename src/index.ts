@@ -12,6 +12,7 @@ export type {
 } from './pg-semaphore.js';
 export { Hold } from './hold.js';
 export type { TicketRequest, TicketRequestItem } from './request.js';
+export type { HeldTicket } from './tickets.js';
 export type { Logger } from './logger.js';
 export { installSql, loadMigrations } from './migrations.js';
 export type { InstallPart, Migration } from './migrations.js';

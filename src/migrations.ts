@@ -29,6 +29,18 @@ export function loadMigrations(schema: string = DEFAULT_SCHEMA): Migration[] {
   }));
 }
 
+/**
+ * The tag of the newest functions migration (tags ending in `_functions`). Each functions
+ * migration holds the complete set of SQL functions, written to upgrade any older install,
+ * so the newest one alone installs or upgrades them.
+ * @internal
+ */
+export function latestFunctionsTag(tags: readonly string[]): string {
+  const tag = tags.filter((t) => t.endsWith('_functions')).at(-1);
+  if (tag === undefined) throw new Error('pg-semaphore: no functions migration in drizzle/meta/_journal.json');
+  return tag;
+}
+
 /** Which part of the install SQL {@link installSql} returns. */
 export type InstallPart = 'all' | 'tables' | 'functions';
 
@@ -39,6 +51,12 @@ export type InstallPart = 'all' | 'tables' | 'functions';
  * re-exported {@link semaphoreTables}. Never also run {@link PgSemaphore.migrate} on the same
  * schema: each object must have one owner.
  *
+ * The functions part is the library's newest functions migration, which installs the
+ * functions on a fresh schema and upgrades those of any older version in place (keeping the
+ * privileges granted on them): after upgrading pg-semaphore, put its fresh output into a
+ * **new** custom migration. `'all'` is every tables migration followed by that functions
+ * migration. Run it in one transaction (drizzle-kit's migrator does; with psql, `-1`).
+ *
  * @default part `'all'`
  * @example
  * ```ts
@@ -48,8 +66,10 @@ export type InstallPart = 'all' | 'tables' | 'functions';
  */
 export function installSql(schema: string = DEFAULT_SCHEMA, options: { part?: InstallPart } = {}): string {
   const part = options.part ?? 'all';
-  const migrations = loadMigrations(schema).filter((m) =>
-    part === 'all' ? true : part === 'functions' ? m.tag.endsWith('_functions') : !m.tag.endsWith('_functions'),
+  const migrations = loadMigrations(schema);
+  const functions = latestFunctionsTag(migrations.map((m) => m.tag));
+  const chosen = migrations.filter((m) =>
+    m.tag.endsWith('_functions') ? part !== 'tables' && m.tag === functions : part !== 'functions',
   );
-  return migrations.map((m) => `-- pg-semaphore ${m.tag}\n${m.sql.trim()}\n`).join('\n');
+  return chosen.map((m) => `-- pg-semaphore ${m.tag}\n${m.sql.trim()}\n`).join('\n');
 }

@@ -93,7 +93,7 @@ describe('all or nothing', () => {
       // one more of b: a different ticket, not the one already held
       const second = await ctx.sem.tryAcquire(tx, 'b');
       expect(second!.tickets).toHaveLength(1);
-      expect(first!.tickets).not.toContain(second!.tickets[0]);
+      expect(first!.tickets).not.toContainEqual(second!.tickets[0]);
       expect(await heldCounts()).toEqual({ a: 2, b: 2, c: 0 });
       // b is now exhausted by this very transaction: no double counting lets a third through
       expect(await ctx.sem.tryAcquire(tx, 'b')).toBeNull();

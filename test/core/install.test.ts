@@ -90,8 +90,12 @@ describe('installSql()', () => {
     }
   });
 
-  it('drizzle/0001_functions.sql is exactly functionsSql("semaphore") (drift guard)', () => {
-    const onDisk = readFileSync(new URL('../../drizzle/0001_functions.sql', import.meta.url), 'utf8');
+  it('the newest functions migration is exactly functionsSql("semaphore") (drift guard: run `npm run generate`)', () => {
+    const newest = tags.filter((t) => t.endsWith('_functions')).at(-1);
+    expect(newest).toBe('0002_functions');
+    const onDisk = readFileSync(new URL(`../../drizzle/${newest}.sql`, import.meta.url), 'utf8');
     expect(onDisk).toBe(functionsSql('semaphore'));
+    // the functions part is that migration alone: it installs and upgrades by itself
+    expect(installSql('semaphore', { part: 'functions' })).toBe(`-- pg-semaphore ${newest}\n${onDisk.trim()}\n`);
   });
 });

@@ -1,7 +1,12 @@
 // The SQL functions are a public surface: callable from plain SQL, as a user's migration would.
+// Ticket numbers: one numbering (1..capacity within the semaphore) everywhere. Upgrades of an
+// older install, through migrate() and through the functions SQL of install path 2.
+import { randomBytes } from 'node:crypto';
+import { drizzle } from 'drizzle-orm/node-postgres';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { databaseUrl, setupSchema } from '../helpers/db.js';
+import { PgSemaphore, installSql, loadMigrations } from '../../src/index.js';
+import { databaseUrl, setupSchema, testSchemaName } from '../helpers/db.js';
 import { heldOf } from '../helpers/core.js';
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
@@ -31,15 +36,14 @@ describe('plain SQL', () => {
 
     await client.query('BEGIN');
     const { rows } = await client.query(`SELECT * FROM ${s}.acquire(ARRAY['openai'], ARRAY[1])`);
-    expect(rows[0]).toMatchObject({ status: 'ok', names: null });
-    expect(rows[0].tickets).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ status: 'ok', tickets: [1], ticket_semaphores: ['openai'], names: null });
     expect(rows[0].semaphore_ids).toHaveLength(1);
-    const { rows: two } = await client.query(`SELECT * FROM ${s}.acquire(ARRAY['openai', 'tenant:1'], ARRAY[2, 1], 'from-sql')`);
-    expect(two[0].status).toBe('ok');
-    expect(two[0].tickets).toHaveLength(3);
+    // request order, each ticket with its semaphore; tickets already held are not returned again
+    const { rows: two } = await client.query(`SELECT * FROM ${s}.acquire(ARRAY['tenant:1', 'openai'], ARRAY[1, 2], 'from-sql')`);
+    expect(two[0]).toMatchObject({ status: 'ok', tickets: [1, 2, 3], ticket_semaphores: ['tenant:1', 'openai', 'openai'] });
     expect(await heldOf(ctx.sem, 'openai')).toBe(3);
     const { rows: busy } = await client.query(`SELECT * FROM ${s}.acquire(ARRAY['tenant:1'], ARRAY[1])`);
-    expect(busy[0]).toMatchObject({ status: 'busy', tickets: null });
+    expect(busy[0]).toMatchObject({ status: 'busy', tickets: null, ticket_semaphores: null });
     const { rows: missing } = await client.query(`SELECT * FROM ${s}.acquire(ARRAY['nope', 'openai'], ARRAY[1, 1])`);
     expect(missing[0]).toMatchObject({ status: 'missing', names: ['nope'] });
     const { rows: exceeds } = await client.query(`SELECT * FROM ${s}.acquire(ARRAY['tenant:1'], ARRAY[2])`);
@@ -67,5 +71,212 @@ describe('plain SQL', () => {
     await expect(client.query(`SELECT * FROM ${s}.acquire(ARRAY['openai'], ARRAY[1, 2])`)).rejects.toMatchObject({ code: '22023' });
     await client.query('ROLLBACK');
     expect((await client.query(`SELECT name, tickets FROM ${s}.list()`)).rows).toEqual(before);
+  });
+});
+
+/** Creates and destroys semaphores until ticket row ids pass `above`, so ids and numbers differ. */
+async function growRowIds(admin: pg.Pool, schema: string, above: number): Promise<void> {
+  for (let i = 0; ; i++) {
+    const { rows } = await admin.query<{ id: number | null }>(`SELECT max(id) AS id FROM "${schema}".tickets`);
+    const { rows: seq } = await admin.query<{ last: string }>(`SELECT last_value::text AS last FROM "${schema}".tickets_id_seq`);
+    if (Math.max(rows[0]!.id ?? 0, Number(seq[0]!.last)) > above) return;
+    await admin.query(`SELECT "${schema}".make($1, 100)`, [`grow-${i}`]);
+    await admin.query(`SELECT "${schema}".destroy($1)`, [`grow-${i}`]);
+  }
+}
+
+describe('ticket numbers', () => {
+  it('hold, withTickets and tryAcquire return numbers 1..capacity per semaphore, in request order, as status() shows them', async () => {
+    await growRowIds(ctx.admin, ctx.schema, 300);
+    await ctx.sem.make('api', 3);
+    await ctx.sem.make('tenant:a', 2);
+    const { rows: ids } = await ctx.admin.query<{ id: number }>(`SELECT min(t.id) AS id FROM ${s}.tickets t JOIN ${s}.semaphores m ON m.id = t.semaphore_id WHERE m.name = 'api'`);
+    expect(ids[0]!.id).toBeGreaterThan(300); // row ids are large here
+
+    const other = ctx.another();
+    try {
+      const first = await ctx.sem.hold('api', { label: 'first' });
+      expect(first.tickets).toEqual([{ name: 'api', ticket: 1 }]);
+      const both = await other.hold(['api', 'tenant:a'], { label: 'both' });
+      expect(both.tickets).toEqual([
+        { name: 'api', ticket: 2 },
+        { name: 'tenant:a', ticket: 1 },
+      ]);
+      // the tenant named first comes first, with its two tickets
+      const inside = await ctx.sem.withTickets([{ name: 'tenant:a', tickets: 1 }, 'api'], async ({ tickets }) => {
+        const api = await other.status('api');
+        const tenant = await other.status('tenant:a');
+        return {
+          tickets,
+          status: {
+            first: api.holders.filter((h) => h.label === 'first').map((h) => h.ticket),
+            both: [...api.holders, ...tenant.holders].filter((h) => h.label === 'both').map((h) => h.ticket),
+            inside: [...tenant.holders, ...api.holders].filter((h) => h.label === null).map((h) => h.ticket),
+          },
+        };
+      });
+      expect(inside.tickets).toEqual([
+        { name: 'tenant:a', ticket: 2 },
+        { name: 'api', ticket: 3 },
+      ]);
+      // what status() shows for each holder is what its hold returned
+      expect(inside.status).toEqual({ first: [1], both: [2, 1], inside: [2, 3] });
+      await both.release();
+
+      const db = drizzle(ctx.admin);
+      const got = await db.transaction(async (tx) => {
+        const taken = await ctx.sem.tryAcquire(tx, { name: 'api', tickets: 2 }, { label: 'in-tx' });
+        const holders = (await other.status('api')).holders.filter((h) => h.label === 'in-tx').map((h) => h.ticket);
+        return { taken, holders };
+      });
+      expect(got.taken).toEqual({
+        names: ['api'],
+        tickets: [
+          { name: 'api', ticket: 2 },
+          { name: 'api', ticket: 3 },
+        ],
+      });
+      expect(got.holders).toEqual([2, 3]);
+      await first.release();
+    } finally {
+      await other.close();
+    }
+  });
+});
+
+describe('upgrading an install of pg-semaphore 0.1 (acquire returned row ids)', () => {
+  const role = `pgsem_upgrade_${randomBytes(3).toString('hex')}`;
+  const schemas: string[] = [];
+  let admin: pg.Pool;
+  beforeAll(async () => {
+    admin = new pg.Pool({ connectionString: databaseUrl(), max: 3 });
+    admin.on('error', () => undefined);
+    await admin.query(`CREATE ROLE "${role}" LOGIN`);
+  });
+  afterAll(async () => {
+    for (const schema of schemas) await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+    await admin.query(`DROP ROLE IF EXISTS "${role}"`);
+    await admin.end();
+  });
+
+  /**
+   * What migrate() of 0.1 left behind: its two migrations applied and recorded, acquire
+   * granted to a worker role the way docs/SECURITY.md does (PUBLIC's right revoked).
+   */
+  async function oldInstall(label: string): Promise<string> {
+    const schema = testSchemaName(label);
+    schemas.push(schema);
+    const old = loadMigrations(schema).filter((m) => m.tag === '0000_tables' || m.tag === '0001_functions');
+    expect(old.map((m) => m.tag)).toEqual(['0000_tables', '0001_functions']);
+    await admin.query(`CREATE SCHEMA "${schema}"`);
+    await admin.query(`CREATE TABLE "${schema}".__pg_semaphore_migrations (tag text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`);
+    for (const m of old) {
+      for (const statement of m.sql.split('--> statement-breakpoint')) if (statement.trim()) await admin.query(statement);
+      await admin.query(`INSERT INTO "${schema}".__pg_semaphore_migrations (tag) VALUES ($1)`, [m.tag]);
+    }
+    await admin.query(`REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA "${schema}" FROM PUBLIC`);
+    await admin.query(`GRANT USAGE ON SCHEMA "${schema}" TO "${role}"`);
+    await admin.query(`GRANT EXECUTE ON FUNCTION "${schema}".acquire, "${schema}"._ns TO "${role}"`);
+    await admin.query(`GRANT SELECT ON "${schema}".semaphores, "${schema}".tickets TO "${role}"`);
+    for (let i = 0; i < 3; i++) {
+      await admin.query(`SELECT "${schema}".make($1, 100)`, [`grow-${i}`]);
+      await admin.query(`SELECT "${schema}".destroy($1)`, [`grow-${i}`]);
+    }
+    await admin.query(`SELECT "${schema}".make('api', 3)`);
+    return schema;
+  }
+
+  /** acquire's OUT columns, its privileges, and whether the moved-aside old one is gone. */
+  async function acquireShape(schema: string) {
+    const { rows } = await admin.query<{ names: string[]; acl: string | null; old: number }>(
+      `SELECT p.proargnames AS names, p.proacl::text AS acl,
+              (SELECT count(*)::int FROM pg_proc o WHERE o.pronamespace = p.pronamespace AND o.proname = '_acquire_old') AS old
+         FROM pg_proc p WHERE p.oid = to_regprocedure($1)`,
+      [`"${schema}".acquire(text[], integer[], text, integer)`],
+    );
+    expect(rows).toHaveLength(1);
+    const { rows: can } = await admin.query<{ worker: boolean }>(`SELECT has_function_privilege($1, $2, 'EXECUTE') AS worker`, [
+      role,
+      `"${schema}".acquire(text[], integer[], text, integer)`,
+    ]);
+    return {
+      columns: rows[0]!.names.slice(4),
+      publicCanExecute: /(^|[{,])=X/.test(rows[0]!.acl ?? '{=X/x}'),
+      workerCanExecute: can[0]!.worker,
+      oldLeft: rows[0]!.old,
+    };
+  }
+
+  /** Takes one ticket of 'api' as the worker role, from plain SQL. */
+  async function acquireAsWorker(schema: string): Promise<Record<string, unknown>> {
+    const u = new URL(databaseUrl());
+    u.username = role;
+    u.password = '';
+    const worker = new pg.Client({ connectionString: u.toString() });
+    await worker.connect();
+    try {
+      await worker.query('BEGIN');
+      const { rows } = await worker.query(`SELECT * FROM "${schema}".acquire('{api}', '{1}')`);
+      await worker.query('ROLLBACK');
+      return rows[0];
+    } finally {
+      await worker.end();
+    }
+  }
+
+  it('migrate() applies 0002_functions: numbers instead of row ids, grants kept, a ticket held across the upgrade stays held', async () => {
+    const schema = await oldInstall('upg1');
+    expect(await acquireShape(schema)).toEqual({ columns: ['status', 'tickets', 'semaphore_ids', 'names'], publicCanExecute: false, workerCanExecute: true, oldLeft: 0 });
+    // a holder that took its ticket with the old function, while the upgrade runs
+    const holder = await admin.connect();
+    try {
+      await holder.query('BEGIN');
+      const { rows: before } = await holder.query(`SELECT * FROM "${schema}".acquire('{api}', '{1}', 'old-holder')`);
+      expect(before[0].status).toBe('ok');
+      expect(before[0].tickets[0]).toBeGreaterThan(200); // 0.1 returned the row id
+
+      const sem = new PgSemaphore({ connection: databaseUrl(), schema });
+      try {
+        expect(await sem.migrate()).toEqual({ applied: ['0002_functions'] });
+        expect(await acquireShape(schema)).toEqual({
+          columns: ['status', 'tickets', 'ticket_semaphores', 'semaphore_ids', 'names'],
+          publicCanExecute: false,
+          workerCanExecute: true,
+          oldLeft: 0,
+        });
+        expect(await acquireAsWorker(schema)).toMatchObject({ status: 'ok', tickets: [2], ticket_semaphores: ['api'] });
+        // the old holder still holds ticket 1, so Node gets 2 and 3, then nothing
+        expect((await sem.status('api')).holders.map((h) => [h.ticket, h.label])).toEqual([[1, 'old-holder']]);
+        const hold = await sem.hold({ name: 'api', tickets: 2 });
+        expect(hold.tickets).toEqual([
+          { name: 'api', ticket: 2 },
+          { name: 'api', ticket: 3 },
+        ]);
+        expect(await sem.tryHold('api')).toBeNull();
+        await hold.release();
+        expect(await sem.migrate()).toEqual({ applied: [] });
+      } finally {
+        await sem.close();
+      }
+    } finally {
+      await holder.query('ROLLBACK');
+      holder.release();
+    }
+  });
+
+  it("install path 2: the functions SQL (`pg-semaphore sql --part functions`) upgrades it too, and applies again cleanly", async () => {
+    const schema = await oldInstall('upg2');
+    const functions = installSql(schema, { part: 'functions' });
+    expect(functions).toContain('-- pg-semaphore 0002_functions');
+    expect(functions).not.toContain('0001_functions');
+    await admin.query(functions);
+    await admin.query(functions);
+    expect(await acquireShape(schema)).toEqual({
+      columns: ['status', 'tickets', 'ticket_semaphores', 'semaphore_ids', 'names'],
+      publicCanExecute: false,
+      workerCanExecute: true,
+      oldLeft: 0,
+    });
+    expect(await acquireAsWorker(schema)).toMatchObject({ status: 'ok', tickets: [1], ticket_semaphores: ['api'] });
   });
 });

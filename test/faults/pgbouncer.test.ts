@@ -46,18 +46,18 @@ afterAll(async () => {
   await server?.stop();
 });
 
-/** Ticket ids of a semaphore, read straight from Postgres. */
-async function ticketIds(name: string): Promise<Set<number>> {
-  const { rows } = await admin.query<{ id: number }>(
-    `SELECT t.id FROM "${schema}".tickets t JOIN "${schema}".semaphores m ON m.id = t.semaphore_id WHERE m.name = $1`,
+/** Ticket numbers of a semaphore, read straight from Postgres. */
+async function ticketNumbers(name: string): Promise<Set<number>> {
+  const { rows } = await admin.query<{ no: number }>(
+    `SELECT t.no FROM "${schema}".tickets t JOIN "${schema}".semaphores m ON m.id = t.semaphore_id WHERE m.name = $1`,
     [name],
   );
-  return new Set(rows.map((r) => r.id));
+  return new Set(rows.map((r) => r.no));
 }
 
 describe('behind PgBouncer (transaction mode)', () => {
   it('tickets: concurrent holders on two semaphores never exceed the caps and always get tickets of the semaphore they asked for', async () => {
-    const ids = { api: await ticketIds('api'), other: await ticketIds('other') };
+    const ids = { api: await ticketNumbers('api'), other: await ticketNumbers('other') };
     const caps = { api: 2, other: 3 };
     const sems = [viaBouncer(), viaBouncer(), viaBouncer()];
     const inflight = { api: 0, other: 0 };
@@ -71,7 +71,7 @@ describe('behind PgBouncer (transaction mode)', () => {
           await sem.withTickets(
             name,
             async ({ tickets }) => {
-              for (const t of tickets) if (!ids[name].has(t)) wrong.push(`${name} got ticket ${t}`);
+              for (const t of tickets) if (t.name !== name || !ids[name].has(t.ticket)) wrong.push(`${name} got ticket ${t.ticket} of ${t.name}`);
               inflight[name]++;
               max[name] = Math.max(max[name], inflight[name]);
               await new Promise((r) => setTimeout(r, 5 + Math.random() * 10));

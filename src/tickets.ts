@@ -1,0 +1,30 @@
+/**
+ * One ticket held: which semaphore, and the ticket's number within it (1..capacity), the
+ * same number {@link PgSemaphore.status} and the CLI show for its holder. Tickets are
+ * listed in request order: for `['api', 'tenant:a']`, api's tickets come first.
+ *
+ * @example
+ * ```ts
+ * await sem.withTickets(['api', 'tenant:a'], ({ tickets }) => {
+ *   console.log(tickets); // [{ name: 'api', ticket: 3 }, { name: 'tenant:a', ticket: 1 }]
+ * });
+ * ```
+ */
+export interface HeldTicket {
+  /** The semaphore's name. */
+  name: string;
+  /** The ticket's number within its semaphore, 1 to its capacity. */
+  ticket: number;
+}
+
+/**
+ * The tickets of an `ok` row of the SQL function `acquire`: its `tickets` (numbers) paired
+ * with `ticket_semaphores` (names). The rows' ids, which key the advisory locks, stay inside
+ * Postgres.
+ * @internal
+ */
+export function heldTickets(row: { tickets: number[] | null; ticket_semaphores?: string[] | null }): HeldTicket[] {
+  const numbers = row.tickets ?? [];
+  const names = row.ticket_semaphores ?? [];
+  return numbers.map((ticket, i) => ({ name: names[i]!, ticket }));
+}
