@@ -16,6 +16,7 @@ import {
   semaphoreTables,
 } from '../../src/index.js';
 import { limitProcessor } from '../../src/bullmq/index.js';
+import { WaitingList } from '../../src/bullmq/waiting-list.js';
 import { errorOf, heldOf, within } from '../helpers/core.js';
 import { databaseUrl, setupSchema, waitFor } from '../helpers/db.js';
 
@@ -143,11 +144,12 @@ describe('least privilege: the worker role (GRANTs of docs/SECURITY.md)', () => 
     const status = await ctx.sem.status('api');
     expect(status.held).toBe(0);
     const { rows } = await ctx.admin.query<{ id: number }>(`SELECT id FROM "${ctx.schema}".semaphores WHERE name = 'api'`);
-    expect(await worker.enqueueJob(['api'], 'q', 'job-1')).toEqual({ ahead: 0, capacity: 2 });
-    expect(await worker.enqueueJob(['api'], 'q', 'job-2')).toEqual({ ahead: 1, capacity: 2 });
-    expect(await worker.dequeueJobs([rows[0]!.id], ['q'], 1)).toEqual([{ queue: 'q', jobId: 'job-1' }]);
-    await worker.forgetJob('q', 'job-2');
-    expect(await worker.dequeueJobs([rows[0]!.id], ['q'], 5)).toEqual([]);
+    const list = new WaitingList(worker);
+    expect(await list.enqueue(['api'], 'q', 'job-1')).toEqual({ ahead: 0, capacity: 2 });
+    expect(await list.enqueue(['api'], 'q', 'job-2')).toEqual({ ahead: 1, capacity: 2 });
+    expect(await list.dequeue([rows[0]!.id], ['q'], 1)).toEqual([{ queue: 'q', jobId: 'job-1' }]);
+    await list.forget('q', 'job-2');
+    expect(await list.dequeue([rows[0]!.id], ['q'], 5)).toEqual([]);
     // a whole limited job (a stand-in Job: the wrapper only needs these fields here)
     const processor = limitProcessor(worker, async (_job, _token, signal) => (signal.aborted ? 'aborted' : 'ran'), { semaphore: 'api' });
     const job = { id: '1', name: 'j', queueName: 'q', queueQualifiedName: 'bull:q', timestamp: Date.now(), attemptsMade: 0, attemptsStarted: 1, data: {} };
@@ -196,9 +198,10 @@ describe('the SECURITY DEFINER option of docs/SECURITY.md', () => {
     await hold.release();
     // the waiting list through DEFINER functions
     const { rows: ids } = await definerCtx.admin.query<{ id: number }>(`SELECT id FROM "${schema}".semaphores WHERE name = 'api'`);
-    expect(await lean.enqueueJob(['api'], 'q', 'j1')).toEqual({ ahead: 0, capacity: 2 });
-    expect(await lean.dequeueJobs([ids[0]!.id], ['q'], 1)).toEqual([{ queue: 'q', jobId: 'j1' }]);
-    await lean.forgetJob('q', 'j1');
+    const leanList = new WaitingList(lean);
+    expect(await leanList.enqueue(['api'], 'q', 'j1')).toEqual({ ahead: 0, capacity: 2 });
+    expect(await leanList.dequeue([ids[0]!.id], ['q'], 1)).toEqual([{ queue: 'q', jobId: 'j1' }]);
+    await leanList.forget('q', 'j1');
     // per-key caps on first use: ensure (DEFINER) creates, but cannot resize
     const perKey = await lean.hold('tenant:42', { createWith: 2 });
     await perKey.release();
@@ -278,8 +281,9 @@ describe('hostile names', () => {
     await hold.release();
     // the wrapper's waiting list with hostile queue names and job ids
     const { rows } = await ctx.admin.query<{ id: number }>(`SELECT id FROM "${ctx.schema}".semaphores WHERE name = $1`, [hostile[0]]);
-    await ctx.sem.enqueueJob([hostile[0]!], hostile[1]!, hostile[5]!);
-    expect(await ctx.sem.dequeueJobs([rows[0]!.id], [hostile[1]!], 1)).toEqual([{ queue: hostile[1], jobId: hostile[5] }]);
+    const list = new WaitingList(ctx.sem);
+    await list.enqueue([hostile[0]!], hostile[1]!, hostile[5]!);
+    expect(await list.dequeue([rows[0]!.id], [hostile[1]!], 1)).toEqual([{ queue: hostile[1], jobId: hostile[5] }]);
     for (const name of hostile) expect(await ctx.sem.destroy(name)).toBe(true);
     // nothing ran: the canary table and the library's tables are all still there
     const { rows: tables } = await ctx.admin.query<{ t: string }>(
