@@ -2,10 +2,27 @@ import type { PoolClient } from 'pg';
 import { drizzle, type NodePgDatabase } from 'drizzle-orm/node-postgres';
 import { PgSemaphoreError } from './errors/pg-semaphore-error.js';
 import { TicketLostError } from './errors/ticket-lost-error.js';
+import { isConnectionLost } from './sqlstate.js';
+import * as statements from './statements.js';
 
-/** Counters a hold reports to, for tests and the benchmark. @internal */
-export interface HoldHooks {
-  roundTrip(): void;
+/** What a {@link Hold} is built from. @internal */
+export interface HoldOptions {
+  /** The connection whose open transaction holds the tickets; undefined when limiting is disabled. */
+  client: PoolClient | undefined;
+  /** The semaphore names, as asked for. */
+  names: string[];
+  /** The ticket ids held (each is the second key of an advisory lock). */
+  tickets: number[];
+  /** The ids of the semaphores held (the release wakes their waiters). */
+  semaphoreIds: number[];
+  /** The quoted schema. */
+  qs: string;
+  /** The liveness window: the heartbeat runs every third of it. */
+  livenessMs: number;
+  /** Called on every round trip the hold makes (heartbeat, relabel, release), for the benchmark. */
+  onRoundTrip?: () => void;
+  /** Called once, when the hold is released or discarded (before its connection goes back). */
+  onSettle?: (hold: Hold) => void;
 }
 
 /**
@@ -39,20 +56,21 @@ export class Hold {
   private drizzleTx: NodePgDatabase | undefined;
   private readonly onError: (err: Error) => void;
   private readonly onEnd: () => void;
+  private readonly client: PoolClient | undefined;
+  private readonly qs: string;
+  private readonly onRoundTrip: (() => void) | undefined;
+  private readonly onSettle: ((hold: Hold) => void) | undefined;
 
   /** @internal */
-  constructor(
-    private readonly client: PoolClient | undefined,
-    names: string[],
-    tickets: number[],
-    private readonly qs: string,
-    semaphoreIds: number[],
-    livenessMs: number,
-    private readonly hooks?: HoldHooks,
-  ) {
-    this.names = names;
-    this.semaphoreIds = semaphoreIds;
-    this.tickets = tickets;
+  constructor(options: HoldOptions) {
+    const { client, livenessMs } = options;
+    this.client = client;
+    this.qs = options.qs;
+    this.onRoundTrip = options.onRoundTrip;
+    this.onSettle = options.onSettle;
+    this.names = options.names;
+    this.semaphoreIds = options.semaphoreIds;
+    this.tickets = options.tickets;
     this.acquiredAt = Date.now();
     this.signal = this.controller.signal;
     this.onError = (err: Error) => this.lose(`the holding connection failed (${err.message})`, err);
@@ -61,7 +79,7 @@ export class Hold {
       client.on('error', this.onError);
       client.on('end', this.onEnd);
       // the acquire was parameterised: close its portal so no snapshot stays behind
-      void this.serial(() => client.query('SELECT 1')).catch(() => undefined);
+      void this.serial(() => client.query(statements.PING)).catch(() => undefined);
       this.heartbeat = setInterval(() => void this.beat(), Math.max(10, Math.floor(livenessMs / 3)));
       this.heartbeat.unref();
     }
@@ -95,7 +113,7 @@ export class Hold {
       pending++;
       const run = this.serial(() => (client.query as (...a: unknown[]) => Promise<unknown>)(...args));
       const after = () => {
-        if (--pending === 0 && !this.settled) void this.serial(() => client.query('SELECT 1')).catch(() => undefined);
+        if (--pending === 0 && !this.settled) void this.serial(() => client.query(statements.PING)).catch(() => undefined);
       };
       run.then(after, after);
       return run;
@@ -114,8 +132,8 @@ export class Hold {
     // Skip while statements run on the connection: it is not idle then.
     if (this.running > 0) return;
     try {
-      this.hooks?.roundTrip();
-      await this.serial(() => this.client!.query('SELECT 1'));
+      this.onRoundTrip?.();
+      await this.serial(() => this.client!.query(statements.PING));
     } catch (err) {
       this.lose(`the heartbeat failed (${(err as Error).message})`, err);
     }
@@ -129,13 +147,11 @@ export class Hold {
   /** Changes the label `status()` shows for this holder (two round trips on the holding connection, while the tickets stay held). */
   async relabel(label: string): Promise<void> {
     if (!this.client || this.settled || this.lost) return;
-    this.hooks?.roundTrip();
+    this.onRoundTrip?.();
     const client = this.client;
-    await this.serial(() => client.query(`SELECT set_config('application_name', left('pg-semaphore:' || $1, 63), true)`, [label])).catch(
-      () => undefined,
-    );
+    await this.serial(() => client.query(statements.relabel(label))).catch(() => undefined);
     // close the parameterised statement's portal, or it keeps a snapshot while we sit idle
-    await this.serial(() => client.query('SELECT 1')).catch(() => undefined);
+    await this.serial(() => client.query(statements.PING)).catch(() => undefined);
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
@@ -158,6 +174,7 @@ export class Hold {
   async release(options: { commit?: boolean } = {}): Promise<{ jobsWaiting: boolean }> {
     if (this.settled) return { jobsWaiting: false };
     this.settled = true;
+    this.onSettle?.(this);
     if (this.heartbeat) clearInterval(this.heartbeat);
     const client = this.client;
     if (!client) return { jobsWaiting: false };
@@ -171,14 +188,12 @@ export class Hold {
       return { jobsWaiting: false };
     }
     await this.chain;
-    const end = options.commit === false ? 'ROLLBACK' : 'COMMIT';
-    // Only ids this library read from Postgres go into the text; no user data.
-    const ids = `'{${this.semaphoreIds.filter((n) => Number.isInteger(n)).join(',')}}'::integer[]`;
+    const commit = options.commit !== false;
     try {
-      this.hooks?.roundTrip();
-      const result = (await client.query(
-        `${end}; SELECT ${this.qs}.wake(${ids}) AS notified, EXISTS (SELECT 1 FROM ${this.qs}.waiting_jobs WHERE semaphore_id = ANY (${ids})) AS jobs_waiting`,
-      )) as unknown as Array<{ rows: Array<{ jobs_waiting: boolean }> }>;
+      this.onRoundTrip?.();
+      const result = (await client.query(statements.release(this.qs, this.semaphoreIds, commit))) as unknown as Array<{
+        rows: Array<{ jobs_waiting: boolean }>;
+      }>;
       detach();
       client.release();
       return { jobsWaiting: result[1]?.rows[0]?.jobs_waiting === true };
@@ -186,13 +201,9 @@ export class Hold {
       // The transaction ended one way or another (a dead connection frees its locks).
       detach();
       client.release(err as Error);
-      if (end === 'COMMIT' && !isConnectionError(err)) throw err;
+      if (commit && !isConnectionLost(err)) throw err;
       return { jobsWaiting: false };
     }
   }
 }
 
-function isConnectionError(err: unknown): boolean {
-  const code = (err as { code?: string } | undefined)?.code;
-  return code === undefined || code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03' || code === '25P03';
-}

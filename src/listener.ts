@@ -1,5 +1,6 @@
 import type { Notification, Pool, PoolClient } from 'pg';
 import type { Logger } from './logger.js';
+import * as statements from './statements.js';
 
 interface Waiter {
   ids: number[];
@@ -37,7 +38,7 @@ export class Listener {
   /** Registers a waiter on the semaphores named; returns a function that unregisters it. */
   async watch(names: string[], wake: () => void): Promise<() => Promise<void>> {
     const client = await this.connect();
-    const { rows } = await this.run(() => client.query<{ ids: number[] }>(`SELECT ${this.qs}.watch($1::text[]) AS ids`, [names]));
+    const { rows } = await this.run(() => client.query<{ ids: number[] }>(statements.watch(this.qs, names)));
     const ids = rows[0]?.ids ?? [];
     const waiter: Waiter = { ids, wake };
     for (const id of ids) {
@@ -54,7 +55,7 @@ export class Listener {
         if (list.length === 0) this.waiters.delete(id);
       }
       if (this.client === client) {
-        await this.run(() => client.query(`SELECT ${this.qs}.unwatch($1::integer[])`, [ids])).catch(() => undefined);
+        await this.run(() => client.query(statements.unwatch(this.qs, ids))).catch(() => undefined);
       }
     };
   }
@@ -77,13 +78,13 @@ export class Listener {
         drop(err);
       });
       try {
-        const { rows } = await client.query<{ ns: number }>(`SELECT ${this.qs}._ns() AS ns`);
+        const { rows } = await client.query<{ ns: number }>(statements.namespace(this.qs));
         this.ns = rows[0]!.ns;
         client.on('notification', this.onNotification);
-        await client.query('LISTEN pg_semaphore');
+        await client.query(statements.LISTEN);
         // Waiters registered on a previous connection lost their markers with it.
         const ids = [...this.waiters.entries()].flatMap(([id, list]) => list.map(() => id));
-        if (ids.length > 0) await client.query(`SELECT ${this.qs}.watch_ids($1::integer[])`, [ids]);
+        if (ids.length > 0) await client.query(statements.watchIds(this.qs, ids));
       } catch (err) {
         this.connecting = undefined;
         client.release(err as Error);

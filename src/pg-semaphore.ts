@@ -1,18 +1,23 @@
 import pg from 'pg';
-import type { Pool, PoolConfig } from 'pg';
-import { sql as dsql } from 'drizzle-orm';
+import type { Pool, PoolClient, PoolConfig } from 'pg';
 import { InvalidArgumentError } from './errors/invalid-argument-error.js';
 import { PgSemaphoreError } from './errors/pg-semaphore-error.js';
 import { SemaphoreBusyError } from './errors/semaphore-busy-error.js';
 import { SemaphoreTimeoutError } from './errors/semaphore-timeout-error.js';
 import { UnknownSemaphoreError } from './errors/unknown-semaphore-error.js';
-import { Hold, type HoldHooks } from './hold.js';
+import { attempt, type AttemptContext } from './attempt.js';
+import { Hold } from './hold.js';
 import { Listener } from './listener.js';
 import type { Logger } from './logger.js';
 import { migrate as runMigrate } from './migrate.js';
 import { normalizeRequest, type NormalizedRequest, type TicketRequest } from './request.js';
 import { DEFAULT_SCHEMA, MAX_TICKETS, quoteSchema, validateInt, validateName, validateSchemaName, validateTimeout } from './validate.js';
 import { raceLoss } from './race-loss.js';
+import { explainMigrateConflict, explainNotInstalled } from './not-installed.js';
+import { isLibraryLockTimeout } from './sqlstate.js';
+import * as statements from './statements.js';
+import type { AcquireRow, Statement } from './statements.js';
+import { backoff, sleep } from './timing.js';
 
 /** Environment variable that turns limiting off when set to `1`, `true` or `yes`. */
 export const DISABLE_ENV = 'PG_SEMAPHORE_DISABLED';
@@ -134,6 +139,16 @@ export interface HolderInfo {
   label: string | null;
 }
 
+/** A row of the SQL function `holders`. */
+interface HolderRow {
+  ticket: number;
+  pid: number;
+  application_name: string | null;
+  client_addr: string | null;
+  since: Date | null;
+  label: string | null;
+}
+
 /** A semaphore with its holders, as {@link PgSemaphore.status} shows it. */
 export interface SemaphoreStatus extends SemaphoreInfo {
   holders: HolderInfo[];
@@ -148,13 +163,6 @@ export interface AcquiredTickets {
 
 /** Something `tryAcquire` can run SQL on: a Drizzle node-postgres database/transaction or a `pg` client. */
 export type Executor = { execute(query: unknown): Promise<unknown> } | { query(text: string, values?: unknown[]): Promise<unknown> };
-
-interface AcquireRow {
-  status: 'ok' | 'busy' | 'missing' | 'exceeds';
-  tickets: number[] | null;
-  semaphore_ids: number[] | null;
-  names: string[] | null;
-}
 
 /**
  * Fleet-wide semaphores held by Postgres transactions. One instance per process and
@@ -186,15 +194,24 @@ export class PgSemaphore {
   private readonly logger: Logger;
   private readonly listen: boolean;
   private listener: Listener | undefined;
+  /** Holds open in this process; each leaves the set when it is released (its settle callback). */
   private readonly holds = new Set<Hold>();
+  /** Acquires and management calls in flight; close() waits for them. */
   private readonly inflight = new Set<Promise<unknown>>();
+  /**
+   * One controller per acquire that is waiting; close() aborts each, so waits end promptly.
+   * (One per wait, not one shared signal every waiter listens to: any number of waiters adds
+   * no listener to a long-lived signal.)
+   */
+  private readonly waits = new Set<AbortController>();
   private closing = false;
-  /** Aborts when close() starts, so waits in flight end promptly. */
-  private readonly closed = new AbortController();
   private warnedDisabled = false;
-  /** @internal counts round trips to Postgres for the benchmark. */
+  /**
+   * Round trips to Postgres made by this instance and its holds, for the benchmark and tests.
+   * @internal
+   */
   roundTrips = 0;
-  private readonly hooks: HoldHooks = { roundTrip: () => void this.roundTrips++ };
+  private readonly countRoundTrip = () => void this.roundTrips++;
 
   constructor(options: PgSemaphoreOptions) {
     if (options === null || typeof options !== 'object') {
@@ -220,12 +237,12 @@ export class PgSemaphore {
       this.pool = options.connection as Pool;
       this.ownsPool = false;
     } else if (typeof options.connection === 'string' || (options.connection && typeof options.connection === 'object')) {
-      const config: PoolConfig =
-        typeof options.connection === 'string' ? { connectionString: options.connection } : { ...(options.connection as PoolConfig) };
+      const config = checkPoolConfig(options.connection as string | PoolConfig);
       this.pool = new pg.Pool({ application_name: appName, keepAlive: true, keepAliveInitialDelayMillis: 10_000, ...config });
       this.ownsPool = true;
     } else {
-      throw new InvalidArgumentError('connection', 'a connection string, a pg PoolConfig or a pg.Pool (or pass db)', options.connection);
+      const unset = options.connection === undefined ? '; is DATABASE_URL set?' : '';
+      throw new InvalidArgumentError('connection', `a connection string, a pg PoolConfig or a pg.Pool (or pass db${unset})`, options.connection);
     }
     // An idle pooled client that dies must not crash the process.
     if (this.ownsPool) this.pool.on('error', () => undefined);
@@ -239,7 +256,11 @@ export class PgSemaphore {
    * through your own drizzle-kit history: pick one path.
    */
   async migrate(): Promise<{ applied: string[] }> {
-    return runMigrate(this.pool, this.schema);
+    try {
+      return await runMigrate(this.pool, this.schema);
+    } catch (err) {
+      throw explainMigrateConflict(err, this.schema);
+    }
   }
 
   // ---------------------------------------------------------------- management
@@ -255,7 +276,7 @@ export class PgSemaphore {
     validateName(name);
     validateInt(tickets, 'tickets', 0, MAX_TICKETS);
     const timeout = validateTimeout(options.timeout ?? 30_000, 'timeout');
-    await this.admin(`SELECT ${this.qs}.make($1, $2, $3)`, [name, tickets, timeout ?? null], 'make', [name], timeout);
+    await this.admin(statements.make(this.qs, name, tickets, timeout ?? null), 'make', [name], timeout);
   }
 
   /**
@@ -266,29 +287,20 @@ export class PgSemaphore {
     checkOptions(options);
     validateName(name);
     const timeout = validateTimeout(options.timeout ?? 30_000, 'timeout');
-    const { rows } = await this.admin<{ destroyed: boolean }>(
-      `SELECT ${this.qs}.destroy($1, $2) AS destroyed`,
-      [name, timeout ?? null],
-      'destroy',
-      [name],
-      timeout,
-    );
+    const { rows } = await this.admin<{ destroyed: boolean }>(statements.destroy(this.qs, name, timeout ?? null), 'destroy', [name], timeout);
     return rows[0]?.destroyed === true;
   }
 
   /** Every semaphore with its capacity and how many tickets are held right now. */
   async list(): Promise<SemaphoreInfo[]> {
-    const { rows } = await this.pool.query(`SELECT * FROM ${this.qs}.list()`);
+    const { rows } = await this.query(statements.list(this.qs));
     return rows.map(toInfo);
   }
 
   /** One semaphore with its holders, read from `pg_locks` joined with `pg_stat_activity`. */
   async status(name: string): Promise<SemaphoreStatus> {
     validateName(name);
-    const [list, holders] = await Promise.all([
-      this.pool.query(`SELECT * FROM ${this.qs}.list() WHERE name = $1`, [name]),
-      this.pool.query(`SELECT * FROM ${this.qs}.holders($1)`, [name]),
-    ]);
+    const [list, holders] = await Promise.all([this.query(statements.list(this.qs, name)), this.query<HolderRow>(statements.holders(this.qs, name))]);
     const row = list.rows[0];
     if (!row) throw new UnknownSemaphoreError([name]);
     return {
@@ -335,12 +347,17 @@ export class PgSemaphore {
       this.warnDisabled();
       return { names: req.names, tickets: [] };
     }
-    for (let round = 0; ; round++) {
-      const row = await this.runAcquire(tx, req, label, null);
-      const done = await this.interpret(row, req, createWith, round);
-      if (done === 'retry') continue;
-      if (done === 'busy') return null;
-      return { names: req.names, tickets: row.tickets ?? [] };
+    const statement = statements.acquire(this.qs, req.names, req.counts, label ?? null, null);
+    try {
+      for (let round = 0; ; round++) {
+        const row = await this.runAcquire(tx, statement);
+        const done = await this.interpret(row, req, createWith, round);
+        if (done === 'retry') continue;
+        if (done === 'busy') return null;
+        return { names: req.names, tickets: row.tickets ?? [] };
+      }
+    } catch (err) {
+      throw explainNotInstalled(err, this.schema);
     }
   }
 
@@ -352,13 +369,13 @@ export class PgSemaphore {
    * Prefer {@link PgSemaphore.withTickets}, which releases for you.
    */
   async hold(request: TicketRequest, options: AcquireOptions = {}): Promise<Hold> {
-    const got = await this.track(this.acquireHold(request, checkOptions(options), false));
+    const got = await this.track(this.acquireHold(request, checkOptions(options)));
     return got!;
   }
 
   /** Like {@link PgSemaphore.hold} without waiting, but returns null when no ticket is free. */
   async tryHold(request: TicketRequest, options: Omit<AcquireOptions, 'wait'> = {}): Promise<Hold | null> {
-    return this.track(this.acquireHold(request, { ...checkOptions(options), wait: false }, true));
+    return this.track(this.acquireHold(request, { ...checkOptions(options), wait: false }, { nullIfBusy: true }));
   }
 
   /** Remembers an acquire in flight so close() can wait for it. */
@@ -386,7 +403,11 @@ export class PgSemaphore {
   async withTickets<T>(request: TicketRequest, fn: (ctx: HoldContext) => Promise<T> | T, options: AcquireOptions = {}): Promise<T> {
     if (typeof fn !== 'function') throw new InvalidArgumentError('fn', 'a function', fn);
     checkOptions(options);
-    const hold = await this.hold(request, options);
+    return this.runHolding(await this.hold(request, options), fn);
+  }
+
+  /** Runs `fn` under `hold`, then releases it: committed when `fn` succeeded, rolled back otherwise. */
+  private async runHolding<T>(hold: Hold, fn: (ctx: HoldContext) => Promise<T> | T): Promise<T> {
     let ok = false;
     try {
       const ctx: HoldContext = {
@@ -406,10 +427,23 @@ export class PgSemaphore {
 
   /**
    * Runs `fn` alone across the fleet: a one-ticket semaphore, created on first use.
+   *
+   * A mutex has exactly one ticket. If a semaphore of that name already exists with more
+   * than one ticket, this fails with an {@link InvalidArgumentError} naming its capacity
+   * (argument `semaphore`) and holds nothing, rather than letting several holders in: use
+   * {@link PgSemaphore.withExclusive} to take every ticket of a larger semaphore, or give the
+   * mutex a name of its own. `createWith`, if given, must be 1. Checking costs no extra round trip.
    * @example `await sem.withMutex('nightly-export', () => exportAll(), { wait: 60_000 })`
    */
-  withMutex<T>(name: string, fn: (ctx: HoldContext) => Promise<T> | T, options: AcquireOptions = {}): Promise<T> {
-    return this.withTickets(name, fn, { createWith: 1, ...options });
+  async withMutex<T>(name: string, fn: (ctx: HoldContext) => Promise<T> | T, options: AcquireOptions = {}): Promise<T> {
+    validateName(name, 'semaphore');
+    if (typeof fn !== 'function') throw new InvalidArgumentError('fn', 'a function', fn);
+    checkOptions(options);
+    if (options.createWith !== undefined && options.createWith !== 1) {
+      throw new InvalidArgumentError('createWith', '1 or nothing (a mutex has one ticket)', options.createWith);
+    }
+    const hold = await this.track(this.acquireHold(name, { ...options, createWith: 1 }, { mutex: true }));
+    return this.runHolding(hold!, fn);
   }
 
   /**
@@ -439,6 +473,35 @@ export class PgSemaphore {
     return this.listener.watch(names, onRelease);
   }
 
+  /**
+   * Records a BullMQ job as waiting for tickets of these semaphores (see the BullMQ wrapper).
+   * @returns how many jobs wait ahead of it and the smallest capacity among the semaphores.
+   */
+  async enqueueJob(names: string[], queue: string, jobId: string): Promise<{ ahead: number; capacity: number }> {
+    this.roundTrips++;
+    const { rows } = await this.pool.query<{ ahead: number | null; capacity: number | null }>(
+      `SELECT * FROM ${this.qs}.enqueue_job($1::text[], $2, $3)`,
+      [names, queue, jobId],
+    );
+    return { ahead: rows[0]?.ahead ?? 0, capacity: rows[0]?.capacity ?? 0 };
+  }
+
+  /** Takes (and forgets) the oldest jobs waiting on these semaphores in the given queues. */
+  async dequeueJobs(semaphoreIds: readonly number[], queues: string[], limit = 1): Promise<Array<{ queue: string; jobId: string }>> {
+    this.roundTrips++;
+    const { rows } = await this.pool.query<{ queue: string; job_id: string }>(
+      `SELECT queue, job_id FROM ${this.qs}.dequeue_jobs($1::integer[], $2::text[], $3)`,
+      [semaphoreIds, queues, limit],
+    );
+    return rows.map((r) => ({ queue: r.queue, jobId: r.job_id }));
+  }
+
+  /** Forgets a waiting job (it got its tickets or gave up). */
+  async forgetJob(queue: string, jobId: string): Promise<void> {
+    this.roundTrips++;
+    await this.pool.query(`SELECT ${this.qs}.forget_job($1, $2)`, [queue, jobId]);
+  }
+
   /** Holds currently open in this process. */
   get openHolds(): number {
     return this.holds.size;
@@ -450,7 +513,7 @@ export class PgSemaphore {
    */
   async close(): Promise<void> {
     this.closing = true;
-    this.closed.abort();
+    for (const wait of this.waits) wait.abort();
     await Promise.all([...this.inflight].map((p) => p.catch(() => undefined)));
     await Promise.all([...this.holds].map((h) => h.release({ commit: false }).catch(() => undefined)));
     await this.listener?.close();
@@ -460,157 +523,137 @@ export class PgSemaphore {
 
   // ---------------------------------------------------------------- internals
 
-  private async acquireHold(request: TicketRequest, options: AcquireOptions, nullIfBusy: boolean): Promise<Hold | null> {
+  /**
+   * Takes tickets on a connection of their own: tries, and while the semaphores are busy and
+   * the caller waits, sleeps until a wake-up, the next poll (jittered backoff up to
+   * `maxPollInterval`), the deadline, the caller's signal or close(). One try is
+   * {@link attempt}; this loop owns only the deadline, the wake-ups and the backoff.
+   * With `mutex`, a semaphore of more than one ticket is refused (see withMutex).
+   */
+  private async acquireHold(request: TicketRequest, options: AcquireOptions, how: { nullIfBusy?: boolean; mutex?: boolean } = {}): Promise<Hold | null> {
     const req = normalizeRequest(request);
     const createWith = options.createWith === undefined ? undefined : validateInt(options.createWith, 'createWith', 1, MAX_TICKETS);
     const label = checkLabel(options.label);
     const wait = normalizeWait(options.wait);
     if (this.disabled) {
       this.warnDisabled();
-      return new Hold(undefined, req.names, [], this.qs, [], this.livenessMs);
+      return new Hold({ client: undefined, names: req.names, tickets: [], semaphoreIds: [], qs: this.qs, livenessMs: this.livenessMs });
     }
     wait?.signal?.throwIfAborted();
-    const started = Date.now();
-    const deadline = wait?.timeout === undefined ? Infinity : started + wait.timeout;
+    const deadline = wait?.timeout === undefined ? Infinity : Date.now() + wait.timeout;
+    const statement = statements.acquire(this.qs, req.names, req.counts, label ?? null, this.livenessMs, { capacity: how.mutex === true });
+    const ctx: AttemptContext = {
+      pool: this.pool,
+      roundTrips: (n) => void (this.roundTrips += n),
+      toHold: (client, row) => this.newHold(client, req.names, row),
+      veto: (row) => this.veto(row, req.names[0]!, wait?.signal, how.mutex === true),
+    };
+    // Ends the sleeps of this wait: close() aborts it; the caller's signal is folded in.
+    const stop = new AbortController();
+    const stopped = wait?.signal ? AbortSignal.any([wait.signal, stop.signal]) : stop.signal;
     let unwatch: (() => Promise<void>) | undefined;
-    let wake: (() => void) | undefined;
     let woken = false;
+    let nap: AbortController | undefined;
+    this.waits.add(stop);
     try {
       for (let round = 0, sleeps = 0; ; round++) {
-        const client = await this.pool.connect();
-        const onError = () => undefined;
-        client.on('error', onError);
-        let row: AcquireRow;
-        try {
-          this.roundTrips += 2;
-          // Two statements on one connection inside one transaction, so this also works
-          // behind PgBouncer in transaction mode. The parameterised acquire leaves an open
-          // portal that would keep a snapshot; the Hold closes it with a simple statement sent
-          // right after, without making the caller wait for it.
-          await client.query('BEGIN');
-          const result = await client.query<AcquireRow>(`SELECT * FROM ${this.qs}.acquire($1::text[], $2::integer[], $3, $4)`, [
-            req.names,
-            req.counts,
-            label ?? null,
-            this.livenessMs,
-          ]);
-          row = result.rows[0]!;
-        } catch (err) {
-          client.removeListener('error', onError);
-          client.release(err as Error);
-          throw err;
-        }
-        if (row.status === 'ok' && (wait?.signal?.aborted || this.closing)) {
-          // aborted or closing while the try was in flight: give the tickets straight back
-          client.removeListener('error', onError);
-          await client.query('ROLLBACK').then(
-            () => client.release(),
-            (err: Error) => client.release(err),
-          );
-          if (this.closing) throw new PgSemaphoreError('expected an open PgSemaphore, got one closed while acquiring');
-          wait!.signal!.throwIfAborted();
-        }
-        if (row.status === 'ok') {
-          client.removeListener('error', onError);
-          const hold: Hold = new Hold(
-            client,
-            req.names,
-            row.tickets ?? [],
-            this.qs,
-            row.semaphore_ids ?? [],
-            this.livenessMs,
-            this.hooks,
-          );
-          this.holds.add(hold);
-          const release = hold.release.bind(hold);
-          hold.release = (opts) => {
-            this.holds.delete(hold);
-            return release(opts);
-          };
-          return hold;
-        }
-        try {
-          this.roundTrips++;
-          await client.query('ROLLBACK');
-          client.removeListener('error', onError);
-          client.release();
-        } catch (err) {
-          client.removeListener('error', onError);
-          client.release(err as Error);
-        }
-        const next = await this.interpret(row, req, createWith, round);
-        if (next === 'retry') continue;
+        const { hold, row } = await attempt(ctx, statement);
+        if (hold) return hold;
+        if ((await this.interpret(row, req, createWith, round)) === 'retry') continue;
         // busy; an abort that came while we were talking to Postgres counts now
         wait?.signal?.throwIfAborted();
         if (!wait) {
-          if (nullIfBusy) return null;
+          if (how.nullIfBusy) return null;
           throw new SemaphoreBusyError(req.names);
         }
         if (this.closing) throw new PgSemaphoreError('expected an open PgSemaphore, got one closed while waiting');
         const now = Date.now();
         if (now >= deadline) throw new SemaphoreTimeoutError('acquire', req.names, wait.timeout ?? 0);
-        if (!unwatch && !this.listen) unwatch = async () => undefined;
         if (!unwatch) {
-          try {
-            this.listener ??= new Listener(this.pool, this.qs, this.logger);
-            unwatch = await this.listener.watch(req.names, () => {
-              woken = true;
-              wake?.();
-            });
-            // a release between our failed try and the watch would be missed: try again at once
-            continue;
-          } catch (err) {
-            this.logger.warn(`pg-semaphore: cannot LISTEN (${(err as Error).message}); waiting by polling only`);
-            unwatch = async () => undefined;
-          }
+          const watching = await this.watchWhileWaiting(req.names, () => {
+            woken = true;
+            nap?.abort();
+          });
+          unwatch = watching ?? (async () => undefined);
+          // a release between our failed try and the watch would be missed: try again at once
+          if (watching) continue;
         }
-        if (woken) {
-          woken = false;
-          continue;
+        if (!woken) {
+          nap = new AbortController();
+          await sleep(Math.min(backoff(sleeps++, { min: 25, max: this.maxPollMs }), deadline - now), AbortSignal.any([stopped, nap.signal]));
+          nap = undefined;
+          wait.signal?.throwIfAborted();
         }
-        const pause = Math.min(this.maxPollMs, 25 * 2 ** Math.min(sleeps++, 16)) * (0.5 + Math.random() / 2);
-        await new Promise<void>((resolve, reject) => {
-          const timer = setTimeout(done, Math.min(pause, deadline - now));
-          const closed = this.closed.signal;
-          const onAbort = () => {
-            clearTimeout(timer);
-            closed.removeEventListener('abort', done);
-            wake = undefined;
-            reject(wait.signal!.reason);
-          };
-          function done() {
-            clearTimeout(timer);
-            wait?.signal?.removeEventListener('abort', onAbort);
-            closed.removeEventListener('abort', done);
-            wake = undefined;
-            resolve();
-          }
-          wake = done;
-          wait.signal?.addEventListener('abort', onAbort, { once: true });
-          closed.addEventListener('abort', done, { once: true });
-        });
         woken = false;
       }
+    } catch (err) {
+      throw explainNotInstalled(err, this.schema);
     } finally {
+      this.waits.delete(stop);
       if (unwatch) await unwatch();
     }
   }
 
-  private async runAcquire(tx: Executor, req: NormalizedRequest, label: string | undefined, idleMs: number | null): Promise<AcquireRow> {
+  /** A hold on a connection whose transaction now holds the tickets of `row`; it leaves `holds` when settled. */
+  private newHold(client: PoolClient, names: string[], row: AcquireRow): Hold {
+    const hold = new Hold({
+      client,
+      names,
+      tickets: row.tickets ?? [],
+      semaphoreIds: row.semaphore_ids ?? [],
+      qs: this.qs,
+      livenessMs: this.livenessMs,
+      onRoundTrip: this.countRoundTrip,
+      onSettle: (h) => void this.holds.delete(h),
+    });
+    this.holds.add(hold);
+    return hold;
+  }
+
+  /**
+   * Whether a try's tickets must be given back at once, and the error to throw then: the
+   * caller gave up or close() began while the try was in flight, or a mutex found a
+   * semaphore of more than one ticket (busy or not).
+   */
+  private veto(row: AcquireRow, name: string, signal: AbortSignal | undefined, mutex: boolean): unknown {
+    if (mutex && typeof row.capacity === 'number' && row.capacity > 1) {
+      return new InvalidArgumentError(
+        'semaphore',
+        `the name of a mutex (a semaphore of one ticket), but ${JSON.stringify(name)} has ${row.capacity} tickets: ` +
+          'use withExclusive() to take them all, or give the mutex a name of its own',
+        name,
+      );
+    }
+    if (row.status !== 'ok') return undefined;
+    if (this.closing) return new PgSemaphoreError('expected an open PgSemaphore, got one closed while acquiring');
+    return signal?.aborted ? signal.reason : undefined;
+  }
+
+  /**
+   * Registers for wake-ups on these semaphores (LISTEN/NOTIFY); undefined when listening is
+   * off or cannot start (waiting then polls).
+   */
+  private async watchWhileWaiting(names: string[], onRelease: () => void): Promise<(() => Promise<void>) | undefined> {
+    if (!this.listen) return undefined;
+    try {
+      this.listener ??= new Listener(this.pool, this.qs, this.logger);
+      return await this.listener.watch(names, onRelease);
+    } catch (err) {
+      this.logger.warn(`pg-semaphore: cannot LISTEN (${(err as Error).message}); waiting by polling only`);
+      return undefined;
+    }
+  }
+
+  /** Runs the acquire statement in the caller's transaction (Drizzle or `pg`). */
+  private async runAcquire(tx: Executor, statement: Statement): Promise<AcquireRow> {
     this.roundTrips++;
     if ('execute' in tx && typeof tx.execute === 'function') {
-      const query = dsql`SELECT * FROM ${dsql.raw(this.qs)}.acquire(${dsql.param(req.names)}::text[], ${dsql.param(req.counts)}::integer[], ${label ?? null}, ${idleMs})`;
-      const result = (await tx.execute(query)) as { rows?: AcquireRow[] } | AcquireRow[];
+      const result = (await tx.execute(statements.toDrizzle(statement))) as { rows?: AcquireRow[] } | AcquireRow[];
       const rows = Array.isArray(result) ? result : result.rows;
       return rows![0]!;
     }
     if ('query' in tx && typeof tx.query === 'function') {
-      const result = (await tx.query(`SELECT * FROM ${this.qs}.acquire($1::text[], $2::integer[], $3, $4)`, [
-        req.names,
-        req.counts,
-        label ?? null,
-        idleMs,
-      ])) as { rows: AcquireRow[] };
+      const result = (await tx.query(statement.text, statement.values)) as { rows: AcquireRow[] };
       return result.rows[0]!;
     }
     throw new InvalidArgumentError('tx', 'a Drizzle node-postgres transaction or a pg client', tx);
@@ -627,7 +670,7 @@ export class PgSemaphore {
         const missing = row.names ?? [];
         if (createWith === undefined || round > 2) throw new UnknownSemaphoreError(missing);
         this.roundTrips++;
-        await this.pool.query(`SELECT ${this.qs}.ensure($1::text[], $2)`, [missing, createWith]);
+        await this.pool.query(statements.ensure(this.qs, missing, createWith));
         return 'retry';
       }
       case 'exceeds': {
@@ -643,19 +686,27 @@ export class PgSemaphore {
     }
   }
 
-  private async admin<R extends Record<string, unknown> = Record<string, unknown>>(
-    text: string,
-    values: unknown[],
+  /** Runs one of the library's statements on the pool; a schema without the library gets a `NotInstalledError`. */
+  private async query<R extends pg.QueryResultRow = Record<string, unknown>>(statement: Statement): Promise<pg.QueryResult<R>> {
+    try {
+      return await this.pool.query<R>(statement);
+    } catch (err) {
+      throw explainNotInstalled(err, this.schema);
+    }
+  }
+
+  /** {@link PgSemaphore.query} for make and destroy, whose waits for held tickets can time out. */
+  private async admin<R extends pg.QueryResultRow = Record<string, unknown>>(
+    statement: Statement,
     operation: 'make' | 'destroy',
     names: string[],
     timeout: number | undefined,
   ): Promise<pg.QueryResult<R>> {
     try {
-      return await this.pool.query<R>(text, values);
+      return await this.query<R>(statement);
     } catch (err) {
-      const e = err as { code?: string; hint?: string; message: string };
-      if (e.code === '55P03' && e.hint === 'pg-semaphore:timeout') {
-        throw new SemaphoreTimeoutError(operation, names, timeout ?? 0, e.message.replace(/^pg-semaphore: /, ''), { cause: err });
+      if (isLibraryLockTimeout(err)) {
+        throw new SemaphoreTimeoutError(operation, names, timeout ?? 0, (err as Error).message.replace(/^pg-semaphore: /, ''), { cause: err });
       }
       throw err;
     }
@@ -666,6 +717,36 @@ export class PgSemaphore {
     this.warnedDisabled = true;
     this.logger.warn(`pg-semaphore: limiting is DISABLED (option disabled or ${DISABLE_ENV}); every acquire succeeds without a ticket`);
   }
+}
+
+const CONNECTION_STRING = 'a connection string such as postgres://user@host:5432/db';
+
+/**
+ * Checks that a connection string or pool config says where Postgres is: a non-empty
+ * connection string, or a host (the config's `host`, or the `PGHOST` environment variable
+ * node-postgres reads). Without either, node-postgres would fail only at the first query,
+ * with "no PostgreSQL user name specified in startup packet".
+ */
+function checkPoolConfig(connection: string | PoolConfig): PoolConfig {
+  if (typeof connection === 'string') {
+    if (connection.trim() === '') throw new InvalidArgumentError('connection', `${CONNECTION_STRING} (is DATABASE_URL empty?)`, connection);
+    return { connectionString: connection };
+  }
+  const config = { ...connection };
+  const { connectionString, host } = config;
+  if (host !== undefined && (typeof host !== 'string' || host.trim() === '')) {
+    throw new InvalidArgumentError('connection.host', 'a host name, an IP address or a socket folder', host);
+  }
+  if (connectionString !== undefined && (typeof connectionString !== 'string' || connectionString.trim() === '')) {
+    throw new InvalidArgumentError('connection.connectionString', `${CONNECTION_STRING} (is DATABASE_URL empty?)`, connectionString);
+  }
+  if (connectionString === undefined && host === undefined && !process.env.PGHOST) {
+    if ('connectionString' in config) {
+      throw new InvalidArgumentError('connection.connectionString', `${CONNECTION_STRING}, or a host (is DATABASE_URL set?)`, connectionString);
+    }
+    throw new InvalidArgumentError('connection', 'a pg PoolConfig with connectionString or host (or the PGHOST environment variable)', connection);
+  }
+  return config;
 }
 
 function isPoolLike(value: unknown): boolean {

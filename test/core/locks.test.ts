@@ -2,7 +2,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setupSchema } from '../helpers/db.js';
 import { heldOf, rejection, within } from '../helpers/core.js';
-import { SemaphoreBusyError, type PgSemaphore } from '../../src/index.js';
+import { InvalidArgumentError, SemaphoreBusyError, type PgSemaphore } from '../../src/index.js';
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
 let other: PgSemaphore;
@@ -53,6 +53,38 @@ describe('withMutex', () => {
     finish.open();
     await within(Promise.all([first, second]), 5_000, 'both holders');
     expect(events).toEqual(['first in', 'first out', 'second in']);
+  });
+
+  it('on an existing semaphore of more than one ticket fails with an InvalidArgumentError naming the capacity, and holds nothing', async () => {
+    await ctx.sem.make('wide', 3);
+    let ran = false;
+    const run = () => void (ran = true);
+    const err = await rejection(ctx.sem.withMutex('wide', run));
+    expect(err).toBeInstanceOf(InvalidArgumentError);
+    expect(err).toMatchObject({ name: 'InvalidArgumentError', argument: 'semaphore', received: 'wide' });
+    expect((err as Error).message).toContain('"wide" has 3 tickets');
+    expect((err as Error).message).toContain('withExclusive');
+    expect(ran).toBe(false);
+    expect(await heldOf(ctx.sem, 'wide')).toBe(0);
+    expect(ctx.sem.openHolds).toBe(0);
+
+    // also when its tickets are busy: it fails at once instead of waiting for them
+    const busy = await other.hold('wide');
+    const started = Date.now();
+    const waited = await within(rejection(ctx.sem.withMutex('wide', run, { wait: 60_000 })), 10_000, 'withMutex to fail');
+    expect(waited).toMatchObject({ name: 'InvalidArgumentError', argument: 'semaphore' });
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect(await heldOf(ctx.sem, 'wide')).toBe(1);
+    await busy.release();
+    expect(ran).toBe(false);
+
+    // a mutex is created with one ticket: createWith other than 1 is refused before anything is sent
+    expect(await rejection(ctx.sem.withMutex('new-mutex', run, { createWith: 2 }))).toMatchObject({ argument: 'createWith', received: 2 });
+    expect((await ctx.sem.list()).some((s) => s.name === 'new-mutex')).toBe(false);
+
+    // shrunk to one ticket, it is a mutex again
+    await ctx.sem.make('wide', 1);
+    expect(await ctx.sem.withMutex('wide', () => 'alone')).toBe('alone');
   });
 });
 

@@ -188,6 +188,66 @@ describe('the constructor', () => {
   });
 });
 
+describe('where Postgres is', () => {
+  /** Runs `fn` with PGHOST unset (node-postgres would otherwise take the host from it). */
+  async function withoutPgHost<T>(fn: () => Promise<T>): Promise<T> {
+    const saved = process.env.PGHOST;
+    delete process.env.PGHOST;
+    try {
+      return await fn();
+    } finally {
+      if (saved !== undefined) process.env.PGHOST = saved;
+    }
+  }
+
+  it('a connection string or host must be given, and the error says which (and mentions DATABASE_URL)', async () => {
+    await withoutPgHost(async () => {
+      // new PgSemaphore({ connection: process.env.DATABASE_URL }) with DATABASE_URL unset
+      await expectInvalid(() => new PgSemaphore({ connection: undefined }), 'connection', undefined);
+      expect(String(await errorOf(() => new PgSemaphore({ connection: undefined })))).toContain('DATABASE_URL');
+      await expectInvalid(() => new PgSemaphore({ connection: '' }), 'connection', '');
+      await expectInvalid(() => new PgSemaphore({ connection: '   ' }), 'connection', '   ');
+      // the pool-config form with DATABASE_URL unset
+      await expectInvalid(() => new PgSemaphore({ connection: { connectionString: undefined, max: 30 } }), 'connection.connectionString', undefined);
+      const unset = await errorOf(() => new PgSemaphore({ connection: { connectionString: undefined } }));
+      expect(String(unset)).toContain('DATABASE_URL');
+      expect(String(unset)).toContain('host');
+      await expectInvalid(() => new PgSemaphore({ connection: { connectionString: '' } }), 'connection.connectionString', '');
+      await expectInvalid(() => new PgSemaphore({ connection: { connectionString: 42 as never } }), 'connection.connectionString', 42);
+      await expectInvalid(() => new PgSemaphore({ connection: { host: '' } }), 'connection.host', '');
+      await expectInvalid(() => new PgSemaphore({ connection: { max: 5 } }), 'connection');
+    });
+  });
+
+  it('a host alone, or PGHOST, is enough', async () => {
+    const url = new URL(databaseUrl());
+    const byHost = new PgSemaphore({
+      connection: {
+        host: url.hostname,
+        port: Number(url.port || 5432),
+        user: decodeURIComponent(url.username),
+        password: decodeURIComponent(url.password) || undefined,
+        database: url.pathname.slice(1),
+      },
+      schema: ctx.schema,
+    });
+    try {
+      expect((await byHost.status('ok')).tickets).toBe(2);
+    } finally {
+      await byHost.close();
+    }
+    const saved = process.env.PGHOST;
+    process.env.PGHOST = url.hostname;
+    try {
+      const byEnv = new PgSemaphore({ connection: { max: 1 } });
+      await byEnv.close();
+    } finally {
+      if (saved === undefined) delete process.env.PGHOST;
+      else process.env.PGHOST = saved;
+    }
+  });
+});
+
 describe('hostile but valid names', () => {
   const hostile = [
     "it's",

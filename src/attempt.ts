@@ -1,0 +1,65 @@
+import type { Pool, PoolClient } from 'pg';
+import type { Hold } from './hold.js';
+import * as statements from './statements.js';
+import type { AcquireRow, Statement } from './statements.js';
+
+/** What one try of an acquire gave: the tickets as a {@link Hold}, or the row that says why not. @internal */
+export type AttemptResult = { hold: Hold; row: AcquireRow } | { hold: undefined; row: AcquireRow };
+
+/** What {@link attempt} needs from its caller. @internal */
+export interface AttemptContext {
+  /** Where the connection comes from. */
+  pool: Pool;
+  /** Counts round trips to Postgres (for the benchmark). */
+  roundTrips(n: number): void;
+  /** Builds the hold around a connection whose open transaction now holds the tickets. */
+  toHold(client: PoolClient, row: AcquireRow): Hold;
+  /**
+   * Asked once the acquire has answered: an error to throw instead of returning (the tickets,
+   * if any, are given back first), e.g. when the caller gave up while the try was in flight.
+   */
+  veto?(row: AcquireRow): unknown;
+}
+
+/**
+ * One try: `BEGIN` and the acquire statement on a connection of its own. Two statements on
+ * one connection inside one transaction, so this also works behind PgBouncer in transaction
+ * mode. On success the connection, still in its transaction, goes to the hold; otherwise
+ * the transaction is rolled back and the connection goes back to the pool (destroyed when
+ * it failed). This is the only owner of the connection until the hold takes it: it attaches
+ * the error listener that keeps a dying idle socket from crashing the process, and removes it.
+ * @internal
+ */
+export async function attempt(ctx: AttemptContext, statement: Statement): Promise<AttemptResult> {
+  const client = await ctx.pool.connect();
+  const onError = () => undefined;
+  client.on('error', onError);
+  const giveBack = (err?: Error) => {
+    client.removeListener('error', onError);
+    client.release(err);
+  };
+  let row: AcquireRow;
+  try {
+    ctx.roundTrips(2);
+    await client.query(statements.BEGIN);
+    const result = await client.query<AcquireRow>(statement);
+    row = result.rows[0]!;
+  } catch (err) {
+    giveBack(err as Error);
+    throw err;
+  }
+  const veto = ctx.veto?.(row);
+  if (row.status === 'ok' && veto === undefined) {
+    client.removeListener('error', onError);
+    return { hold: ctx.toHold(client, row), row };
+  }
+  try {
+    ctx.roundTrips(1);
+    await client.query(statements.ROLLBACK);
+    giveBack();
+  } catch (err) {
+    giveBack(err as Error);
+  }
+  if (veto !== undefined) throw veto;
+  return { hold: undefined, row };
+}

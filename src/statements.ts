@@ -1,0 +1,131 @@
+import { sql, type SQL } from 'drizzle-orm';
+
+/**
+ * Every statement pg-semaphore runs at run time (not the install SQL, which lives in the
+ * migrations), each written once, for a schema already validated and quoted (`qs`, from
+ * `quoteSchema`). User values travel only in `values`, as bind parameters; the text holds
+ * nothing but the quoted schema and, in {@link release}, ids this library read from Postgres.
+ * @internal
+ */
+export interface Statement {
+  text: string;
+  values?: unknown[];
+}
+
+/** The row of the SQL function `acquire` (see src/functions-sql.ts). @internal */
+export interface AcquireRow {
+  status: 'ok' | 'busy' | 'missing' | 'exceeds';
+  tickets: number[] | null;
+  semaphore_ids: number[] | null;
+  names: string[] | null;
+  /** Only with `{ capacity: true }`: the capacity of the first semaphore named (null when it does not exist). */
+  capacity?: number | null;
+}
+
+/** Opens the holding transaction. @internal */
+export const BEGIN = 'BEGIN';
+/** Gives tickets back without waking anyone (nothing was held long enough to matter). @internal */
+export const ROLLBACK = 'ROLLBACK';
+/**
+ * The heartbeat, and what closes the unnamed portal a parameterised statement leaves open
+ * (which would otherwise keep a snapshot while the transaction sits idle). @internal
+ */
+export const PING = 'SELECT 1';
+/** Subscribes the listener connection to wake-ups. @internal */
+export const LISTEN = 'LISTEN pg_semaphore';
+
+/**
+ * Takes tickets, all or nothing, inside the caller's transaction. `counts` 0 means every
+ * ticket; `idleMs` sets `idle_in_transaction_session_timeout` locally (null: leave it).
+ * With `capacity`, the row also carries the capacity of the first name (for `withMutex`).
+ * @internal
+ */
+export function acquire(
+  qs: string,
+  names: readonly string[],
+  counts: readonly number[],
+  label: string | null,
+  idleMs: number | null,
+  options: { capacity?: boolean } = {},
+): Statement {
+  const capacity = options.capacity ? `, (SELECT m.tickets FROM ${qs}.semaphores m WHERE m.name = ($1::text[])[1]) AS capacity` : '';
+  return {
+    text: `SELECT a.*${capacity} FROM ${qs}.acquire($1::text[], $2::integer[], $3, $4) a`,
+    values: [names, counts, label, idleMs],
+  };
+}
+
+/** Creates the semaphores named that do not exist yet, with `tickets` tickets each. @internal */
+export function ensure(qs: string, names: readonly string[], tickets: number): Statement {
+  return { text: `SELECT ${qs}.ensure($1::text[], $2)`, values: [names, tickets] };
+}
+
+/** Creates or resizes a semaphore, waiting at most `timeoutMs` for returned tickets. @internal */
+export function make(qs: string, name: string, tickets: number, timeoutMs: number | null): Statement {
+  return { text: `SELECT ${qs}.make($1, $2, $3)`, values: [name, tickets, timeoutMs] };
+}
+
+/** Removes a semaphore once its tickets are returned; the row's `destroyed` says whether it existed. @internal */
+export function destroy(qs: string, name: string, timeoutMs: number | null): Statement {
+  return { text: `SELECT ${qs}.destroy($1, $2) AS destroyed`, values: [name, timeoutMs] };
+}
+
+/** Every semaphore with capacity and held count, or just the one named. @internal */
+export function list(qs: string, name?: string): Statement {
+  return name === undefined ? { text: `SELECT * FROM ${qs}.list()` } : { text: `SELECT * FROM ${qs}.list() WHERE name = $1`, values: [name] };
+}
+
+/** The holders of one semaphore, from `pg_locks` ⋈ `pg_stat_activity`. @internal */
+export function holders(qs: string, name: string): Statement {
+  return { text: `SELECT * FROM ${qs}.holders($1)`, values: [name] };
+}
+
+/**
+ * Ends the holding transaction and wakes waiters of these semaphores, in one round trip
+ * (simple protocol, two statements: the second row says whether jobs are recorded as waiting).
+ * Only integer ids this library read from Postgres go into the text.
+ * @internal
+ */
+export function release(qs: string, semaphoreIds: readonly number[], commit: boolean): Statement {
+  const ids = `'{${semaphoreIds.filter((n) => Number.isInteger(n)).join(',')}}'::integer[]`;
+  return {
+    text:
+      `${commit ? 'COMMIT' : 'ROLLBACK'}; SELECT ${qs}.wake(${ids}) AS notified, ` +
+      `EXISTS (SELECT 1 FROM ${qs}.waiting_jobs WHERE semaphore_id = ANY (${ids})) AS jobs_waiting`,
+  };
+}
+
+/** Sets the `application_name` status() shows for a holder, for the rest of its transaction. @internal */
+export function relabel(label: string): Statement {
+  return { text: `SELECT set_config('application_name', left('pg-semaphore:' || $1, 63), true)`, values: [label] };
+}
+
+/** The schema's advisory-lock namespace (the first key of every ticket lock). @internal */
+export function namespace(qs: string): Statement {
+  return { text: `SELECT ${qs}._ns() AS ns` };
+}
+
+/** Marks this session as waiting on the semaphores named; the row's `ids` are their ids. @internal */
+export function watch(qs: string, names: readonly string[]): Statement {
+  return { text: `SELECT ${qs}.watch($1::text[]) AS ids`, values: [names] };
+}
+
+/** Marks this session as waiting on these semaphore ids (once per id given; after a reconnect). @internal */
+export function watchIds(qs: string, ids: readonly number[]): Statement {
+  return { text: `SELECT ${qs}.watch_ids($1::integer[])`, values: [ids] };
+}
+
+/** Takes back one {@link watch} mark per id given. @internal */
+export function unwatch(qs: string, ids: readonly number[]): Statement {
+  return { text: `SELECT ${qs}.unwatch($1::integer[])`, values: [ids] };
+}
+
+/**
+ * The same statement for a Drizzle executor: each `$n` becomes a bound parameter.
+ * @internal
+ */
+export function toDrizzle(statement: Statement): SQL {
+  const parts = statement.text.split(/\$(\d+)/);
+  const chunks: SQL[] = parts.map((part, i) => (i % 2 === 0 ? sql.raw(part) : sql`${sql.param(statement.values?.[Number(part) - 1])}`));
+  return sql.join(chunks);
+}
