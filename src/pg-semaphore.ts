@@ -465,6 +465,7 @@ export class PgSemaphore {
    * semaphores (LISTEN/NOTIFY on one connection per PgSemaphore). Wake-ups can be lost when
    * that connection drops, so pair this with a fallback poll. Returns a function that stops
    * watching. Used by the BullMQ wrapper; most code wants `wait` instead.
+   * @internal
    */
   async watch(names: string[], onRelease: () => void): Promise<() => Promise<void>> {
     names.forEach((n, i) => validateName(n, `names[${i}]`));
