@@ -14,7 +14,7 @@ const workers: Worker[] = [];
 
 beforeAll(async () => {
   ctx = await setupSchema('wrapper');
-  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label']);
+  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label', 'w-weight', 'w-weight-bad']);
 });
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.close(true)));
@@ -197,6 +197,60 @@ describe('limitProcessor', () => {
     expect(max).toBe(3);
     expect(Math.max(...perTenantMax.values())).toBeLessThanOrEqual(2);
     expect((await ctx.sem.status('api-both')).held).toBe(0);
+  });
+
+  it('weighs a job on the global cap and takes one ticket of its tenant ({ name, tickets } inside the request)', async () => {
+    await ctx.sem.make('weight-api', 4);
+    // a fake API that counts calls by weight, overall and per tenant
+    const api = { weight: 0, maxWeight: 0, tenants: new Map<string, number>(), maxTenant: 0 };
+    const processor = limitProcessor<{ tenant: string; weight: number }>(
+      ctx.sem,
+      async (job) => {
+        const { tenant, weight } = job.data;
+        api.weight += weight;
+        api.maxWeight = Math.max(api.maxWeight, api.weight);
+        api.tenants.set(tenant, (api.tenants.get(tenant) ?? 0) + 1);
+        api.maxTenant = Math.max(api.maxTenant, api.tenants.get(tenant)!);
+        await new Promise((r) => setTimeout(r, 15));
+        api.tenants.set(tenant, api.tenants.get(tenant)! - 1);
+        api.weight -= weight;
+        return weight;
+      },
+      {
+        semaphore: (job) => [{ name: 'weight-api', tickets: job.data.weight }, `weight:${job.data.tenant}`],
+        createWith: 1,
+      },
+    );
+    const w = worker('w-weight', processor, 12);
+    const f = finished(w, 48);
+    await queue('w-weight').addBulk(Array.from({ length: 48 }, (_, i) => ({ name: 'x', data: { tenant: `t${i % 6}`, weight: i % 3 === 0 ? 2 : 1 } })));
+    await f.promise;
+    expect(f.failed.map((j) => j.failedReason)).toEqual([]);
+    expect(f.done.reduce((sum, j) => sum + (j.returnvalue as number), 0)).toBe(64);
+    expect(api.maxWeight).toBeLessThanOrEqual(4);
+    expect(api.maxWeight).toBeGreaterThanOrEqual(3); // the cap was reached, so it was tested
+    expect(api.maxTenant).toBe(1);
+    expect((await ctx.sem.status('weight-api')).held).toBe(0);
+    expect((await ctx.sem.status('weight:t0')).tickets).toBe(1);
+  });
+
+  it('`tickets` with several semaphores is a typed error pointing inside the request, not a weight on every cap', async () => {
+    const fn = async () => undefined;
+    expect(() => limitProcessor(ctx.sem, fn, { semaphore: ['api', 'tenant:a'], tickets: 2 })).toThrow(
+      /^tickets: expected a request naming one semaphore \(with several, give each its weight inside the request/,
+    );
+    // per job: the job fails with the same error, before anything reaches Postgres
+    let error: unknown;
+    const processor = limitProcessor<{ tenant: string }>(ctx.sem, fn, { semaphore: (job) => ['weight-bad', `wb:${job.data.tenant}`], tickets: 2, createWith: 1 });
+    const w = worker('w-weight-bad', processor);
+    w.on('failed', (_job, err) => (error = err));
+    const f = finished(w, 1);
+    await queue('w-weight-bad').add('x', { tenant: 'a' });
+    await f.promise;
+    expect(error).toBeInstanceOf(InvalidArgumentError);
+    expect((error as InvalidArgumentError).argument).toBe('tickets');
+    expect(processor.stats.attempts).toBe(0);
+    expect((await ctx.sem.list()).some((s) => s.name === 'wb:a')).toBe(false);
   });
 
   it("labels holders with the queue and job id, so status() shows who holds what", async () => {
