@@ -19,7 +19,7 @@ try {
     'openai',
     async ({ tickets }) => {
       // Call the rate-limited API here; at most 8 such calls run at once across every process.
-      console.log(`holding ticket ${tickets.join(', ')} of "openai"`);
+      console.log(`holding ticket ${tickets.map((t) => t.ticket).join(', ')} of "openai"`);
       for (const { name, tickets: capacity, held } of await sem.list()) {
         console.log(`${name}: ${held} of ${capacity} tickets held`);
       }

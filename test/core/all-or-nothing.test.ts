@@ -135,7 +135,7 @@ describe('all or nothing', () => {
         expect(got!.tickets).toHaveLength(3);
         const more = await ctx.sem.tryAcquire(client, 'c');
         expect(more!.tickets).toHaveLength(1);
-        expect(got!.tickets).not.toContain(more!.tickets[0]);
+        expect(got!.tickets).not.toContainEqual(more!.tickets[0]);
         expect(await ctx.sem.tryAcquire(client, 'c')).toBeNull();
         expect(await ctx.sem.tryAcquire(client, 'a')).toBeNull();
         expect(await heldCounts()).toEqual({ a: 2, b: 0, c: 3 });

@@ -1,4 +1,4 @@
--- pg-semaphore 0001_functions
+-- pg-semaphore 0002_functions
 -- pg-semaphore SQL functions for schema "semaphore"
 CREATE OR REPLACE FUNCTION "semaphore"._ns() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -117,24 +117,41 @@ BEGIN
 END
 $$;
 
+-- Upgrade from acquire without ticket_semaphores (pg-semaphore 0.1, whose tickets were
+-- row ids): its OUT columns changed, which CREATE OR REPLACE cannot do, so move it aside
+-- here; the block after the new acquire copies its privileges over and drops it.
+DO $$
+DECLARE
+  v_old regprocedure := to_regprocedure('"semaphore".acquire(text[], integer[], text, integer)');
+BEGIN
+  IF v_old IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = v_old AND 'ticket_semaphores' = ANY (p.proargnames)) THEN
+    ALTER FUNCTION "semaphore".acquire(text[], integer[], text, integer) RENAME TO _acquire_old;
+  END IF;
+END
+$$;
+
 -- Try to take p_counts[i] tickets of semaphore p_names[i], for every i, all or nothing,
--- without waiting. Never writes (no transaction id is assigned).
---   status 'ok'      : tickets holds the ticket ids, semaphore_ids the semaphores'
+-- without waiting. Never writes (no transaction id is assigned). Call it inside BEGIN;
+-- the tickets return at COMMIT or ROLLBACK.
+--   status 'ok'      : tickets holds the numbers (1..capacity) of the tickets taken, in
+--                      request order, and ticket_semaphores the semaphore of each;
+--                      semaphore_ids the ids of the semaphores (for wake())
 --   status 'busy'    : not enough free tickets; nothing was taken
 --   status 'missing' : names lists the semaphores that do not exist; nothing was taken
 --   status 'exceeds' : names lists the semaphores asked for more tickets than they have
 -- p_count 0 means "every ticket" (an exclusive hold). Tickets this transaction already
--- holds are never counted twice. On success the transaction's
+-- holds are never counted twice (nor returned again). On success the transaction's
 -- idle_in_transaction_session_timeout (p_idle_timeout_ms) and application_name
 -- (p_label) are set locally when given.
 CREATE OR REPLACE FUNCTION "semaphore".acquire(
   p_names text[], p_counts integer[], p_label text DEFAULT NULL, p_idle_timeout_ms integer DEFAULT NULL,
-  OUT status text, OUT tickets integer[], OUT semaphore_ids integer[], OUT names text[])
+  OUT status text, OUT tickets integer[], OUT ticket_semaphores text[], OUT semaphore_ids integer[], OUT names text[])
 LANGUAGE plpgsql AS $$
 DECLARE
   v_ns integer := "semaphore"._ns();
   v_held integer[] := coalesce(nullif(current_setting('pg_semaphore.held_' || to_hex(v_ns), true), ''), '{}')::integer[];
   v_got integer[] := '{}';
+  v_found integer;
   v_sem record;
   v_need integer;
   v_ticket integer;
@@ -191,14 +208,23 @@ BEGIN
       END IF;
     END LOOP;
     -- A concurrent shrink may have deleted a ticket between our read and our lock:
-    -- re-read with a fresh snapshot and give everything back if so.
-    IF (SELECT count(*) FROM "semaphore".tickets t WHERE t.id = ANY (v_got)) <> cardinality(v_got) THEN
+    -- re-read with a fresh snapshot and give everything back if so. The same read turns
+    -- the row ids (the lock keys, internal) into ticket numbers, in request order.
+    SELECT count(*)::integer, array_agg(t.no ORDER BY r.ord, t.no), array_agg(m.name ORDER BY r.ord, t.no)
+      INTO v_found, tickets, ticket_semaphores
+      FROM "semaphore".tickets t
+      JOIN "semaphore".semaphores m ON m.id = t.semaphore_id
+      JOIN (SELECT n.name, min(n.ord) AS ord FROM unnest(p_names) WITH ORDINALITY AS n(name, ord) GROUP BY n.name) r ON r.name = m.name
+     WHERE t.id = ANY (v_got);
+    IF v_found <> cardinality(v_got) THEN
       RAISE EXCEPTION USING ERRCODE = 'PSB01';
     END IF;
   EXCEPTION WHEN SQLSTATE 'PSB01' THEN
     status := CASE WHEN cardinality(v_exceeds) > 0 THEN 'exceeds' ELSE 'busy' END;
     names := nullif(v_exceeds, '{}');
     semaphore_ids := NULL;
+    tickets := NULL;
+    ticket_semaphores := NULL;
     RETURN;
   END;
   PERFORM set_config('pg_semaphore.held_' || to_hex(v_ns), (v_held || v_got)::text, true);
@@ -209,7 +235,43 @@ BEGIN
     PERFORM set_config('application_name', left('pg-semaphore:' || p_label, 63), true);
   END IF;
   status := 'ok';
-  tickets := v_got;
+  tickets := coalesce(tickets, '{}');
+  ticket_semaphores := coalesce(ticket_semaphores, '{}');
+END
+$$;
+
+-- The second half of the upgrade above: the new acquire gets the privileges the old one had
+-- (so GRANTs such as docs/SECURITY.md's survive), and the old one is dropped.
+DO $$
+DECLARE
+  v_old regprocedure := to_regprocedure('"semaphore"._acquire_old(text[], integer[], text, integer)');
+  v_new regprocedure := to_regprocedure('"semaphore".acquire(text[], integer[], text, integer)');
+  v_acl aclitem[];
+  v_grant record;
+BEGIN
+  IF v_old IS NULL THEN
+    RETURN;
+  END IF;
+  SELECT p.proacl INTO v_acl FROM pg_proc p WHERE p.oid = v_old;
+  IF v_acl IS NOT NULL THEN
+    -- start from nothing but the owner's own right, then grant what the old one granted
+    FOR v_grant IN
+      SELECT DISTINCT a.grantee FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+       WHERE p.oid = v_new AND a.grantee <> p.proowner
+    LOOP
+      EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %s', v_new,
+        CASE WHEN v_grant.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(v_grant.grantee)) END);
+    END LOOP;
+    FOR v_grant IN
+      SELECT a.grantee, a.is_grantable FROM pg_proc p, aclexplode(v_acl) a
+       WHERE p.oid = v_new AND a.grantee <> p.proowner AND a.privilege_type = 'EXECUTE'
+    LOOP
+      EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', v_new,
+        CASE WHEN v_grant.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(v_grant.grantee)) END,
+        CASE WHEN v_grant.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+  END IF;
+  EXECUTE format('DROP FUNCTION %s', v_old);
 END
 $$;
 
@@ -251,6 +313,15 @@ BEGIN
   END LOOP;
   RETURN v_sent;
 END
+$$;
+
+-- The same by semaphore name, for holders in plain SQL: send it in one string with the
+-- COMMIT (or ROLLBACK) that returns the tickets, e.g.
+--   COMMIT; SELECT semaphore.wake_names('{openai}');
+-- Returns how many NOTIFYs it sent (0 when nobody waits; unknown names are skipped).
+CREATE OR REPLACE FUNCTION "semaphore".wake_names(p_names text[]) RETURNS integer
+LANGUAGE sql AS $$
+  SELECT "semaphore".wake(array_agg(m.id ORDER BY m.id)) FROM "semaphore".semaphores m WHERE m.name = ANY (p_names)
 $$;
 
 -- BullMQ wrapper: remember a job that was put back to wait for tickets of these semaphores.
