@@ -68,6 +68,12 @@ const putBackAfter: number[] = [];
 let firstEntry = Infinity;
 let lastExit = 0;
 
+/** A number for the job's first ticket, unique across semaphores (ticket numbers count per semaphore); -1 without one. */
+function ticketKey(job: Job<JobData>, held: { ticket: number } | undefined): number {
+  if (!held) return -1;
+  return cfg.mode === 'tenant' ? job.data.tenant * 100_000 + held.ticket : held.ticket;
+}
+
 async function body(job: Job<JobData>, signal: AbortSignal | undefined, ticket: number): Promise<void> {
   const b0 = now();
   await callApi(job, signal);
@@ -118,7 +124,7 @@ switch (cfg.contender) {
       schema: cfg.semSchema,
       applicationName: cfg.semAppName,
     });
-    limited = limitProcessor<JobData, void>(sem, async (job, _token, signal, ctx) => body(job, signal, ctx.tickets[0] ?? -1), {
+    limited = limitProcessor<JobData, void>(sem, async (job, _token, signal, ctx) => body(job, signal, ticketKey(job, ctx.tickets[0])), {
       semaphore: cfg.mode === 'tenant' ? semKey : 'api',
       createWith: cfg.mode === 'tenant' ? cfg.cap : undefined,
       wakeOnRelease: cfg.contender !== 'pgsem-nowake',

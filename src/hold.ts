@@ -4,6 +4,7 @@ import { PgSemaphoreError } from './errors/pg-semaphore-error.js';
 import { TicketLostError } from './errors/ticket-lost-error.js';
 import { isConnectionLost } from './sqlstate.js';
 import * as statements from './statements.js';
+import type { HeldTicket } from './tickets.js';
 
 /** What a {@link Hold} is built from. @internal */
 export interface HoldOptions {
@@ -11,8 +12,8 @@ export interface HoldOptions {
   client: PoolClient | undefined;
   /** The semaphore names, as asked for. */
   names: string[];
-  /** The ticket ids held (each is the second key of an advisory lock). */
-  tickets: number[];
+  /** The tickets held (semaphore name and ticket number, in request order). */
+  tickets: HeldTicket[];
   /** The ids of the semaphores held (the release wakes their waiters). */
   semaphoreIds: number[];
   /** The quoted schema. */
@@ -39,8 +40,11 @@ export class Hold {
   readonly names: readonly string[];
   /** The ids of the semaphores held (the rows' ids). */
   readonly semaphoreIds: readonly number[];
-  /** The ticket ids held (each is the second key of an advisory lock). Empty when limiting is disabled. */
-  readonly tickets: readonly number[];
+  /**
+   * The tickets held, in request order: each one's semaphore and its number within it
+   * (1..capacity, as {@link PgSemaphore.status} shows it). Empty when limiting is disabled.
+   */
+  readonly tickets: readonly HeldTicket[];
   /** When the tickets were taken (`Date.now()` of this process). */
   readonly acquiredAt: number;
   /** Aborts, with a {@link TicketLostError} as its reason, when the tickets are lost. */

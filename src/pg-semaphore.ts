@@ -474,35 +474,6 @@ export class PgSemaphore {
     return this.listener.watch(names, onRelease);
   }
 
-  /**
-   * Records a BullMQ job as waiting for tickets of these semaphores (see the BullMQ wrapper).
-   * @returns how many jobs wait ahead of it and the smallest capacity among the semaphores.
-   */
-  async enqueueJob(names: string[], queue: string, jobId: string): Promise<{ ahead: number; capacity: number }> {
-    this.roundTrips++;
-    const { rows } = await this.pool.query<{ ahead: number | null; capacity: number | null }>(
-      `SELECT * FROM ${this.qs}.enqueue_job($1::text[], $2, $3)`,
-      [names, queue, jobId],
-    );
-    return { ahead: rows[0]?.ahead ?? 0, capacity: rows[0]?.capacity ?? 0 };
-  }
-
-  /** Takes (and forgets) the oldest jobs waiting on these semaphores in the given queues. */
-  async dequeueJobs(semaphoreIds: readonly number[], queues: string[], limit = 1): Promise<Array<{ queue: string; jobId: string }>> {
-    this.roundTrips++;
-    const { rows } = await this.pool.query<{ queue: string; job_id: string }>(
-      `SELECT queue, job_id FROM ${this.qs}.dequeue_jobs($1::integer[], $2::text[], $3)`,
-      [semaphoreIds, queues, limit],
-    );
-    return rows.map((r) => ({ queue: r.queue, jobId: r.job_id }));
-  }
-
-  /** Forgets a waiting job (it got its tickets or gave up). */
-  async forgetJob(queue: string, jobId: string): Promise<void> {
-    this.roundTrips++;
-    await this.pool.query(`SELECT ${this.qs}.forget_job($1, $2)`, [queue, jobId]);
-  }
-
   /** Holds currently open in this process. */
   get openHolds(): number {
     return this.holds.size;

@@ -15,7 +15,10 @@ export interface Statement {
 /** The row of the SQL function `acquire` (see src/functions-sql.ts). @internal */
 export interface AcquireRow {
   status: 'ok' | 'busy' | 'missing' | 'exceeds';
+  /** Ticket numbers (1..capacity), in request order. */
   tickets: number[] | null;
+  /** The semaphore of each ticket, aligned with `tickets`. */
+  ticket_semaphores: string[] | null;
   semaphore_ids: number[] | null;
   names: string[] | null;
   /** Only with `{ capacity: true }`: the capacity of the first semaphore named (null when it does not exist). */
