@@ -16,6 +16,7 @@ import { raceLoss } from './race-loss.js';
 import { explainMigrateConflict, explainNotInstalled } from './not-installed.js';
 import { isLibraryLockTimeout } from './sqlstate.js';
 import * as statements from './statements.js';
+import { heldTickets, type HeldTicket } from './tickets.js';
 import type { AcquireRow, Statement } from './statements.js';
 import { backoff, sleep } from './timing.js';
 
@@ -106,8 +107,8 @@ export interface WaitOptions {
 export interface HoldContext {
   /** Aborts when the tickets are lost; its reason is a {@link TicketLostError}. */
   signal: AbortSignal;
-  /** The held ticket ids. */
-  tickets: readonly number[];
+  /** The tickets held, in request order: `{ name, ticket }`, ticket numbers 1..capacity as {@link PgSemaphore.status} shows them. */
+  tickets: readonly HeldTicket[];
   /** The holding transaction as a Drizzle database (see {@link Hold.tx}). */
   readonly tx: Hold['tx'];
 }
@@ -157,8 +158,8 @@ export interface SemaphoreStatus extends SemaphoreInfo {
 /** Tickets taken by {@link PgSemaphore.tryAcquire} inside your transaction. */
 export interface AcquiredTickets {
   names: string[];
-  /** Ticket ids; they return when your transaction commits or rolls back. */
-  tickets: number[];
+  /** The tickets taken, in request order (`{ name, ticket }`); they return when your transaction commits or rolls back. */
+  tickets: HeldTicket[];
 }
 
 /** Something `tryAcquire` can run SQL on: a Drizzle node-postgres database/transaction or a `pg` client. */
@@ -354,7 +355,7 @@ export class PgSemaphore {
         const done = await this.interpret(row, req, createWith, round);
         if (done === 'retry') continue;
         if (done === 'busy') return null;
-        return { names: req.names, tickets: row.tickets ?? [] };
+        return { names: req.names, tickets: heldTickets(row) };
       }
     } catch (err) {
       throw explainNotInstalled(err, this.schema);
@@ -571,7 +572,7 @@ export class PgSemaphore {
     const hold = new Hold({
       client,
       names,
-      tickets: row.tickets ?? [],
+      tickets: heldTickets(row),
       semaphoreIds: row.semaphore_ids ?? [],
       qs: this.qs,
       livenessMs: this.livenessMs,
