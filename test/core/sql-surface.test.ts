@@ -5,7 +5,8 @@ import { randomBytes } from 'node:crypto';
 import { drizzle } from 'drizzle-orm/node-postgres';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PgSemaphore, installSql, loadMigrations } from '../../src/index.js';
+import { PgSemaphore, installSql } from '../../src/index.js';
+import { loadMigrations } from '../../src/migrations.js';
 import { databaseUrl, setupSchema, testSchemaName } from '../helpers/db.js';
 import { heldOf } from '../helpers/core.js';
 
