@@ -73,42 +73,52 @@ export type WaiterState = 'waiting' | 'woken' | 'trying' | 'handed';
 
 /** One job waiting in a gate. Its state changes only through these methods. @internal */
 export class Waiter<H> {
-  /** See {@link WaiterState}. */
-  state: WaiterState = 'waiting';
-  /** The hold handed over; set exactly when `state` is `handed`. */
-  hold: H | undefined;
+  /** See {@link WaiterState}; read it through `state`. */
+  private current: WaiterState = 'waiting';
+  /** The hold handed over; set exactly when the state is `handed`. */
+  private handed: H | undefined;
   /** Cuts the current pause short; set only while the waiter pauses. */
   private alarm: AbortController | undefined;
 
+  /** Where the waiter stands (see {@link WaiterState}). */
+  get state(): WaiterState {
+    return this.current;
+  }
+
+  /** The hold handed over, once the state is `handed`. */
+  get hold(): H | undefined {
+    return this.handed;
+  }
+
   /** Whether a hand-off may go to this waiter, and whether it counts as the head. */
   get idle(): boolean {
-    return this.state === 'waiting' || this.state === 'woken';
+    return this.current === 'waiting' || this.current === 'woken';
   }
 
   /** A ticket may be free: try as soon as you are the head. */
   wake(): void {
-    if (this.state === 'waiting') this.state = 'woken';
+    if (this.current === 'waiting') this.current = 'woken';
     this.alarm?.abort();
   }
 
   /** Gives this waiter a hold (it must be idle). */
   handOver(hold: H): void {
     this.expectIdle('be handed a hold');
-    this.state = 'handed';
-    this.hold = hold;
+    this.current = 'handed';
+    this.handed = hold;
     this.alarm?.abort();
   }
 
   /** Starts an acquire call (it must be idle). */
   startTrying(): void {
     this.expectIdle('try');
-    this.state = 'trying';
+    this.current = 'trying';
   }
 
   /** The acquire call found nothing: back to waiting. */
   stopTrying(): void {
     if (this.state !== 'trying') throw new Error(`waiter: expected state "trying" to stop trying, got "${this.state}"`);
-    this.state = 'waiting';
+    this.current = 'waiting';
   }
 
   /**
