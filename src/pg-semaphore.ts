@@ -521,13 +521,14 @@ export class PgSemaphore {
       toHold: (client, row) => this.newHold(client, req.names, row),
       veto: (row) => this.veto(row, req.names[0]!, wait?.signal, how.mutex === true),
     };
-    // Ends the sleeps of this wait: close() aborts it; the caller's signal is folded in.
+    // Ends the sleeps of this wait (made at the first sleep): close() aborts `stop`, and the
+    // caller's signal is folded in with AbortSignal.any, which adds no listener to it.
     const stop = new AbortController();
-    const stopped = wait?.signal ? AbortSignal.any([wait.signal, stop.signal]) : stop.signal;
+    let stopped: AbortSignal | undefined;
     let unwatch: (() => Promise<void>) | undefined;
     let woken = false;
+    /** Aborted by a wake-up: ends the current sleep early. */
     let nap: AbortController | undefined;
-    this.waits.add(stop);
     try {
       for (let round = 0, sleeps = 0; ; round++) {
         const { hold, row } = await attempt(ctx, statement);
@@ -552,6 +553,11 @@ export class PgSemaphore {
           if (watching) continue;
         }
         if (!woken) {
+          if (!stopped) {
+            this.waits.add(stop);
+            if (this.closing) stop.abort();
+            stopped = wait.signal ? AbortSignal.any([wait.signal, stop.signal]) : stop.signal;
+          }
           nap = new AbortController();
           await sleep(Math.min(backoff(sleeps++, { min: 25, max: this.maxPollMs }), deadline - now), AbortSignal.any([stopped, nap.signal]));
           nap = undefined;
