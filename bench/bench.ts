@@ -1,11 +1,17 @@
 // pg-semaphore benchmark: fleet-wide caps for BullMQ workers, against BullMQ's global
 // concurrency, redis-semaphore, the wrapper without wake-ups, and a plain uncapped worker.
 //
-//   npm run bench                      full run (< 15 min), writes bench/results/latest.*
+//   npm run bench                      full run (< 18 min), writes bench/results/latest.*
 //   npx tsx bench/bench.ts --quick     < 1 min; exits non-zero if a cap broke or a job was lost
 //
+// Postgres: by default the benchmark starts its own Postgres 15 from the machine's binaries
+// (bench/lib/postgres.ts: a temp folder, a free loopback port, fsync off, pg_stat_statements),
+// so it can measure Postgres time and WAL per job; it is removed at the end and on
+// SIGINT/SIGTERM. With DATABASE_URL set (or --pg=url) it uses that server instead and reads
+// what it can there; --pg=own starts its own even so. REDIS_URL overrides the Redis default.
+//
 // Options: --quick, --raw (also write every run's job timestamps), --pool=<pg-semaphore pool max per process, 8>, --only=<contender,...>, --workloads=<id,...>, --jobs=<n>, --deadline=<s per run>,
-// --budget=<s in all>, --out=<dir>. DATABASE_URL and REDIS_URL override the loopback defaults.
+// --budget=<s in all>, --out=<dir>, --pg=own|url. The full run (no --only/--workloads) ends with the acquire microbenchmark (bench/acquire.ts).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +19,10 @@ import { analyze, type RunFigures } from './lib/analyze.js';
 import { waitForQuiet } from './lib/cpu.js';
 import { collectEnvironment } from './lib/environment.js';
 import { fullPlan, quickPlan } from './lib/plan.js';
+import { acquireMarkdown, runAcquireBench, type AcquireResult } from './lib/acquire-bench.js';
+import { PgMeter } from './lib/pgstats.js';
 import { evaluateTargets, printTable, writeResults } from './lib/report.js';
+import { resolveTarget } from './lib/target.js';
 import { liveChildren, pendingCleanups, runOne } from './lib/run.js';
 import type { ContenderId, WorkloadId } from './lib/types.js';
 
@@ -21,17 +30,16 @@ const args = process.argv.slice(2);
 const flag = (name: string) => args.includes(`--${name}`);
 const opt = (name: string) => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
 for (const a of args) {
-  if (!/^--(quick|raw|pool=\d+|only=.+|workloads=.+|jobs=\d+|deadline=\d+|budget=\d+|quiet-wait=\d+|out=.+)$/.test(a)) {
-    console.error(`bench: unknown argument ${a}; expected --quick, --raw, --pool=, --only=, --workloads=, --jobs=, --deadline=, --budget=, --quiet-wait=, --out=`);
+  if (!/^--(quick|raw|pool=\d+|only=.+|workloads=.+|jobs=\d+|deadline=\d+|budget=\d+|quiet-wait=\d+|out=.+|pg=(own|url))$/.test(a)) {
+    console.error(`bench: unknown argument ${a}; expected --quick, --raw, --pool=, --only=, --workloads=, --jobs=, --deadline=, --budget=, --quiet-wait=, --out=, --pg=own|url`);
     process.exit(2);
   }
 }
 const quick = flag('quick');
-const databaseUrl = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
-const budgetMs = Number(opt('budget') ?? (quick ? 55 : 14 * 60)) * 1000;
+const budgetMs = Number(opt('budget') ?? (quick ? 55 : 18 * 60)) * 1000;
 const runDeadlineMs = Number(opt('deadline') ?? (quick ? 20 : 90)) * 1000;
-// Postgres is shared (max_connections 100): pg-semaphore's pool per worker process stays small.
+// pg-semaphore's pool per worker process stays small (a shared DATABASE_URL server may have max_connections 100).
 const semPoolMax = Number(opt('pool') ?? 8);
 const quietWaitMs = Number(opt('quiet-wait') ?? (quick ? 0 : 10)) * 1000;
 /** At most this long waiting for quiet over the whole benchmark. */
@@ -57,6 +65,7 @@ async function emergencyExit(code: number, why: string): Promise<never> {
     log(`bench: ${why}; cleaning up`);
     for (const c of liveChildren) c.kill('SIGKILL');
     await Promise.race([Promise.all([...pendingCleanups].map((f) => f().catch(() => undefined))), new Promise((r) => setTimeout(r, 10_000))]);
+    await own?.stop().catch(() => undefined);
   }
   process.exit(code);
 }
@@ -66,9 +75,22 @@ process.on('exit', () => {
 process.on('SIGINT', () => void emergencyExit(130, 'interrupted'));
 process.on('SIGTERM', () => void emergencyExit(143, 'terminated'));
 
-// ---------------------------------------------------------------- run
+// ---------------------------------------------------------------- Postgres
 const started = Date.now();
-const environment = await collectEnvironment(databaseUrl, redisUrl, args, quick);
+let own: Awaited<ReturnType<typeof resolveTarget>>['own'];
+const resolved = await resolveTarget(opt('pg'), log).catch((err: Error) => {
+  log(`bench: ${err.message}`);
+  process.exit(1);
+});
+const { target } = resolved;
+own = resolved.own;
+const meter = new PgMeter(target);
+const meterInit = await meter.init();
+if (!meterInit.statements) log(`bench: no pg_stat_statements on this server (${meterInit.why}): Postgres time per job is not measured, WAL only for the whole server`);
+const postgresText = `${target.description}. ${meterInit.statements ? (target.mode === 'own' ? `Statement statistics: one database per purpose ("${target.semDb}" for pg-semaphore, "${target.bqDb}" for BullMQ's Postgres backend), reset before each run` : "Statement statistics: read before and after each run; a statement is pg-semaphore's or BullMQ's if its text names the run's schema (BEGIN/COMMIT/ROLLBACK/SELECT 1 stay unattributed)") : 'No pg_stat_statements: whole-server WAL only'}.`;
+
+// ---------------------------------------------------------------- run
+const environment = await collectEnvironment(target.adminUrl, redisUrl, args, quick);
 log(`bench: ${quick ? 'quick' : 'full'} run on ${environment.machine.cpus} cpus (${environment.machine.cpuModel}), node ${environment.versions.node}, ${environment.versions.postgres}, redis ${environment.versions.redis}, bullmq ${environment.versions.bullmq}`);
 
 const figures: RunFigures[] = [];
@@ -101,7 +123,7 @@ for (const workload of plan) {
         ')',
     );
     try {
-      const raw = await runOne(contender, workload, { databaseUrl, redisUrl, semPoolMax, bqPoolMax: 3 }, deadline, log);
+      const raw = await runOne(contender, workload, { target, meter, redisUrl, semPoolMax, bqPoolMax: 3 }, deadline, log);
       const f = analyze(raw);
       f.backgroundBusy = quiet.busy;
       if (flag('raw')) {
@@ -122,14 +144,34 @@ for (const workload of plan) {
     }
   }
 }
+// The acquire microbenchmark (issue 11, target 5) ends the full run (~30 s).
+let acquire: AcquireResult | null = null;
+if (!quick && !only && !workloads) {
+  if (budgetMs - (Date.now() - started) > 45_000) {
+    log('\n== Acquire microbenchmark (single client)');
+    if (quietWaitMs > 0) await waitForQuiet(Math.min(quietWaitMs, Math.max(1_000, quietBudgetMs - quietWaited)));
+    acquire = await runAcquireBench({ url: target.semUrl, log }).catch((err: Error) => {
+      crashed.push(`acquire microbenchmark: ${err.message}`);
+      return null;
+    });
+  } else skipped.push('acquire microbenchmark: out of time budget');
+}
 const totalSeconds = (Date.now() - started) / 1000;
+await meter.close();
+await own?.stop().catch((err: Error) => log(`bench: stopping its own Postgres: ${err.message}`));
+own = undefined;
 
 // ---------------------------------------------------------------- report
-const targets = evaluateTargets(figures, environment);
+const targets = evaluateTargets(figures, environment, acquire);
 const settings = { semPoolMax, bqPoolMax: 3, runDeadlineS: runDeadlineMs / 1000, budgetS: budgetMs / 1000, quietWaitS: quietWaitMs / 1000 };
-printTable(figures, targets, { settings, skipped, crashed, totalSeconds, quick });
+printTable(figures, targets, { settings, skipped, crashed, totalSeconds, quick, postgres: postgresText, acquire });
 mkdirSync(outDir, { recursive: true });
-const written = writeResults(outDir, { environment, settings, plan, figures, targets, skipped, crashed, totalSeconds, quick });
+const written = writeResults(outDir, { environment, settings, plan, figures, targets, skipped, crashed, totalSeconds, quick, postgres: postgresText, acquire });
+if (acquire) {
+  writeFileSync(join(outDir, 'acquire-latest.json'), JSON.stringify({ postgres: target.description, ...acquire }, null, 2));
+  writeFileSync(join(outDir, 'acquire-latest.md'), acquireMarkdown(acquire, [`Date: ${acquire.date}`, `Postgres: ${target.description}`, `Run as part of \`${environment.command}\``]));
+  written.push(join(outDir, 'acquire-latest.json'), join(outDir, 'acquire-latest.md'));
+}
 log(`\nbench: wrote ${written.join(', ')}`);
 
 // Caps and jobs are correctness: they fail the run. Speed targets only print PASS/MISS.

@@ -4,7 +4,7 @@
 import http from 'node:http';
 import { Worker, createPostgresBackend, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
-import { Semaphore as RedisSemaphore } from 'redis-semaphore';
+import { MultiSemaphore as RedisMultiSemaphore, Semaphore as RedisSemaphore } from 'redis-semaphore';
 import { PgSemaphore } from '../src/index.js';
 import { limitProcessor, type LimitedProcessor } from '../src/bullmq/index.js';
 import type { HostConfig, HostMessage, HostResult, JobRecord, ParentMessage } from './lib/types.js';
@@ -30,6 +30,10 @@ process.on('unhandledRejection', (err) => {
 interface JobData {
   i: number;
   tenant: number;
+  /** global-tenant: tickets of the global semaphore this job takes (1 or 2). */
+  w?: number;
+  /** global-tenant: this job's hold, ms (else cfg.holdMs). */
+  hold?: number;
 }
 
 // ---------------------------------------------------------------- the "work": a call to the fake API
@@ -43,7 +47,7 @@ function callApi(job: Job<JobData>, signal: AbortSignal | undefined): Promise<vo
       {
         host: api.hostname,
         port: api.port,
-        path: `/call?job=${job.data.i}&tenant=${job.data.tenant}&hold=${cfg.holdMs}`,
+        path: `/call?job=${job.data.i}&tenant=${job.data.tenant}&hold=${job.data.hold ?? cfg.holdMs}&w=${job.data.w ?? 1}`,
         agent,
         signal,
       },
@@ -67,6 +71,33 @@ let invocations = 0;
 const putBackAfter: number[] = [];
 let firstEntry = Infinity;
 let lastExit = 0;
+let attemptsMadeNonZero = 0;
+
+// ---------------------------------------------------------------- round trips of one job alone
+// sem.roundTrips counts the whole process. A job's pre-body phase (processor call to body
+// start: the acquire) and post-body phase (body end to processor return: the release) are
+// counted only when no other job of this process was in either phase meanwhile, so what the
+// counter moved by is that job's alone.
+interface Phase {
+  rt0: number;
+  solo: boolean;
+}
+const activePhases = new Set<Phase>();
+const solo = { pre: [] as number[], post: [] as number[] };
+const prePhase = new WeakMap<Job, Phase>();
+const postPhase = new WeakMap<Job, Phase>();
+function phaseStart(): Phase | undefined {
+  if (!sem) return undefined;
+  const p: Phase = { rt0: sem.roundTrips, solo: activePhases.size === 0 };
+  for (const q of activePhases) q.solo = false;
+  activePhases.add(p);
+  return p;
+}
+function phaseEnd(p: Phase | undefined, into: number[]): void {
+  if (!p || !sem) return;
+  activePhases.delete(p);
+  if (p.solo && into.length < 100_000) into.push(sem.roundTrips - p.rt0);
+}
 
 /** A number for the job's first ticket, unique across semaphores (ticket numbers count per semaphore); -1 without one. */
 function ticketKey(job: Job<JobData>, held: { ticket: number } | undefined): number {
@@ -75,10 +106,17 @@ function ticketKey(job: Job<JobData>, held: { ticket: number } | undefined): num
 }
 
 async function body(job: Job<JobData>, signal: AbortSignal | undefined, ticket: number): Promise<void> {
+  phaseEnd(prePhase.get(job), solo.pre);
   const b0 = now();
-  await callApi(job, signal);
+  if (job.attemptsMade > 0) attemptsMadeNonZero++;
+  try {
+    await callApi(job, signal);
+  } finally {
+    const post = phaseStart();
+    if (post) postPhase.set(job, post);
+  }
   const b1 = now();
-  const rec: JobRecord = [job.data.i, entries.get(job) ?? b0, b0, b1, 0, ticket, cfg.mode === 'tenant' ? job.data.tenant : -1];
+  const rec: JobRecord = [job.data.i, entries.get(job) ?? b0, b0, b1, 0, ticket, cfg.mode === 'single' ? -1 : job.data.tenant, job.data.w ?? 1];
   records.push(rec);
   done.set(job, rec);
 }
@@ -91,9 +129,15 @@ function timed(inner: (job: Job<JobData>, token: string | undefined, signal: Abo
     invocations++;
     if (t0 < firstEntry) firstEntry = t0;
     entries.set(job, t0);
+    const pre = phaseStart();
+    if (pre) prePhase.set(job, pre);
     try {
       await inner(job, token, signal);
     } finally {
+      // a put-back never reached the body: its phase is dropped uncounted
+      if (pre && activePhases.has(pre)) activePhases.delete(pre);
+      phaseEnd(postPhase.get(job), solo.post);
+      postPhase.delete(job);
       const t1 = now();
       const rec = done.get(job);
       if (rec && rec[4] === 0) {
@@ -107,6 +151,8 @@ function timed(inner: (job: Job<JobData>, token: string | undefined, signal: Abo
 // ---------------------------------------------------------------- the contenders
 
 const semKey = (job: Job<JobData>) => (cfg.mode === 'tenant' ? `tenant:${job.data.tenant}` : 'api');
+/** global-tenant: the API's cap (weighted) and the tenant's, taken together. */
+const globalTenantRequest = (job: Job<JobData>) => [{ name: 'api', tickets: job.data.w ?? 1 }, `tenant:${job.data.tenant}`];
 
 let sem: PgSemaphore | undefined;
 let limited: LimitedProcessor<JobData, void> | undefined;
@@ -124,9 +170,11 @@ switch (cfg.contender) {
       schema: cfg.semSchema,
       applicationName: cfg.semAppName,
     });
+    limited = // (ticket numbers count per semaphore: per key, the tenant makes them unique)
     limited = limitProcessor<JobData, void>(sem, async (job, _token, signal, ctx) => body(job, signal, ticketKey(job, ctx.tickets[0])), {
-      semaphore: cfg.mode === 'tenant' ? semKey : 'api',
-      createWith: cfg.mode === 'tenant' ? cfg.cap : undefined,
+      semaphore: cfg.mode === 'tenant' ? semKey : cfg.mode === 'global-tenant' ? globalTenantRequest : 'api',
+      // per key: tenants' semaphores are made on first use ('api' was made by the benchmark)
+      createWith: cfg.mode === 'tenant' ? cfg.cap : cfg.mode === 'global-tenant' ? cfg.tenantCap : undefined,
       wakeOnRelease: cfg.contender !== 'pgsem-nowake',
     });
     const lp = limited;
@@ -158,6 +206,34 @@ switch (cfg.contender) {
         zrem: (...args: unknown[]) => (rsem.redisCalls++, (r.zrem as (...a: unknown[]) => Promise<unknown>)(...args)),
         options: r.options,
       };
+      if (cfg.mode === 'global-tenant') {
+        // Two semaphores, always taken in the same order (tenant, then the global one), so no
+        // two jobs can each hold what the other waits for; the scarcer global tickets are not
+        // held while waiting for a tenant. A weight of 2 is MultiSemaphore's permits.
+        // A job may wait long for the global tickets while holding its tenant's; a long lock
+        // timeout keeps a starved event loop (late refresh) from expiring the tenant's lock.
+        const opts = { acquireTimeout: 120_000, lockTimeout: 60_000 };
+        const t = new RedisSemaphore(counting as never, `${cfg.prefix}:tenant:${job.data.tenant}`, cfg.tenantCap, opts);
+        const w = job.data.w ?? 1;
+        const g =
+          w === 1
+            ? new RedisSemaphore(counting as never, `${cfg.prefix}:api`, cfg.cap, opts)
+            : new RedisMultiSemaphore(counting as never, `${cfg.prefix}:api`, cfg.cap, w, opts);
+        rsem.acquireCalls++;
+        await t.acquire(signal);
+        try {
+          await g.acquire(signal);
+          acquiring = false;
+          try {
+            await body(job, signal, -1);
+          } finally {
+            await g.release();
+          }
+        } finally {
+          await t.release();
+        }
+        return;
+      }
       const s = new RedisSemaphore(counting as never, `${cfg.prefix}:${semKey(job)}`, cfg.cap);
       rsem.acquireCalls++;
       await s.acquire(signal);
@@ -188,7 +264,7 @@ const worker =
         cfg.queue,
         processor,
         {
-          connection: { connectionString: cfg.databaseUrl, schema: cfg.bqSchema, max: cfg.bqPoolMax, application_name: cfg.bqAppName },
+          connection: { connectionString: cfg.bqDatabaseUrl, schema: cfg.bqSchema, max: cfg.bqPoolMax, application_name: cfg.bqAppName },
           ...workerOpts,
         },
         createPostgresBackend,
@@ -244,7 +320,8 @@ async function close(): Promise<void> {
     stalled,
     rssPeak,
     cpuMs: (cpu.user + cpu.system) / 1000,
-    ...(limited ? { stats: { ...limited.stats }, roundTrips: sem?.roundTrips ?? 0, putBackAfterMs: putBackAfter } : {}),
+    attemptsMadeNonZero,
+    ...(limited ? { stats: { ...limited.stats }, roundTrips: sem?.roundTrips ?? 0, putBackAfterMs: putBackAfter, soloRoundTrips: solo } : {}),
     ...(cfg.contender === 'redis-semaphore' ? { rsem } : {}),
   };
   await send(result);

@@ -1,4 +1,5 @@
 // Turns the raw records of one run into the figures the benchmark reports.
+import type { PgRunStats, StatementRow } from './pgstats.js';
 import type { RawRun } from './run.js';
 import { CONTENDERS, HEAVY_TENANTS, type JobRecord } from './types.js';
 
@@ -52,6 +53,33 @@ export interface RunFigures {
   putBackAfter?: Dist;
   /** Postgres round trips of pg-semaphore per completed job. */
   roundTripsPerJob: number | null;
+  /** Put-backs (stats.reschedules) per completed job. */
+  putBacksPerJob: number | null;
+  /**
+   * Round trips of one job alone (sem.roundTrips over phases no other job of its process
+   * overlapped): before the body (acquire) and after it (release), means over `n` samples each.
+   */
+  critRt: { pre: number; post: number; nPre: number; nPost: number } | null;
+  /** Jobs completed per worker process, and busiest / least busy. */
+  hostJobs: number[];
+  hostSpread: number | null;
+  /** Postgres execution time and WAL per completed job, pg-semaphore's and BullMQ backend's apart. */
+  pg: {
+    method: string;
+    semMsPerJob: number | null;
+    semWalPerJob: number | null;
+    bqMsPerJob: number | null;
+    bqWalPerJob: number | null;
+    /** External server only: BEGIN/COMMIT/... that could be either's. */
+    sharedMsPerJob: number | null;
+    serverWalPerJob: number | null;
+    top: StatementRow[];
+    raw: PgRunStats;
+  } | null;
+  /** Jobs whose body saw attemptsMade > 0. */
+  attemptsMadeNonZero: number;
+  /** global-tenant: most calls of one tenant in flight (fake API, clock) and the tenant cap. */
+  tenantHolders?: { api: number; clock: number; cap: number };
   /** Idle time between a ticket's release (body end) and the next body start on it, ms. */
   gap: Dist | null;
   gapNote?: string;
@@ -88,14 +116,15 @@ export function dist(values: number[]): Dist {
   return { p50: q(0.5), p99: q(0.99), mean: sum / s.length, n: s.length };
 }
 
-/** Most intervals open at once, per group. */
-function maxOverlap(records: JobRecord[], groupOf: (r: JobRecord) => number): number {
+/** Most intervals open at once (each counting its weight), per group. */
+function maxOverlap(records: JobRecord[], groupOf: (r: JobRecord) => number, weightOf: (r: JobRecord) => number = () => 1): number {
   const groups = new Map<number, Array<[number, number]>>();
   for (const r of records) {
     const g = groupOf(r);
     let ev = groups.get(g);
     if (!ev) groups.set(g, (ev = []));
-    ev.push([r[2], 1], [r[3], -1]);
+    const w = weightOf(r);
+    ev.push([r[2], w], [r[3], -w]);
   }
   let best = 0;
   for (const ev of groups.values()) {
@@ -188,11 +217,35 @@ export function analyze(run: RawRun): RunFigures {
   let shareNote: string | undefined;
   if (workload.holdMs === 0) {
     shareNote = '0 ms holds: no meaningful ideal';
-  } else if (workload.id === 'uncontended') {
+  } else if (workload.id.startsWith('uncontended')) {
     ideal = slots / (hold.mean / 1000);
     nominal = slots / (workload.holdMs / 1000);
   } else if (!info.capped) {
     shareNote = 'no cap';
+  } else if (workload.mode === 'global-tenant') {
+    // the weighted holds through the global cap, the busiest tenant's through its cap, or all through the slots
+    const tenantCap = workload.tenantCap ?? 1;
+    const perTenant = new Map<number, number>();
+    let weighted = 0;
+    let sum = 0;
+    for (const r of records) {
+      const h = r[3] - r[2];
+      perTenant.set(r[6], (perTenant.get(r[6]) ?? 0) + h);
+      weighted += h * (r[7] ?? 1);
+      sum += h;
+    }
+    ideal = completed / (Math.max(weighted / workload.cap, Math.max(0, ...perTenant.values()) / tenantCap, sum / slots) / 1000);
+    const hOf = run.holdOf ?? [];
+    const wOf = run.weightOf ?? [];
+    const nomTenant = new Map<number, number>();
+    let nomWeighted = 0;
+    let nomSum = 0;
+    for (let i = 0; i < workload.jobs; i++) {
+      nomTenant.set(run.tenantOf[i]!, (nomTenant.get(run.tenantOf[i]!) ?? 0) + (hOf[i] ?? 0));
+      nomWeighted += (hOf[i] ?? 0) * (wOf[i] ?? 1);
+      nomSum += hOf[i] ?? 0;
+    }
+    nominal = workload.jobs / (Math.max(nomWeighted / workload.cap, Math.max(0, ...nomTenant.values()) / tenantCap, nomSum / slots) / 1000);
   } else if (workload.mode === 'single') {
     ideal = workload.cap / (hold.mean / 1000);
     nominal = workload.cap / (workload.holdMs / 1000);
@@ -242,6 +295,7 @@ export function analyze(run: RawRun): RunFigures {
   const roundTrips = run.hosts.some((h) => h.roundTrips !== undefined) ? run.hosts.reduce((a, h) => a + (h.roundTrips ?? 0), 0) : undefined;
 
   const groupOf = workload.mode === 'tenant' ? (r: JobRecord) => r[6] : () => 0;
+  const weightOf = (r: JobRecord) => r[7] ?? 1;
   let gap: Dist | null = null;
   let gapNote: string | undefined;
   // Gaps mean something only where jobs are queued for the tickets: per key, that is the
@@ -249,8 +303,10 @@ export function analyze(run: RawRun): RunFigures {
   const gapRecords = workload.mode === 'tenant' ? records.filter((r) => r[6] >= 0 && r[6] < HEAVY_TENANTS) : records;
   if (!info.capped) {
     gapNote = 'no tickets';
-  } else if (workload.id === 'uncontended') {
+  } else if (workload.id.startsWith('uncontended')) {
     gapNote = 'not contended';
+  } else if (workload.mode === 'global-tenant') {
+    gapNote = 'not measured (two semaphores, weighted holds)';
   } else if (records.some((r) => r[5] >= 0)) {
     gap = dist(ticketGaps(gapRecords));
     gapNote = workload.mode === 'tenant' ? 'per ticket id, heavy tenants' : 'per ticket id';
@@ -261,9 +317,34 @@ export function analyze(run: RawRun): RunFigures {
   // Two witnesses: the fake API's own in-flight count (misses overlaps of 0 ms calls, which it
   // answers within one tick) and a sweep over the body intervals the processes stamped on the
   // shared clock (same-host clocks: microseconds apart).
+  // global-tenant: the global cap counts weights; each tenant's cap counts calls.
   const maxHolders = workload.mode === 'tenant' ? run.api.tenantMax : run.api.max;
-  const maxHoldersByClock = maxOverlap(records, groupOf);
-  const capHeld = info.capped ? maxHolders <= workload.cap && maxHoldersByClock <= workload.cap : null;
+  const maxHoldersByClock = maxOverlap(records, groupOf, workload.mode === 'global-tenant' ? weightOf : undefined);
+  const tenantHolders =
+    workload.mode === 'global-tenant' ? { api: run.api.tenantMax, clock: maxOverlap(records, (r) => r[6]), cap: workload.tenantCap ?? 1 } : undefined;
+  const capHeld = info.capped
+    ? maxHolders <= workload.cap && maxHoldersByClock <= workload.cap && (!tenantHolders || (tenantHolders.api <= tenantHolders.cap && tenantHolders.clock <= tenantHolders.cap))
+    : null;
+  const hostJobs = run.hosts.map((h) => h.records.length);
+  const hostSpread = hostJobs.length === workload.processes && hostJobs.length > 0 ? Math.max(...hostJobs) / Math.min(...hostJobs) : null;
+  const soloPre = run.hosts.flatMap((h) => h.soloRoundTrips?.pre ?? []);
+  const soloPost = run.hosts.flatMap((h) => h.soloRoundTrips?.post ?? []);
+  const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+  const critRt = soloPre.length && soloPost.length ? { pre: mean(soloPre), post: mean(soloPost), nPre: soloPre.length, nPost: soloPost.length } : null;
+  const perJob = (x: number | null | undefined) => (x === null || x === undefined || !completed ? null : x / completed);
+  const pgFig = run.pg
+    ? {
+        method: run.pg.method,
+        semMsPerJob: run.contender.startsWith('pgsem') ? perJob(run.pg.sem?.execMs) : null,
+        semWalPerJob: run.contender.startsWith('pgsem') ? perJob(run.pg.sem?.walBytes) : null,
+        bqMsPerJob: info.backend === 'postgres' ? perJob(run.pg.bq?.execMs ?? 0) : null,
+        bqWalPerJob: info.backend === 'postgres' ? perJob(run.pg.bq?.walBytes ?? 0) : null,
+        sharedMsPerJob: perJob(run.pg.shared?.execMs),
+        serverWalPerJob: perJob(run.pg.serverWalBytes),
+        top: run.pg.top,
+        raw: run.pg,
+      }
+    : null;
   const invocations = run.hosts.reduce((a, h) => a + h.invocations, 0);
   const errors = [...run.errors];
   for (const h of run.hosts) for (const f of h.failures) errors.push(`host ${h.hostIndex}: ${f}`);
@@ -297,6 +378,13 @@ export function analyze(run: RawRun): RunFigures {
     stats,
     putBackAfter: stats ? dist(run.hosts.flatMap((h) => h.putBackAfterMs ?? [])) : undefined,
     roundTripsPerJob: roundTrips !== undefined && completed ? roundTrips / completed : null,
+    putBacksPerJob: stats && completed ? stats.reschedules / completed : null,
+    critRt,
+    hostJobs,
+    hostSpread,
+    pg: pgFig,
+    attemptsMadeNonZero: run.hosts.reduce((a, h) => a + (h.attemptsMadeNonZero ?? 0), 0),
+    tenantHolders,
     gap,
     gapNote,
     maxHolders,

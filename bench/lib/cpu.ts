@@ -39,9 +39,10 @@ let clockTicks: number | undefined;
 /**
  * CPU time used so far by the Postgres and Redis servers on this machine, in ms: every
  * postgres / redis-server process's own time, plus what the postmaster collected from
- * backends that already exited. On a shared server this includes other users' load.
+ * backends that already exited. On a shared server this includes other users' load. With
+ * `postmasterPid` (the benchmark's own server) only that server's processes count.
  */
-export function serverCpuMs(): { postgres: number; redis: number } | null {
+export function serverCpuMs(postmasterPid?: number): { postgres: number; redis: number } | null {
   try {
     clockTicks ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
     let postgres = 0;
@@ -59,7 +60,8 @@ export function serverCpuMs(): { postgres: number; redis: number } | null {
       // fields 14-17 of stat (utime stime cutime cstime) are 11-14 after the comm
       const own = Number(f[11]) + Number(f[12]);
       const children = Number(f[13]) + Number(f[14]);
-      if (comm === 'postgres') postgres += own + children;
+      const ppid = Number(f[1]);
+      if (comm === 'postgres' && (postmasterPid === undefined || Number(pid) === postmasterPid || ppid === postmasterPid)) postgres += own + children;
       else if (comm.startsWith('redis-server')) redis += own + children;
     }
     return { postgres: (postgres * 1000) / clockTicks, redis: (redis * 1000) / clockTicks };

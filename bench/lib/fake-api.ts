@@ -4,7 +4,8 @@ import type { AddressInfo } from 'node:net';
 /**
  * The loopback HTTP server standing in for the capped external API. It holds each call for
  * the `hold` ms asked (0: answers on the next event-loop turn), and counts calls in flight overall and per tenant:
- * the most it saw is the benchmark's shared check that a cap held across processes.
+ * the most it saw is the benchmark's shared check that a cap held across processes. Overall,
+ * a call counts its weight `w` (default 1: a job taking 2 tickets of the global cap counts 2).
  */
 export async function startFakeApi(tenants: number) {
   let inflight = 0;
@@ -16,8 +17,9 @@ export async function startFakeApi(tenants: number) {
     const url = new URL(req.url ?? '/', 'http://x');
     const tenant = Number(url.searchParams.get('tenant') ?? -1);
     const hold = Number(url.searchParams.get('hold')) || 0;
+    const weight = Number(url.searchParams.get('w')) || 1;
     calls++;
-    inflight++;
+    inflight += weight;
     if (inflight > max) max = inflight;
     const perTenant = tenant >= 0 && tenant < tenants;
     if (perTenant) {
@@ -28,7 +30,7 @@ export async function startFakeApi(tenants: number) {
     const finish = () => {
       if (!open) return;
       open = false;
-      inflight--;
+      inflight -= weight;
       if (perTenant) tenantInflight[tenant]!--;
     };
     res.on('close', finish);

@@ -31,6 +31,20 @@ export function fullPlan(): WorkloadSpec[] {
       contenders: ['pgsem-redis', 'pgsem-pg', 'redis-semaphore', 'plain'],
     },
     {
+      // One job at a time in one process: every acquire and release is alone, so the round
+      // trips on a job's critical path are counted exactly (issue 11, target 6).
+      id: 'uncontended-serial',
+      title: 'Uncontended, one job at a time: K=100, 1 process x concurrency 1, 10 ms holds (critical-path round trips)',
+      jobs: 200,
+      holdMs: 10,
+      processes: 1,
+      concurrency: 1,
+      cap: 100,
+      mode: 'single',
+      tenants: 0,
+      contenders: ['pgsem-redis', 'pgsem-pg'],
+    },
+    {
       id: 'saturated-0ms',
       title: 'Saturated, one semaphore: K=5, 4 processes x concurrency 20, 0 ms holds',
       jobs: 5_000,
@@ -55,19 +69,38 @@ export function fullPlan(): WorkloadSpec[] {
       // BullMQ's global concurrency is one cap per queue: nothing per key.
       contenders: ['pgsem-redis', 'pgsem-pg', 'pgsem-nowake', 'redis-semaphore', 'plain'],
     },
+    {
+      // Issue 11: a global cap and per-tenant caps taken together, as users combine them.
+      // Ideal ~ 3 tickets / (22.5 ms mean hold x 1.25 mean weight) ~ 107 jobs/s: 2,500 jobs ~ 25-30 s.
+      id: 'global-tenant',
+      title: "Global + per tenant: ['api', `tenant:${t}`], global cap 3 (25 % of jobs weigh 2), 12 tenants x cap 1, 5 x 12, 5-40 ms holds",
+      jobs: 2_500,
+      holdMs: 22.5,
+      holdRange: [5, 40],
+      heavyShare: 0.25,
+      processes: 5,
+      concurrency: 12,
+      cap: 3,
+      tenantCap: 1,
+      mode: 'global-tenant',
+      tenants: 12,
+      contenders: ['pgsem-redis', 'pgsem-pg', 'redis-semaphore', 'plain'],
+    },
   ];
 }
 
 /** Under a minute: fewer jobs and contenders; checks that the benchmark works and caps hold. */
 export function quickPlan(): WorkloadSpec[] {
-  const [sat10, unc, sat0, perKey] = fullPlan();
-  // Five runs of this library (both BullMQ backends); starting 4 worker processes costs ~3-5 s
+  const [sat10, unc, sat0, perKey, globalTenant] = fullPlan();
+  // Six runs of this library (both BullMQ backends); starting 4 worker processes costs ~3-5 s
   // each time. The cap checks that matter most come first, in case a slow machine runs out of
   // the time budget (later runs are then skipped and listed as such).
   return [
     { ...sat10!, jobs: 300, contenders: ['pgsem-redis'] },
     { ...perKey!, jobs: 400, contenders: ['pgsem-redis'] },
     { ...sat10!, jobs: 300, contenders: ['pgsem-pg'] },
+    // two semaphores taken together, weighted: its own cap check (~3 s of jobs)
+    { ...globalTenant!, jobs: 250, contenders: ['pgsem-redis'] },
     { ...sat0!, jobs: 300, contenders: ['pgsem-redis'] },
     { ...unc!, jobs: 200, contenders: ['pgsem-redis'] },
   ];

@@ -9,10 +9,14 @@ import pg from 'pg';
 import { PgSemaphore } from '../../src/index.js';
 import { busyBetween, cpuTimes, serverCpuMs } from './cpu.js';
 import { startFakeApi } from './fake-api.js';
+import type { PgMeter, PgRunStats, PgTarget } from './pgstats.js';
 import { CONTENDERS, HEAVY_TENANTS, type ContenderId, type HostConfig, type HostMessage, type HostResult, type WorkloadSpec } from './types.js';
 
 export interface RunEnv {
-  databaseUrl: string;
+  /** Where pg-semaphore, BullMQ's Postgres backend and the benchmark's own queries go. */
+  target: PgTarget;
+  /** Reads statement statistics and WAL around the run (null: not measured). */
+  meter: PgMeter | null;
   redisUrl: string;
   semPoolMax: number;
   bqPoolMax: number;
@@ -24,6 +28,9 @@ export interface RawRun {
   workload: WorkloadSpec;
   /** Tenant of each job (index = job index). */
   tenantOf: number[];
+  /** global-tenant: each job's hold (ms) and weight on the global cap. */
+  holdOf?: number[];
+  weightOf?: number[];
   hosts: HostResult[];
   api: { max: number; tenantMax: number; calls: number };
   /** Job counts BullMQ reports after the run. */
@@ -33,6 +40,8 @@ export interface RawRun {
   cpuBusy: number | null;
   /** CPU the Postgres and Redis servers used during the run (others' load included). */
   serverCpuMs: { postgres: number; redis: number } | null;
+  /** Postgres execution time and WAL during the run, pg-semaphore's and BullMQ's apart. */
+  pg: PgRunStats | null;
   /** ms from "go" until every job was done (or the deadline). */
   wallMs: number;
   deadlineHit: boolean;
@@ -65,6 +74,10 @@ export function prng(seed: number): () => number {
  */
 export function tenantsFor(workload: WorkloadSpec): number[] {
   const n = workload.jobs;
+  if (workload.mode === 'global-tenant') {
+    const rnd = prng(7);
+    return Array.from({ length: n }, () => Math.floor(rnd() * workload.tenants));
+  }
   if (workload.mode !== 'tenant') return new Array<number>(n).fill(-1);
   const heavy = Math.min(HEAVY_TENANTS, workload.tenants);
   const out: number[] = [];
@@ -78,6 +91,20 @@ export function tenantsFor(workload: WorkloadSpec): number[] {
     [out[i], out[j]] = [out[j]!, out[i]!];
   }
   return out;
+}
+
+/** global-tenant: each job's hold (uniform in holdRange, whole ms) and weight (2 for heavyShare of the jobs), seeded. */
+export function holdsAndWeightsFor(workload: WorkloadSpec): { holdOf: number[]; weightOf: number[] } | undefined {
+  if (workload.mode !== 'global-tenant') return undefined;
+  const [lo, hi] = workload.holdRange ?? [workload.holdMs, workload.holdMs];
+  const rnd = prng(11);
+  const holdOf: number[] = [];
+  const weightOf: number[] = [];
+  for (let i = 0; i < workload.jobs; i++) {
+    holdOf.push(lo + Math.floor(rnd() * (hi - lo + 1)));
+    weightOf.push(rnd() < (workload.heavyShare ?? 0) ? 2 : 1);
+  }
+  return { holdOf, weightOf };
 }
 
 function redisConnection(url: string) {
@@ -99,10 +126,18 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
   const usesSem = contender.startsWith('pgsem');
   const errors: string[] = [];
   const tenantOf = tenantsFor(workload);
+  const hw = holdsAndWeightsFor(workload);
   const setupStarted = Date.now();
+  const { target } = env;
 
-  const admin = new pg.Pool({ connectionString: env.databaseUrl, max: 2, application_name: `bench-admin-${runId}` });
+  // The benchmark's own queries (sampling pg_stat_activity) go to the admin database, so they
+  // are nobody's in the statement statistics; schemas are dropped through their own databases.
+  const admin = new pg.Pool({ connectionString: target.adminUrl, max: 2, application_name: `bench-admin-${runId}` });
   admin.on('error', () => undefined);
+  const semAdmin = new pg.Pool({ connectionString: target.semUrl, max: 1, application_name: `bench-admin-${runId}` });
+  semAdmin.on('error', () => undefined);
+  const bqAdmin = new pg.Pool({ connectionString: target.bqUrl, max: 1, application_name: `bench-admin-${runId}` });
+  bqAdmin.on('error', () => undefined);
   const api = await startFakeApi(workload.tenants);
   let queue: Queue | undefined;
   let adminSem: PgSemaphore | undefined;
@@ -120,9 +155,9 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
       await queue.close().catch(() => undefined);
     }
     await adminSem?.close().catch(() => undefined);
-    await admin.query(`DROP SCHEMA IF EXISTS "${semSchema}" CASCADE`).catch((err) => errors.push(`drop ${semSchema}: ${(err as Error).message}`));
-    await admin.query(`DROP SCHEMA IF EXISTS "${bqSchema}" CASCADE`).catch((err) => errors.push(`drop ${bqSchema}: ${(err as Error).message}`));
-    await admin.end().catch(() => undefined);
+    await semAdmin.query(`DROP SCHEMA IF EXISTS "${semSchema}" CASCADE`).catch((err) => errors.push(`drop ${semSchema}: ${(err as Error).message}`));
+    await bqAdmin.query(`DROP SCHEMA IF EXISTS "${bqSchema}" CASCADE`).catch((err) => errors.push(`drop ${bqSchema}: ${(err as Error).message}`));
+    await Promise.all([admin.end(), semAdmin.end(), bqAdmin.end()]).catch(() => undefined);
     // redis-semaphore's keys ("semaphore:<prefix>:...") and anything left under the prefix
     const redis = new Redis(env.redisUrl, { maxRetriesPerRequest: 1 });
     try {
@@ -146,9 +181,9 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
   try {
     // ------------------------------------------------------------ setup
     if (usesSem) {
-      adminSem = new PgSemaphore({ connection: { connectionString: env.databaseUrl, max: 2 }, schema: semSchema, applicationName: `bench-admin-${runId}` });
+      adminSem = new PgSemaphore({ connection: { connectionString: target.semUrl, max: 2 }, schema: semSchema, applicationName: `bench-admin-${runId}` });
       await adminSem.migrate();
-      if (workload.mode === 'single') await adminSem.make('api', workload.cap);
+      if (workload.mode === 'single' || workload.mode === 'global-tenant') await adminSem.make('api', workload.cap);
       // per key: the semaphores are made on first use (createWith), as an application would
     }
     // Both backends' queues have the same surface; the types differ in their backend parameter.
@@ -156,7 +191,7 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
       info.backend === 'postgres'
         ? (new Queue(
             queueName,
-            { connection: { connectionString: env.databaseUrl, schema: bqSchema, migrate: true, max: 2, application_name: `bench-admin-${runId}` } },
+            { connection: { connectionString: target.bqUrl, schema: bqSchema, migrate: true, max: 2, application_name: `bench-admin-${runId}` } },
             createPostgresBackend,
           ) as unknown as Queue)
         : new Queue(queueName, { connection: redisConnection(env.redisUrl), prefix });
@@ -177,8 +212,10 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
         concurrency: workload.concurrency,
         cap: workload.cap,
         mode: workload.mode,
+        tenantCap: workload.tenantCap ?? workload.cap,
         holdMs: workload.holdMs,
-        databaseUrl: env.databaseUrl,
+        databaseUrl: target.semUrl,
+        bqDatabaseUrl: target.bqUrl,
         redisUrl: env.redisUrl,
         semSchema,
         bqSchema,
@@ -231,7 +268,9 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
     // Jobs go in before the workers start, so adding them does not pace the run.
     for (let i = 0; i < workload.jobs; i += 500) {
       const batch = [];
-      for (let j = i; j < Math.min(workload.jobs, i + 500); j++) batch.push({ name: 'call', data: { i: j, tenant: tenantOf[j]! } });
+      for (let j = i; j < Math.min(workload.jobs, i + 500); j++) {
+        batch.push({ name: 'call', data: hw ? { i: j, tenant: tenantOf[j]!, hold: hw.holdOf[j]!, w: hw.weightOf[j]! } : { i: j, tenant: tenantOf[j]! } });
+      }
       await q.addBulk(batch);
     }
     const setupMs = Date.now() - setupStarted;
@@ -272,8 +311,10 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
       }
     })();
 
+    let pgStats: PgRunStats | null = null;
+    await env.meter?.begin().catch((err) => errors.push(`pg statistics (before): ${(err as Error).message}`));
     const cpu0 = cpuTimes();
-    const srv0 = serverCpuMs();
+    const srv0 = serverCpuMs(target.postmasterPid);
     const go = Date.now();
     for (const c of children) if (c.connected) c.send({ type: 'go' });
     const total = () => [...progress.values()].reduce((a, b) => a + b, 0);
@@ -295,7 +336,13 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
     }
     const wallMs = Date.now() - go;
     const cpu1 = cpuTimes();
-    const srv1 = serverCpuMs();
+    const srv1 = serverCpuMs(target.postmasterPid);
+    if (env.meter) {
+      pgStats = await env.meter.end({ sem: semSchema, bq: bqSchema }).catch((err) => {
+        errors.push(`pg statistics (after): ${(err as Error).message}`);
+        return null;
+      });
+    }
     sampling = false;
     await sampler;
 
@@ -318,6 +365,7 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
       contender,
       workload,
       tenantOf,
+      ...hw,
       hosts: [...results.values()].sort((a, b) => a.hostIndex - b.hostIndex),
       api: { max: api.max, tenantMax: api.tenantMax, calls: api.calls },
       queueCounts,
@@ -332,6 +380,7 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
       },
       cpuBusy: busyBetween(cpu0, cpu1),
       serverCpuMs: srv0 && srv1 ? { postgres: srv1.postgres - srv0.postgres, redis: srv1.redis - srv0.redis } : null,
+      pg: pgStats,
       wallMs,
       deadlineHit,
       setupMs,

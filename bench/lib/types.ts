@@ -7,7 +7,7 @@ export const HEAVY_TENANTS = 5;
 export type ContenderId = 'pgsem-redis' | 'pgsem-pg' | 'pgsem-nowake' | 'bullmq-global' | 'redis-semaphore' | 'plain';
 
 /** Which load. */
-export type WorkloadId = 'saturated-10ms' | 'saturated-0ms' | 'per-key' | 'uncontended';
+export type WorkloadId = 'saturated-10ms' | 'saturated-0ms' | 'per-key' | 'uncontended' | 'uncontended-serial' | 'global-tenant';
 
 export interface ContenderInfo {
   id: ContenderId;
@@ -37,11 +37,20 @@ export interface WorkloadSpec {
   processes: number;
   /** BullMQ concurrency per process. */
   concurrency: number;
-  /** Tickets of the one semaphore (single mode), or per tenant (per-key mode). */
+  /** Tickets of the one semaphore (single mode), or per tenant (per-key mode), or of the global semaphore (global-tenant). */
   cap: number;
-  /** One semaphore, or one per tenant. */
-  mode: 'single' | 'tenant';
+  /**
+   * One semaphore, one per tenant, or a global semaphore plus one per tenant taken together
+   * (`['api', `tenant:${t}`]`, some jobs weighing 2 on the global one).
+   */
+  mode: 'single' | 'tenant' | 'global-tenant';
   tenants: number;
+  /** global-tenant: tickets of each tenant's semaphore. */
+  tenantCap?: number;
+  /** global-tenant: each job's hold is drawn (seeded) from this range, ms; holdMs is then the mean. */
+  holdRange?: [number, number];
+  /** global-tenant: share of jobs weighing 2 on the global semaphore. */
+  heavyShare?: number;
   contenders: ContenderId[];
 }
 
@@ -54,9 +63,14 @@ export interface HostConfig {
   queue: string;
   concurrency: number;
   cap: number;
-  mode: 'single' | 'tenant';
+  mode: 'single' | 'tenant' | 'global-tenant';
+  /** global-tenant: tickets per tenant. */
+  tenantCap: number;
   holdMs: number;
+  /** pg-semaphore's Postgres. */
   databaseUrl: string;
+  /** BullMQ Postgres backend's Postgres (its own database on the benchmark's server). */
+  bqDatabaseUrl: string;
   redisUrl: string;
   /** pg-semaphore schema. */
   semSchema: string;
@@ -78,9 +92,9 @@ export interface HostConfig {
 /**
  * One completed job, as flat numbers (epoch ms with sub-ms precision, from
  * performance.timeOrigin + performance.now()):
- * [job index, processor entry, body start, body end, processor exit, ticket id or -1, tenant index or -1]
+ * [job index, processor entry, body start, body end, processor exit, ticket id or -1, tenant index or -1, weight on the global cap]
  */
-export type JobRecord = [i: number, t0: number, b0: number, b1: number, t1: number, ticket: number, tenant: number];
+export type JobRecord = [i: number, t0: number, b0: number, b1: number, t1: number, ticket: number, tenant: number, weight: number];
 
 export interface HostResult {
   type: 'result';
@@ -102,6 +116,14 @@ export interface HostResult {
   /** pg-semaphore's limitProcessor stats (summed over the process). */
   stats?: { attempts: number; busy: number; handoffs: number; reschedules: number; promotions: number; ran: number };
   roundTrips?: number;
+  /**
+   * sem.roundTrips counted over a job's pre-body phase (processor call to body start) and
+   * post-body phase (body end to processor return), only for phases no other job of the
+   * process overlapped (so the count is that job's alone).
+   */
+  soloRoundTrips?: { pre: number[]; post: number[] };
+  /** Jobs whose body saw job.attemptsMade > 0 (a wait must not use an attempt). */
+  attemptsMadeNonZero?: number;
   /** Per put-back: ms from the processor call until the job was put back. */
   putBackAfterMs?: number[];
   /** redis-semaphore: acquire() calls, acquire tries (Lua acquire scripts sent) and Redis calls in all. */
