@@ -1,8 +1,9 @@
 import type { PoolClient } from 'pg';
-import { drizzle, type NodePgDatabase } from 'drizzle-orm/node-postgres';
+import { drizzle } from 'drizzle-orm/node-postgres';
 import { PgSemaphoreError } from './errors/pg-semaphore-error.js';
 import { TicketLostError } from './errors/ticket-lost-error.js';
 import { isConnectionLost } from './sqlstate.js';
+import type { HoldTx } from './tx.js';
 import * as statements from './statements.js';
 import type { HeldTicket } from './tickets.js';
 
@@ -57,7 +58,7 @@ export class Hold {
   /** Statements queued or running on the holding connection. */
   private running = 0;
   private settled = false;
-  private drizzleTx: NodePgDatabase | undefined;
+  private drizzleTx: HoldTx | undefined;
   private readonly onError: (err: Error) => void;
   private readonly onEnd: () => void;
   private readonly client: PoolClient | undefined;
@@ -98,10 +99,13 @@ export class Hold {
    * The holding transaction as a Drizzle database. Statements run on it are part of the
    * transaction that holds the tickets: they commit on a successful release and roll back
    * otherwise. Writes give the transaction an id, so use it only when you need to.
+   * Typed as Drizzle's `NodePgDatabase` in a program that imports `pg-semaphore/drizzle`
+   * (see {@link HoldTx}).
    */
-  get tx(): NodePgDatabase {
+  get tx(): HoldTx {
     if (!this.client) throw new PgSemaphoreError('expected a holding transaction, got none: limiting is disabled');
-    this.drizzleTx ??= drizzle({ client: this.portalClearingClient(this.client) });
+    // a NodePgDatabase; typed through HoldTx so the main entry's declarations load none of drizzle-orm's
+    this.drizzleTx ??= drizzle({ client: this.portalClearingClient(this.client) }) as unknown as HoldTx;
     return this.drizzleTx;
   }
 

@@ -1,3 +1,9 @@
+/**
+ * `pg-semaphore`: the core. Its declarations load nothing from drizzle-orm (whose own
+ * declarations need `skipLibCheck`); the Drizzle tables and the Drizzle type of a hold's `tx`
+ * come from `pg-semaphore/drizzle`.
+ * @packageDocumentation
+ */
 export { PgSemaphore, DISABLE_ENV } from './pg-semaphore.js';
 export type {
   PgSemaphoreOptions,
@@ -10,13 +16,14 @@ export type {
   AcquiredTickets,
   Executor,
 } from './pg-semaphore.js';
-export { Hold } from './hold.js';
+// a type only: holds come from PgSemaphore.hold()/tryHold(); the constructor is internal
+export type { Hold } from './hold.js';
+export type { HoldTx, HoldTxTypes, TxWithoutDrizzleTypes } from './tx.js';
 export type { TicketRequest, TicketRequestItem } from './request.js';
 export type { HeldTicket } from './tickets.js';
 export type { Logger } from './logger.js';
-export { installSql, loadMigrations } from './migrations.js';
-export type { InstallPart, Migration } from './migrations.js';
+export { installSql } from './migrations.js';
+export type { InstallPart } from './migrations.js';
 export { functionsSql } from './functions-sql.js';
-export { semaphoreTables } from './schema.js';
 export { DEFAULT_SCHEMA, MAX_NAME_LENGTH, MAX_TICKETS, validateSchemaName } from './validate.js';
 export * from './errors/index.js';

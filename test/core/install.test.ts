@@ -4,7 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { databaseUrl, setupSchema } from '../helpers/db.js';
 import { killAll, within } from '../helpers/core.js';
 import { startChild, type Child } from '../helpers/processes.js';
-import { PgSemaphore, functionsSql, installSql, loadMigrations } from '../../src/index.js';
+import { PgSemaphore, functionsSql, installSql } from '../../src/index.js';
+import { loadMigrations } from '../../src/migrations.js';
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
 const children: Child[] = [];

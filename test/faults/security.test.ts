@@ -12,9 +12,9 @@ import {
   PgSemaphore,
   functionsSql,
   installSql,
-  loadMigrations,
-  semaphoreTables,
 } from '../../src/index.js';
+import { semaphoreTables } from '../../src/drizzle.js';
+import { loadMigrations } from '../../src/migrations.js';
 import { limitProcessor } from '../../src/bullmq/index.js';
 import { WaitingList } from '../../src/bullmq/waiting-list.js';
 import { errorOf, heldOf, within } from '../helpers/core.js';
