@@ -18,17 +18,21 @@
  *
  * Exit codes, for scripts:
  * - 0 ok
- * - 1 unexpected error (including a schema where pg-semaphore is not installed)
- * - 2 usage or bad input (unknown command or option, "5x" tickets, bad schema name, missing database URL)
- * - 3 not found (unknown semaphore; destroy of a semaphore that does not exist)
+ * - 1 unexpected error
+ * - 2 usage or bad input (unknown command or option, "5x" tickets, bad schema name, missing database
+ *   URL or one that is not a postgres:// URL)
+ * - 3 not found (unknown semaphore; destroy of a semaphore that does not exist; a schema where
+ *   pg-semaphore is not, or not fully, installed)
  * - 4 timeout (make/destroy waited `--timeout` ms for held tickets to be returned)
  * - 5 cannot connect to Postgres (refused, unreachable, authentication, unknown database)
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Argument, Command, CommanderError, Option, InvalidArgumentError as UsageError } from 'commander';
 import pkg from '../package.json' with { type: 'json' };
+import { NotInstalledError } from './errors/not-installed-error.js';
 import { installSql, type InstallPart } from './migrations.js';
 import { PgSemaphore, type SemaphoreInfo, type SemaphoreStatus } from './pg-semaphore.js';
+import { isCannotConnect, isNotInstalled } from './sqlstate.js';
 import { DEFAULT_SCHEMA, MAX_TICKETS, validateSchemaName } from './validate.js';
 
 const EXIT = { ok: 0, unexpected: 1, usage: 2, notFound: 3, timeout: 4, connect: 5 } as const;
@@ -84,6 +88,8 @@ function buildProgram(json: boolean): Command {
     // settings before the subcommands, which inherit them: throw instead of exiting, and in
     // --json mode let report() print usage errors as JSON
     .exitOverride()
+    // `<command> --help` lists --database-url, --schema and --json too
+    .configureHelp({ showGlobalOptions: true })
     .configureOutput({ outputError: (text, write) => (json ? undefined : write(text)) })
     .showHelpAfterError(json ? false : '(run with --help for usage)')
     .addOption(new Option('--database-url <url>', 'Postgres connection string').env('DATABASE_URL'))
@@ -151,6 +157,7 @@ async function withSemaphore(cmd: Command, fn: (sem: PgSemaphore, g: GlobalOptio
   if (!g.databaseUrl) {
     throw new CliError('no database given: pass --database-url or set DATABASE_URL', EXIT.usage, 'usage');
   }
+  checkDatabaseUrl(g.databaseUrl, cmd.getOptionValueSourceWithGlobals('databaseUrl') === 'env' ? 'DATABASE_URL' : '--database-url');
   const sem = new PgSemaphore({
     connection: { connectionString: g.databaseUrl, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, max: 2 },
     schema: g.schema,
@@ -159,6 +166,7 @@ async function withSemaphore(cmd: Command, fn: (sem: PgSemaphore, g: GlobalOptio
   try {
     await fn(sem, g);
   } catch (err) {
+    if (err instanceof NotInstalledError) throw explainNotInstalled(err, g);
     if ((err as Error | null)?.name === 'UnknownSemaphoreError') {
       const names = (err as { names?: string[] }).names ?? [];
       throw new CliError(`no semaphore named ${names.map((n) => JSON.stringify(n)).join(', ')} in schema "${g.schema}"`, EXIT.notFound, 'not_found');
@@ -167,6 +175,25 @@ async function withSemaphore(cmd: Command, fn: (sem: PgSemaphore, g: GlobalOptio
   } finally {
     await sem.close().catch(() => undefined);
   }
+}
+
+const URL_PROTOCOLS = ['postgres:', 'postgresql:', 'socket:'];
+
+/**
+ * Refuses a database URL node-postgres would misread (`not-a-url` becomes a socket path or host
+ * "base", and fails only at connect time with a misleading "getaddrinfo ENOTFOUND"). The value is
+ * echoed with any user and password masked.
+ */
+function checkDatabaseUrl(raw: string, source: string): void {
+  let protocol: string | undefined;
+  try {
+    protocol = new URL(raw).protocol;
+  } catch {
+    protocol = undefined;
+  }
+  if (protocol !== undefined && URL_PROTOCOLS.includes(protocol)) return;
+  const shown = JSON.stringify(raw.replace(/\/\/[^/@]*@/, '//***@'));
+  throw new CliError(`${source}: expected a postgres:// or postgresql:// URL, got ${shown}`, EXIT.usage, 'usage');
 }
 
 // ------------------------------------------------------------------ commands
@@ -267,24 +294,10 @@ function table(header: string[], rows: string[][]): string {
 
 // ------------------------------------------------------------------ errors
 
-const NET_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'ECONNRESET', 'EPIPE']);
-/** Postgres SQLSTATEs that mean "you cannot use this database": auth, unknown database, not accepting, too many connections. */
-const PG_CONNECT_CODES = new Set(['28000', '28P01', '3D000', '57P03', '53300']);
-/** SQLSTATEs that mean the schema has no pg-semaphore: no schema, no function, no table. */
-const PG_NOT_INSTALLED_CODES = new Set(['3F000', '42883', '42P01']);
-
 interface ErrorLike {
   code?: string;
   message?: string;
   errors?: unknown[];
-}
-
-function isConnectError(err: unknown): boolean {
-  const e = err as ErrorLike | null;
-  if (!e || typeof e !== 'object') return false;
-  if (e.code && (NET_CODES.has(e.code) || PG_CONNECT_CODES.has(e.code))) return true;
-  if (/timeout expired|connection timeout|Connection terminated/i.test(e.message ?? '')) return true;
-  return Array.isArray(e.errors) && e.errors.some(isConnectError);
 }
 
 function errorText(err: unknown): string {
@@ -304,16 +317,38 @@ function describeTarget(url: string | undefined): string {
   }
 }
 
+/**
+ * The library's NotInstalledError in the CLI's words (its own message suggests
+ * `sem.migrate()`): exit 3, as for anything else that is not there. `owned-elsewhere` (migrate
+ * on a schema another migration history installed) keeps the library's message and exit 1.
+ */
+function explainNotInstalled(err: NotInstalledError, g: GlobalOptions): unknown {
+  const detail = errorText(err.cause ?? err);
+  const s = `--schema ${g.schema}`;
+  if (err.problem === 'missing') {
+    return new CliError(`pg-semaphore is not installed in schema "${g.schema}" (${detail}); run: pg-semaphore migrate ${s}`, EXIT.notFound, 'not_installed');
+  }
+  if (err.problem === 'functions-missing') {
+    return new CliError(
+      `pg-semaphore's SQL functions are missing in schema "${g.schema}" (${detail}); add the output of ` +
+        `\`pg-semaphore sql --part functions ${s}\` to your drizzle-kit history as a custom migration, or run: pg-semaphore migrate ${s}`,
+      EXIT.notFound,
+      'not_installed',
+    );
+  }
+  return new CliError(err.message, EXIT.unexpected, 'owned_elsewhere');
+}
+
 /** Turns database failures we can explain into CliErrors; leaves the rest alone. */
 function explainDatabaseError(err: unknown, g: GlobalOptions): unknown {
-  if (isConnectError(err)) {
+  if (isCannotConnect(err)) {
     return new CliError(`cannot connect to Postgres at ${describeTarget(g.databaseUrl)}: ${errorText(err)}`, EXIT.connect, 'cannot_connect');
   }
-  const code = (err as ErrorLike | null)?.code;
-  if (code && PG_NOT_INSTALLED_CODES.has(code)) {
+  // a raw error the library did not wrap (it wraps its own statements' errors in NotInstalledError)
+  if (isNotInstalled(err)) {
     return new CliError(
       `pg-semaphore is not installed in schema "${g.schema}" (${errorText(err)}); run: pg-semaphore migrate --schema ${g.schema}`,
-      EXIT.unexpected,
+      EXIT.notFound,
       'not_installed',
     );
   }
@@ -361,7 +396,7 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-// No top-level await, so the file also builds as CommonJS next to the library's entries.
+// Built as ESM only (tsup.config.ts); the promise is left to run, the exit code set when done.
 void main(process.argv).then((code) => {
   process.exitCode = code;
 });

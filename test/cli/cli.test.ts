@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { databaseUrl, setupSchema, testSchemaName, waitFor } from '../helpers/db.js';
+import { installSql } from '../../src/index.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CLOSED_PORT_URL = 'postgres://postgres:secret@127.0.0.1:1/test';
@@ -79,6 +80,17 @@ async function runJson<T = unknown>(args: string[]): Promise<T> {
 async function migrated(label: string) {
   return setupSchema(`cli_${label}`);
 }
+
+describe('help', () => {
+  it('<command> --help lists the global options too', async () => {
+    for (const command of ['make', 'status', 'migrate']) {
+      const r = await run([command, '--help']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toContain(`Usage: pg-semaphore ${command}`);
+      expect(r.stdout).toMatch(/Global Options:[\s\S]*--database-url <url>[\s\S]*--schema <name>[\s\S]*--json/);
+    }
+  });
+});
 
 describe('sql', () => {
   it('prints the install SQL for a schema without touching a database', async () => {
@@ -298,11 +310,44 @@ describe('exit codes', () => {
     expect(JSON.parse(env.stderr).error).toMatchObject({ kind: 'cannot_connect', exitCode: 5 });
   });
 
-  it('1 with a hint when the schema has no pg-semaphore', async () => {
+  it('3 with a hint when the schema has no pg-semaphore, or only its tables', async () => {
     const schema = testSchemaName('cli_missing');
     const r = await run(['list', '--schema', schema]);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toContain(`run: pg-semaphore migrate --schema ${schema}`);
+    expect(r).toMatchObject({ code: 3, stdout: '' });
+    expect(r.stderr).toBe(`pg-semaphore: pg-semaphore is not installed in schema "${schema}" (schema "${schema}" does not exist); run: pg-semaphore migrate --schema ${schema}\n`);
+    const json = await run(['--json', 'make', 'openai', '1', '--schema', schema]);
+    expect(json.code).toBe(3);
+    expect(JSON.parse(json.stderr).error).toMatchObject({ kind: 'not_installed', exitCode: 3 });
+
+    // install path 2 half done: the tables from a drizzle-kit history, no functions
+    const tablesOnly = testSchemaName('cli_tables');
+    const admin = new pg.Client({ connectionString: databaseUrl() });
+    await admin.connect();
+    try {
+      await admin.query(installSql(tablesOnly, { part: 'tables' }).replaceAll('--> statement-breakpoint', ''));
+      const half = await run(['make', 'openai', '1', '--schema', tablesOnly]);
+      expect(half.code, half.stderr).toBe(3);
+      expect(half.stderr).toContain(`pg-semaphore's SQL functions are missing in schema "${tablesOnly}"`);
+      expect(half.stderr).toContain(`pg-semaphore sql --part functions --schema ${tablesOnly}`);
+      const { rows } = await admin.query(`SELECT count(*)::int AS n FROM "${tablesOnly}".semaphores`);
+      expect(rows[0].n).toBe(0);
+    } finally {
+      await admin.query(`DROP SCHEMA IF EXISTS "${tablesOnly}" CASCADE`);
+      await admin.end();
+    }
+  });
+
+  it('2 for a database URL that is not a postgres:// URL, without trying to connect', async () => {
+    const flag = await run(['--database-url', 'not-a-url', 'list']);
+    expect(flag).toMatchObject({ code: 2, stdout: '', stderr: 'pg-semaphore: --database-url: expected a postgres:// or postgresql:// URL, got "not-a-url"\n' });
+    expect(flag.stderr).not.toContain('ENOTFOUND');
+    const env = await run(['--json', 'status', 'openai'], { DATABASE_URL: 'mysql://app:hunter2@db.example/prod' });
+    expect(env.code).toBe(2);
+    const error = JSON.parse(env.stderr).error;
+    expect(error).toMatchObject({ kind: 'usage', exitCode: 2 });
+    expect(error.message).toBe('DATABASE_URL: expected a postgres:// or postgresql:// URL, got "mysql://***@db.example/prod"');
+    expect(env.stderr).not.toContain('hunter2');
+    expect((await run(['--database-url', 'postgresql://postgres@127.0.0.1:1/test', 'list'])).code).toBe(5); // accepted, then refused
   });
 });
 
