@@ -6,6 +6,7 @@ import { SemaphoreBusyError } from './errors/semaphore-busy-error.js';
 import { SemaphoreTimeoutError } from './errors/semaphore-timeout-error.js';
 import { UnknownSemaphoreError } from './errors/unknown-semaphore-error.js';
 import { attempt, type AttemptContext } from './attempt.js';
+import { AbortFanout } from './abort-fanout.js';
 import { Hold } from './hold.js';
 import { Listener } from './listener.js';
 import type { Logger } from './logger.js';
@@ -205,6 +206,8 @@ export class PgSemaphore {
    * no listener to a long-lived signal.)
    */
   private readonly waits = new Set<AbortController>();
+  /** Caller signals shared by many waits get one listener each, not one per wait. */
+  private readonly fanout = new AbortFanout();
   private closing = false;
   private warnedDisabled = false;
   /**
@@ -521,14 +524,19 @@ export class PgSemaphore {
       toHold: (client, row) => this.newHold(client, req.names, row),
       veto: (row) => this.veto(row, req.names[0]!, wait?.signal, how.mutex === true),
     };
-    // Ends the sleeps of this wait (made at the first sleep): close() aborts `stop`, and the
-    // caller's signal is folded in with AbortSignal.any, which adds no listener to it.
+    // Ends the sleeps of this wait: close() aborts `stop`, and the caller's signal reaches us
+    // through the instance's AbortFanout (one listener per signal however many wait on it),
+    // both of which end the current nap. Not AbortSignal.any: on Node 20 every call leaves an
+    // entry on a long-lived source signal that is never collected (measured: +124 MB after
+    // 100,000 waits on one signal).
     const stop = new AbortController();
-    let stopped: AbortSignal | undefined;
+    let listening = false;
+    let unsubscribe: (() => void) | undefined;
     let unwatch: (() => Promise<void>) | undefined;
     let woken = false;
-    /** Aborted by a wake-up: ends the current sleep early. */
+    /** Aborted by a wake-up, the caller's signal or close(): ends the current sleep early. */
     let nap: AbortController | undefined;
+    const interrupt = () => nap?.abort();
     try {
       for (let round = 0, sleeps = 0; ; round++) {
         const { hold, row } = await attempt(ctx, statement);
@@ -553,13 +561,16 @@ export class PgSemaphore {
           if (watching) continue;
         }
         if (!woken) {
-          if (!stopped) {
+          if (!listening) {
+            listening = true;
             this.waits.add(stop);
+            stop.signal.addEventListener('abort', interrupt, { once: true });
+            if (wait.signal) unsubscribe = this.fanout.subscribe(wait.signal, interrupt);
             if (this.closing) stop.abort();
-            stopped = wait.signal ? AbortSignal.any([wait.signal, stop.signal]) : stop.signal;
           }
           nap = new AbortController();
-          await sleep(Math.min(backoff(sleeps++, { min: 25, max: this.maxPollMs }), deadline - now), AbortSignal.any([stopped, nap.signal]));
+          if (stop.signal.aborted || wait.signal?.aborted) nap.abort();
+          await sleep(Math.min(backoff(sleeps++, { min: 25, max: this.maxPollMs }), deadline - now), nap.signal);
           nap = undefined;
           wait.signal?.throwIfAborted();
         }
@@ -569,6 +580,7 @@ export class PgSemaphore {
       throw explainNotInstalled(err, this.schema);
     } finally {
       this.waits.delete(stop);
+      unsubscribe?.();
       if (unwatch) await unwatch();
     }
   }
