@@ -48,6 +48,6 @@ try {
   log(`\nbench:acquire: wrote ${join(outDir, 'acquire-latest.json')}, ${join(outDir, 'acquire-latest.md')}`);
   await stop(0);
 } catch (err) {
-  log(`bench:acquire: FAILED: ${(err as Error).stack ?? err}`);
+  if (!stopping) log(`bench:acquire: FAILED: ${(err as Error).stack ?? err}`);
   await stop(1);
 }

@@ -330,15 +330,18 @@ export function analyze(run: RawRun): RunFigures {
   const soloPre = run.hosts.flatMap((h) => h.soloRoundTrips?.pre ?? []);
   const soloPost = run.hosts.flatMap((h) => h.soloRoundTrips?.post ?? []);
   const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
-  const critRt = soloPre.length && soloPost.length ? { pre: mean(soloPre), post: mean(soloPost), nPre: soloPre.length, nPost: soloPost.length } : null;
+  // Only uncontended: under contention a phase alone in its process still includes waits and retries.
+  const critRt = workload.id.startsWith('uncontended') && soloPre.length && soloPost.length ? { pre: mean(soloPre), post: mean(soloPost), nPre: soloPre.length, nPost: soloPost.length } : null;
   const perJob = (x: number | null | undefined) => (x === null || x === undefined || !completed ? null : x / completed);
+  // run.pg.sem is null when the server has no pg_stat_statements: then only the server's WAL is known
+  const measured = !!run.pg?.sem;
   const pgFig = run.pg
     ? {
         method: run.pg.method,
-        semMsPerJob: run.contender.startsWith('pgsem') ? perJob(run.pg.sem?.execMs) : null,
-        semWalPerJob: run.contender.startsWith('pgsem') ? perJob(run.pg.sem?.walBytes) : null,
-        bqMsPerJob: info.backend === 'postgres' ? perJob(run.pg.bq?.execMs ?? 0) : null,
-        bqWalPerJob: info.backend === 'postgres' ? perJob(run.pg.bq?.walBytes ?? 0) : null,
+        semMsPerJob: measured && run.contender.startsWith('pgsem') ? perJob(run.pg.sem?.execMs) : null,
+        semWalPerJob: measured && run.contender.startsWith('pgsem') ? perJob(run.pg.sem?.walBytes) : null,
+        bqMsPerJob: measured && info.backend === 'postgres' ? perJob(run.pg.bq?.execMs ?? 0) : null,
+        bqWalPerJob: measured && info.backend === 'postgres' ? perJob(run.pg.bq?.walBytes ?? 0) : null,
         sharedMsPerJob: perJob(run.pg.shared?.execMs),
         serverWalPerJob: perJob(run.pg.serverWalBytes),
         top: run.pg.top,
