@@ -5,7 +5,7 @@
 //   npm run bench:acquire                  writes bench/results/acquire-latest.{json,md}
 //   npx tsx bench/acquire.ts --out=/tmp/x  writes there instead
 //
-// Options: --out=<dir>, --rounds=<n, 4>, --round-ms=<ms per case per round, 1000>,
+// Options: --out=<dir>, --rounds=<n, 3>, --round-ms=<ms per case per round, 1000>,
 // --pg=own|url (default: own server unless DATABASE_URL is set).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -36,7 +36,7 @@ process.on('SIGINT', () => void stop(130));
 process.on('SIGTERM', () => void stop(143));
 
 try {
-  const result = await runAcquireBench({ url: target.semUrl, rounds: Number(opt('rounds') ?? 4), roundMs: Number(opt('round-ms') ?? 1_000), log });
+  const result = await runAcquireBench({ url: target.semUrl, rounds: Number(opt('rounds') ?? 3), roundMs: Number(opt('round-ms') ?? 1_000), log });
   console.log('');
   for (const c of result.cases) console.log(`  ${c.cyclesPerSec.toFixed(0).padStart(6)} cycles/s  ${c.msPerCycle.toFixed(3)} ms/cycle  ${c.title}`);
   console.log('');

@@ -25,6 +25,8 @@ export interface AcquireCase {
   rounds: number[];
   /** Round trips per cycle (sem.roundTrips for the library; messages sent otherwise). */
   roundTripsPerCycle: number;
+  /** Top-level statements Postgres ran per cycle (pg_stat_statements; null where it is not loaded). */
+  statementsPerCycle: number | null;
 }
 
 export interface AcquireResult {
@@ -48,7 +50,7 @@ export async function runAcquireBench(opts: {
   log?: (s: string) => void;
 }): Promise<AcquireResult> {
   const roundMs = opts.roundMs ?? 1_000;
-  const rounds = opts.rounds ?? 4;
+  const rounds = opts.rounds ?? 3;
   const log = opts.log ?? (() => undefined);
   const started = Date.now();
   const schema = `pgsem_acq_${randomBytes(3).toString('hex')}`;
@@ -56,7 +58,9 @@ export async function runAcquireBench(opts: {
   const lib = new PgSemaphore({ connection: { connectionString: opts.url, max: 1 }, schema, applicationName: 'bench-acquire-lib' });
   const raw = new pg.Client({ connectionString: opts.url, application_name: 'bench-acquire-raw' });
   const bare = new pg.Client({ connectionString: opts.url, application_name: 'bench-acquire-bare' });
+  const stats = new pg.Client({ connectionString: opts.url, application_name: 'bench-acquire-stats' });
   const holders: pg.Client[] = [];
+  stats.on('error', () => undefined);
   raw.on('error', () => undefined);
   bare.on('error', () => undefined);
   try {
@@ -119,6 +123,22 @@ export async function runAcquireBench(opts: {
       { id: 'lib-full', title: `library hold()/release(), ${HELD} of ${BIG} tickets held`, run: libCycle('big'), rt: () => NaN },
       { id: 'raw-full', title: `raw SQL cycle, ${HELD} of ${BIG} tickets held`, run: rawCycle('big'), rt: () => 3 },
     ];
+    // Statements per cycle, from pg_stat_statements where it is loaded (reset before each case's
+    // round, read after it, outside the timed loop; the reading statements themselves are left out by their text).
+    await stats.connect();
+    const haveStats = await stats.query('SELECT pg_stat_statements_reset()').then(
+      () => true,
+      () => false,
+    );
+    const statementCalls = async () =>
+      Number(
+        (
+          await stats.query<{ n: string }>(
+            `SELECT coalesce(sum(calls), 0)::text AS n FROM pg_stat_statements WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND query NOT LIKE '%pg_stat_statements%'`,
+          )
+        ).rows[0]!.n,
+      );
+    const statementsOf = new Map<string, number>(cases.map((c) => [c.id, 0]));
     const perRound = new Map<string, number[]>(cases.map((c) => [c.id, []]));
     const cycles = new Map<string, number>(cases.map((c) => [c.id, 0]));
     const libRt = new Map<string, { rt: number; cycles: number }>();
@@ -129,6 +149,7 @@ export async function runAcquireBench(opts: {
     }
     for (let r = 0; r < rounds; r++) {
       for (const c of cases) {
+        if (haveStats) await stats.query('SELECT pg_stat_statements_reset()');
         const rt0 = lib.roundTrips;
         let k = 0;
         const t0 = performance.now();
@@ -138,6 +159,9 @@ export async function runAcquireBench(opts: {
           k++;
         }
         const ms = performance.now() - t0;
+        // the library's release may still be sending its last statement: let it land
+        await new Promise((r) => setTimeout(r, 20));
+        if (haveStats) statementsOf.set(c.id, statementsOf.get(c.id)! + (await statementCalls()));
         perRound.get(c.id)!.push(ms / k);
         cycles.set(c.id, cycles.get(c.id)! + k);
         if (c.id.startsWith('lib')) {
@@ -161,6 +185,7 @@ export async function runAcquireBench(opts: {
         cyclesPerSec: 1000 / ms,
         rounds: perRound.get(c.id)!,
         roundTripsPerCycle: lr ? lr.rt / lr.cycles : c.rt(),
+        statementsPerCycle: haveStats ? statementsOf.get(c.id)! / cycles.get(c.id)! : null,
       };
     });
     const ms = (id: string) => out.find((c) => c.id === id)!.msPerCycle;
@@ -178,6 +203,7 @@ export async function runAcquireBench(opts: {
     };
   } finally {
     for (const c of holders) await c.end().catch(() => undefined);
+    await stats.end().catch(() => undefined);
     await raw.end().catch(() => undefined);
     await bare.end().catch(() => undefined);
     await lib.close().catch(() => undefined);
@@ -195,10 +221,16 @@ export async function runAcquireBench(opts: {
 /** Markdown of one microbenchmark run. */
 export function acquireMarkdown(r: AcquireResult, header: string[]): string {
   const md = ['# pg-semaphore acquire microbenchmark', '', ...header.map((h) => `- ${h}`), ''];
-  md.push('| case | cycles/s | ms/cycle (median round) | rounds ms/cycle | round trips/cycle |', '| --- | ---: | ---: | --- | ---: |');
+  md.push(
+    '| case | cycles/s | ms/cycle (median round) | rounds ms/cycle | round trips/cycle (counted) | statements/cycle (pg_stat_statements) |',
+    '| --- | ---: | ---: | --- | ---: | ---: |',
+  );
   for (const c of r.cases) {
-    md.push(`| ${c.title} | ${c.cyclesPerSec.toFixed(0)} | ${c.msPerCycle.toFixed(3)} | ${c.rounds.map((x) => x.toFixed(3)).join(' ')} | ${Number.isFinite(c.roundTripsPerCycle) ? c.roundTripsPerCycle.toFixed(2) : '—'} |`);
+    md.push(
+      `| ${c.title} | ${c.cyclesPerSec.toFixed(0)} | ${c.msPerCycle.toFixed(3)} | ${c.rounds.map((x) => x.toFixed(3)).join(' ')} | ${Number.isFinite(c.roundTripsPerCycle) ? c.roundTripsPerCycle.toFixed(2) : '—'} | ${c.statementsPerCycle === null ? '—' : c.statementsPerCycle.toFixed(2)} |`,
+    );
   }
+  md.push('', 'Round trips: sem.roundTrips for the library, the messages sent otherwise. Statements: top-level statements Postgres ran per cycle (a message with three statements counts three).');
   md.push('', ...acquireLines(r).map((l) => `- ${l}`), '');
   return md.join('\n');
 }

@@ -201,6 +201,15 @@ export async function startOwnPostgres(log: (s: string) => void = () => undefine
       } finally {
         await c.end().catch(() => undefined);
       }
+      // the view and reset function in pg-semaphore's database too (the acquire microbenchmark reads them there)
+      const d = new pg.Client({ connectionString: server.url(SEM_DB) });
+      d.on('error', () => undefined);
+      try {
+        await d.connect();
+        await d.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
+      } finally {
+        await d.end().catch(() => undefined);
+      }
       break;
     }
     log(`bench: own Postgres 15 on 127.0.0.1:${server.port} in ${dir} (fsync off, pg_stat_statements), ready after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
