@@ -16,8 +16,13 @@ export type {
   AcquiredTickets,
   Executor,
 } from './pg-semaphore.js';
-// a type only: holds come from PgSemaphore.hold()/tryHold(); the constructor is internal
-export type { Hold } from './hold.js';
+import type { Hold as HoldClass } from './hold.js';
+/**
+ * Tickets held by an open transaction on a connection of their own, from
+ * {@link PgSemaphore.hold} or {@link PgSemaphore.tryHold}; give them back with `release()`.
+ * A type only (an alias, so that no one calls the library's internal constructor).
+ */
+export type Hold = HoldClass;
 export type { HoldTx, HoldTxTypes, TxWithoutDrizzleTypes } from './tx.js';
 export type { TicketRequest, TicketRequestItem } from './request.js';
 export type { HeldTicket } from './tickets.js';
