@@ -15,7 +15,10 @@ export default defineConfig([
     clean: ['!cli.js', '!cli.js.map'],
     shims: true,
     target: 'node20',
-    splitting: false,
+    // shared chunks: the entries share one copy of the core (its error classes above all),
+    // so an InvalidArgumentError thrown by pg-semaphore/bullmq is instanceof the one from
+    // pg-semaphore, in ESM and in CommonJS
+    splitting: true,
   },
   {
     // the command line: ESM only (package.json's bin), no declarations

@@ -397,6 +397,14 @@ async function main(argv: string[]): Promise<number> {
 }
 
 // Built as ESM only (tsup.config.ts); the promise is left to run, the exit code set when done.
+// `pg-semaphore --help | head` closes the pipe early: that is the reader's choice, not an error.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
+}
+
 void main(process.argv).then((code) => {
   process.exitCode = code;
 });

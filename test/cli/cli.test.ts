@@ -92,6 +92,18 @@ describe('help', () => {
   });
 });
 
+describe('a closed pipe', () => {
+  it('`pg-semaphore --help | head` ends quietly with exit 0 when the reader is gone before it writes', async () => {
+    const child = start(['--help']);
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    // close our end of the pipe before the CLI writes, as a `head` that already exited does
+    child.stdout.destroy();
+    const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
+  });
+});
+
 describe('sql', () => {
   it('prints the install SQL for a schema without touching a database', async () => {
     const schema = testSchemaName('cli_sql');

@@ -268,6 +268,22 @@ describe('published declarations', () => {
       expect({ entry, ...exported[entry] }).toEqual({ entry, esm: [...values].sort(), cjs: [...values].sort() });
     }
   });
+
+  it('share one copy of the core between entries: an error from pg-semaphore/bullmq is instanceof the main entry\'s class, in ESM and CommonJS', async () => {
+    const script = `
+      const out = {};
+      const probe = (main, bullmq) => {
+        try { bullmq.limitProcessor(null, null, {}); return 'no error'; }
+        catch (e) { return e.name + ':' + (e instanceof main.InvalidArgumentError) + ':' + (e instanceof main.PgSemaphoreError); }
+      };
+      out.esm = probe(await import('pg-semaphore'), await import('pg-semaphore/bullmq'));
+      out.cjs = probe(require('pg-semaphore'), require('pg-semaphore/bullmq'));
+      console.log(JSON.stringify(out));`;
+    const { stdout } = await exec(process.execPath, ['--input-type=module', '-e', `import { createRequire } from 'node:module'; const require = createRequire(process.cwd() + '/x.js');${script}`], {
+      cwd: consumer,
+    });
+    expect(JSON.parse(stdout)).toEqual({ esm: 'InvalidArgumentError:true:true', cjs: 'InvalidArgumentError:true:true' });
+  });
 });
 
 describe('a TypeScript consumer', () => {
