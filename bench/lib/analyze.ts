@@ -321,7 +321,7 @@ export function analyze(run: RawRun): RunFigures {
   const maxHolders = workload.mode === 'tenant' ? run.api.tenantMax : run.api.max;
   const maxHoldersByClock = maxOverlap(records, groupOf, workload.mode === 'global-tenant' ? weightOf : undefined);
   const tenantHolders =
-    workload.mode === 'global-tenant' ? { api: run.api.tenantMax, clock: maxOverlap(records, (r) => r[6]), cap: workload.tenantCap ?? 1 } : undefined;
+    workload.mode === 'global-tenant' && info.capped ? { api: run.api.tenantMax, clock: maxOverlap(records, (r) => r[6]), cap: workload.tenantCap ?? 1 } : undefined;
   const capHeld = info.capped
     ? maxHolders <= workload.cap && maxHoldersByClock <= workload.cap && (!tenantHolders || (tenantHolders.api <= tenantHolders.cap && tenantHolders.clock <= tenantHolders.cap))
     : null;
