@@ -13,7 +13,14 @@ export default class RetryReporter implements Reporter {
     let failed = 0;
     let skipped = 0;
     const retried: string[] = [];
+    const out = process.stdout;
+    const broken: string[] = [];
     for (const module of testModules) {
+      // a file that fails outside any test (a setup hook, an import) counts as one failure
+      if (module.errors().length > 0) {
+        failed++;
+        broken.push(module.moduleId.replace(process.cwd() + '/', ''));
+      }
       for (const test of module.children.allTests()) {
         const state = test.result().state;
         if (state === 'passed') passed++;
@@ -23,7 +30,7 @@ export default class RetryReporter implements Reporter {
         if (retries > 0) retried.push(`RETRIED ${retries}x (${state}): ${module.moduleId.replace(process.cwd() + '/', '')} > ${test.fullName}`);
       }
     }
-    const out = process.stdout;
+    if (broken.length > 0) out.write(`\n${broken.length} file(s) failed outside their tests:\n${broken.map((l) => `  ${l}`).join('\n')}\n`);
     if (retried.length > 0) out.write(`\n${retried.length} test(s) needed a retry:\n${retried.map((l) => `  ${l}`).join('\n')}\n`);
     out.write(`\ntests: ${passed} passed, ${failed} failed, ${skipped} skipped\n`);
   }
