@@ -1,5 +1,6 @@
 import type { Pool, PoolClient } from 'pg';
 import type { Hold } from './hold.js';
+import { canPipeline, pipeline } from './pipeline.js';
 import * as statements from './statements.js';
 import type { AcquireRow, Statement } from './statements.js';
 
@@ -12,8 +13,11 @@ export interface AttemptContext {
   pool: Pool;
   /** Counts round trips to Postgres (for the benchmark). */
   roundTrips(n: number): void;
-  /** Builds the hold around a connection whose open transaction now holds the tickets. */
-  toHold(client: PoolClient, row: AcquireRow): Hold;
+  /**
+   * Builds the hold around a connection whose open transaction now holds the tickets;
+   * `portalOpen` when the acquire left its unnamed portal (and so a snapshot) open.
+   */
+  toHold(client: PoolClient, row: AcquireRow, portalOpen: boolean): Hold;
   /**
    * Asked once the acquire has answered: an error to throw instead of returning (the tickets,
    * if any, are given back first), e.g. when the caller gave up while the try was in flight.
@@ -22,10 +26,11 @@ export interface AttemptContext {
 }
 
 /**
- * One try: `BEGIN` and the acquire statement on a connection of its own. Two statements on
- * one connection inside one transaction, so this also works behind PgBouncer in transaction
- * mode. On success the connection, still in its transaction, goes to the hold; otherwise
- * the transaction is rolled back and the connection goes back to the pool (destroyed when
+ * One try: `BEGIN` and the acquire statement on a connection of its own, in one round trip
+ * (one pipelined extended-protocol batch, see {@link pipeline}; two round trips where the
+ * client cannot pipeline, e.g. pg-native). Two statements on one connection inside one
+ * transaction, so this also works behind PgBouncer in transaction mode. On success the
+ * connection, still in its transaction, goes to the hold; otherwise the transaction is rolled back and the connection goes back to the pool (destroyed when
  * it failed). This is the only owner of the connection until the hold takes it: it attaches
  * the error listener that keeps a dying idle socket from crashing the process, and removes it.
  * @internal
@@ -39,11 +44,18 @@ export async function attempt(ctx: AttemptContext, statement: Statement): Promis
     client.release(err);
   };
   let row: AcquireRow;
+  const pipelined = canPipeline(client);
   try {
-    ctx.roundTrips(2);
-    await client.query(statements.BEGIN);
-    const result = await client.query<AcquireRow>(statement);
-    row = result.rows[0]!;
+    if (pipelined) {
+      ctx.roundTrips(1);
+      const results = await pipeline(client, [statements.BEGIN_STATEMENT, statement]);
+      row = results[1]!.rows[0] as AcquireRow;
+    } else {
+      ctx.roundTrips(2);
+      await client.query(statements.BEGIN);
+      const result = await client.query<AcquireRow>(statement);
+      row = result.rows[0]!;
+    }
   } catch (err) {
     giveBack(err as Error);
     throw err;
@@ -51,7 +63,7 @@ export async function attempt(ctx: AttemptContext, statement: Statement): Promis
   const veto = ctx.veto?.(row);
   if (row.status === 'ok' && veto === undefined) {
     client.removeListener('error', onError);
-    return { hold: ctx.toHold(client, row), row };
+    return { hold: ctx.toHold(client, row, !pipelined), row };
   }
   try {
     ctx.roundTrips(1);

@@ -137,14 +137,15 @@ BEGIN
 END
 $$;
 
--- Upgrade from acquire without ticket_semaphores (pg-semaphore 0.1, whose tickets were
--- row ids): its OUT columns changed, which CREATE OR REPLACE cannot do, so move it aside
--- here; the block after the new acquire copies its privileges over and drops it.
+-- Upgrades. acquire's signature changed twice, and CREATE OR REPLACE can change neither its
+-- arguments nor its OUT columns: pg-semaphore 0.1's acquire returned row ids (no
+-- ticket_semaphores), and until 0003_functions it had no p_starts. Move any four-argument
+-- acquire aside here; the block after the new acquire copies its privileges over and drops it.
 DO $$
 DECLARE
   v_old regprocedure := to_regprocedure('${s}.acquire(text[], integer[], text, integer)');
 BEGIN
-  IF v_old IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = v_old AND 'ticket_semaphores' = ANY (p.proargnames)) THEN
+  IF v_old IS NOT NULL THEN
     ALTER FUNCTION ${s}.acquire(text[], integer[], text, integer) RENAME TO _acquire_old;
   END IF;
 END
@@ -156,15 +157,21 @@ $$;
 --   status 'ok'      : tickets holds the numbers (1..capacity) of the tickets taken, in
 --                      request order, and ticket_semaphores the semaphore of each;
 --                      semaphore_ids the ids of the semaphores (for wake())
---   status 'busy'    : not enough free tickets; nothing was taken
+--   status 'busy'    : not enough free tickets; nothing was taken. names: the semaphore
+--                      found short (the first one checked, in id order); NULL when unknown
 --   status 'missing' : names lists the semaphores that do not exist; nothing was taken
 --   status 'exceeds' : names lists the semaphores asked for more tickets than they have
 -- p_count 0 means "every ticket" (an exclusive hold). Tickets this transaction already
 -- holds are never counted twice (nor returned again). On success the transaction's
 -- idle_in_transaction_session_timeout (p_idle_timeout_ms) and application_name
--- (p_label) are set locally when given.
+-- (p_label) are set locally when given. p_starts[i] (optional) is the ticket number where
+-- the search for free tickets of p_names[i] starts, going up and wrapping around; without it
+-- the search starts at 1 (the lowest free tickets are taken). Node holders pass the ticket
+-- they returned last, which is usually free again, so a nearly full semaphore costs about
+-- what an empty one does.
 CREATE OR REPLACE FUNCTION ${s}.acquire(
   p_names text[], p_counts integer[], p_label text DEFAULT NULL, p_idle_timeout_ms integer DEFAULT NULL,
+  p_starts integer[] DEFAULT NULL,
   OUT status text, OUT tickets integer[], OUT ticket_semaphores text[], OUT semaphore_ids integer[], OUT names text[])
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -175,11 +182,57 @@ DECLARE
   v_sem record;
   v_need integer;
   v_ticket integer;
+  v_start integer;
   v_exceeds text[] := '{}';
+  v_short text;
+  v_one_id integer;
+  v_one_name text;
+  v_one_capacity integer;
 BEGIN
   IF p_names IS NULL OR p_counts IS NULL OR cardinality(p_names) <> cardinality(p_counts) OR cardinality(p_names) = 0 THEN
     RAISE EXCEPTION 'pg-semaphore: expected equal, non-empty arrays of names and counts' USING ERRCODE = '22023';
   END IF;
+  IF cardinality(p_names) = 1 AND p_counts[1] = 1 THEN
+    -- The common case, one ticket of one semaphore: nothing to undo when no ticket is free,
+    -- so no subtransaction.
+    SELECT m.id, m.name, m.tickets INTO v_one_id, v_one_name, v_one_capacity FROM ${s}.semaphores m WHERE m.name = p_names[1];
+    IF NOT FOUND THEN
+      status := 'missing';
+      names := p_names;
+      RETURN;
+    END IF;
+    status := 'busy';
+    names := ARRAY[v_one_name];
+    IF v_one_capacity = 0 THEN
+      RETURN; -- paused
+    END IF;
+    v_start := coalesce(p_starts[1], 1);
+    FOR v_ticket IN
+      (SELECT t.id FROM ${s}.tickets t
+        WHERE t.semaphore_id = v_one_id AND t.no >= v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
+      UNION ALL
+      (SELECT t.id FROM ${s}.tickets t
+        WHERE t.semaphore_id = v_one_id AND t.no < v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
+    LOOP
+      IF pg_try_advisory_xact_lock(v_ns, v_ticket) THEN
+        v_got := ARRAY[v_ticket];
+        EXIT;
+      END IF;
+    END LOOP;
+    IF cardinality(v_got) = 0 THEN
+      RETURN;
+    END IF;
+    -- A concurrent shrink may have deleted the ticket between our read and our lock:
+    -- re-read it with a fresh snapshot. If it is gone, the lock we keep is on an id no
+    -- ticket will ever have again, so it costs nobody anything.
+    SELECT ARRAY[t.no] INTO tickets FROM ${s}.tickets t WHERE t.id = v_got[1];
+    IF tickets IS NULL THEN
+      RETURN;
+    END IF;
+    names := NULL;
+    ticket_semaphores := ARRAY[v_one_name];
+    semaphore_ids := ARRAY[v_one_id];
+  ELSE
   SELECT array_agg(n.name ORDER BY n.ord) INTO names
     FROM unnest(p_names) WITH ORDINALITY AS n(name, ord)
     WHERE NOT EXISTS (SELECT 1 FROM ${s}.semaphores m WHERE m.name = n.name);
@@ -190,8 +243,8 @@ BEGIN
   semaphore_ids := '{}';
   BEGIN
     FOR v_sem IN
-      SELECT m.id, m.name, m.tickets AS capacity, sum(r.cnt)::integer AS cnt
-        FROM unnest(p_names, p_counts) AS r(name, cnt)
+      SELECT m.id, m.name, m.tickets AS capacity, sum(r.cnt)::integer AS cnt, min(r.start) AS start
+        FROM unnest(p_names, p_counts, coalesce(p_starts, '{}')) AS r(name, cnt, start)
         JOIN ${s}.semaphores m ON m.name = r.name
        GROUP BY m.id, m.name, m.tickets ORDER BY m.id
     LOOP
@@ -206,16 +259,20 @@ BEGIN
       END IF;
       IF v_sem.capacity = 0 THEN
         -- a semaphore with no tickets is paused: everyone waits until it grows
+        v_short := v_sem.name;
         RAISE EXCEPTION USING ERRCODE = 'PSB01';
       END IF;
       IF v_sem.cnt = 0 THEN
         -- exclusive: every ticket, including those this transaction already holds
         v_need := v_sem.capacity - (SELECT count(*) FROM ${s}.tickets t WHERE t.semaphore_id = v_sem.id AND t.id = ANY (v_held))::integer;
       END IF;
+      v_start := coalesce(v_sem.start, 1);
       FOR v_ticket IN
-        SELECT t.id FROM ${s}.tickets t
-         WHERE t.semaphore_id = v_sem.id AND NOT (t.id = ANY (v_held))
-         ORDER BY t.no
+        (SELECT t.id FROM ${s}.tickets t
+          WHERE t.semaphore_id = v_sem.id AND t.no >= v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
+        UNION ALL
+        (SELECT t.id FROM ${s}.tickets t
+          WHERE t.semaphore_id = v_sem.id AND t.no < v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
       LOOP
         EXIT WHEN v_need <= 0;
         IF pg_try_advisory_xact_lock(v_ns, v_ticket) THEN
@@ -224,6 +281,7 @@ BEGIN
         END IF;
       END LOOP;
       IF v_need > 0 THEN
+        v_short := v_sem.name;
         RAISE EXCEPTION USING ERRCODE = 'PSB01';
       END IF;
     END LOOP;
@@ -241,12 +299,13 @@ BEGIN
     END IF;
   EXCEPTION WHEN SQLSTATE 'PSB01' THEN
     status := CASE WHEN cardinality(v_exceeds) > 0 THEN 'exceeds' ELSE 'busy' END;
-    names := nullif(v_exceeds, '{}');
+    names := CASE WHEN cardinality(v_exceeds) > 0 THEN v_exceeds WHEN v_short IS NOT NULL THEN ARRAY[v_short] END;
     semaphore_ids := NULL;
     tickets := NULL;
     ticket_semaphores := NULL;
     RETURN;
   END;
+  END IF;
   PERFORM set_config('pg_semaphore.held_' || to_hex(v_ns), (v_held || v_got)::text, true);
   IF p_idle_timeout_ms IS NOT NULL THEN
     PERFORM set_config('idle_in_transaction_session_timeout', p_idle_timeout_ms::text, true);
@@ -265,7 +324,7 @@ $$;
 DO $$
 DECLARE
   v_old regprocedure := to_regprocedure('${s}._acquire_old(text[], integer[], text, integer)');
-  v_new regprocedure := to_regprocedure('${s}.acquire(text[], integer[], text, integer)');
+  v_new regprocedure := to_regprocedure('${s}.acquire(text[], integer[], text, integer, integer[])');
   v_acl aclitem[];
   v_grant record;
 BEGIN

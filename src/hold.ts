@@ -2,6 +2,7 @@ import type { PoolClient } from 'pg';
 import { drizzle } from 'drizzle-orm/node-postgres';
 import { PgSemaphoreError } from './errors/pg-semaphore-error.js';
 import { TicketLostError } from './errors/ticket-lost-error.js';
+import { canPipeline, pipeline } from './pipeline.js';
 import { isConnectionLost } from './sqlstate.js';
 import type { HoldTx } from './tx.js';
 import * as statements from './statements.js';
@@ -21,10 +22,24 @@ export interface HoldOptions {
   qs: string;
   /** The liveness window: the heartbeat runs every third of it. */
   livenessMs: number;
+  /**
+   * Whether the acquire left its unnamed portal open (it was not pipelined): the hold then
+   * closes it at once with a `SELECT 1`, or it would keep a snapshot while the transaction sits idle.
+   * @default false
+   */
+  portalOpen?: boolean;
   /** Called on every round trip the hold makes (heartbeat, relabel, release), for the benchmark. */
   onRoundTrip?: () => void;
   /** Called once, when the hold is released or discarded (before its connection goes back). */
   onSettle?: (hold: Hold) => void;
+}
+
+/** What {@link Hold.release} says. */
+export interface ReleaseResult {
+  /** Only with `checkJobsWaiting`: whether the BullMQ wrapper recorded jobs as waiting on these semaphores. */
+  jobsWaiting: boolean;
+  /** Whether the wake-up found a process waiting on one of these semaphores and sent it a NOTIFY. */
+  notified: boolean;
 }
 
 /**
@@ -83,8 +98,11 @@ export class Hold {
     if (client) {
       client.on('error', this.onError);
       client.on('end', this.onEnd);
-      // the acquire was parameterised: close its portal so no snapshot stays behind
-      void this.serial(() => client.query(statements.PING)).catch(() => undefined);
+      if (options.portalOpen) {
+        // the acquire was a parameterised statement of its own: close its portal so no snapshot stays behind
+        this.onRoundTrip?.();
+        void this.serial(() => client.query(statements.PING)).catch(() => undefined);
+      }
       this.heartbeat = setInterval(() => void this.beat(), Math.max(10, Math.floor(livenessMs / 3)));
       this.heartbeat.unref();
     }
@@ -152,13 +170,23 @@ export class Hold {
     this.controller.abort(new TicketLostError([...this.names], reason, { cause }));
   }
 
-  /** Changes the label `status()` shows for this holder (two round trips on the holding connection, while the tickets stay held). */
+  /**
+   * Changes the label `status()` shows for this holder, while the tickets stay held: one
+   * round trip on the holding connection (the label is a bind parameter; the batch closes
+   * its portal, so no snapshot stays behind).
+   */
   async relabel(label: string): Promise<void> {
     if (!this.client || this.settled || this.lost) return;
-    this.onRoundTrip?.();
     const client = this.client;
+    if (canPipeline(client)) {
+      this.onRoundTrip?.();
+      await this.serial(() => pipeline(client, [statements.relabel(label)])).catch(() => undefined);
+      return;
+    }
+    this.onRoundTrip?.();
     await this.serial(() => client.query(statements.relabel(label))).catch(() => undefined);
     // close the parameterised statement's portal, or it keeps a snapshot while we sit idle
+    this.onRoundTrip?.();
     await this.serial(() => client.query(statements.PING)).catch(() => undefined);
   }
 
@@ -176,16 +204,21 @@ export class Hold {
    * `{ commit: false }`) and wakes processes waiting on these semaphores, in one round trip.
    * Safe to call twice; a lost hold just discards its broken connection.
    *
+   * @param options.commit - false rolls the transaction back (anything run on {@link Hold.tx} is undone).
+   * @param options.checkJobsWaiting - also ask whether the BullMQ wrapper recorded jobs as
+   *   waiting on these semaphores (in the same round trip); without it `jobsWaiting` is false.
    * @returns `jobsWaiting`: whether jobs are recorded as waiting on these semaphores (the
-   *   BullMQ wrapper then promotes the oldest).
+   *   BullMQ wrapper then promotes the oldest); `notified`: whether the wake-up found a
+   *   process waiting on one of them (its own LISTEN connection counts) and sent a NOTIFY.
    */
-  async release(options: { commit?: boolean } = {}): Promise<{ jobsWaiting: boolean }> {
-    if (this.settled) return { jobsWaiting: false };
+  async release(options: { commit?: boolean; checkJobsWaiting?: boolean } = {}): Promise<ReleaseResult> {
+    const none: ReleaseResult = { jobsWaiting: false, notified: false };
+    if (this.settled) return none;
     this.settled = true;
     this.onSettle?.(this);
     if (this.heartbeat) clearInterval(this.heartbeat);
     const client = this.client;
-    if (!client) return { jobsWaiting: false };
+    if (!client) return none;
     const detach = () => {
       client.removeListener('end', this.onEnd);
       client.removeListener('error', this.onError);
@@ -193,24 +226,25 @@ export class Hold {
     if (this.controller.signal.aborted) {
       detach();
       client.release(true);
-      return { jobsWaiting: false };
+      return none;
     }
     await this.chain;
     const commit = options.commit !== false;
     try {
       this.onRoundTrip?.();
-      const result = (await client.query(statements.release(this.qs, this.semaphoreIds, commit))) as unknown as Array<{
-        rows: Array<{ jobs_waiting: boolean }>;
+      const result = (await client.query(statements.release(this.qs, this.semaphoreIds, commit, options.checkJobsWaiting === true))) as unknown as Array<{
+        rows: Array<{ notified: number; jobs_waiting?: boolean }>;
       }>;
       detach();
       client.release();
-      return { jobsWaiting: result[1]?.rows[0]?.jobs_waiting === true };
+      const row = result[1]?.rows[0];
+      return { jobsWaiting: row?.jobs_waiting === true, notified: (row?.notified ?? 0) > 0 };
     } catch (err) {
       // The transaction ended one way or another (a dead connection frees its locks).
       detach();
       client.release(err as Error);
       if (commit && !isConnectionLost(err)) throw err;
-      return { jobsWaiting: false };
+      return none;
     }
   }
 }

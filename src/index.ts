@@ -8,6 +8,7 @@ export { PgSemaphore, DISABLE_ENV } from './pg-semaphore.js';
 export type {
   PgSemaphoreOptions,
   AcquireOptions,
+  TryHoldOptions,
   WaitOptions,
   HoldContext,
   SemaphoreInfo,
@@ -23,6 +24,7 @@ import type { Hold as HoldClass } from './hold.js';
  * A type only (an alias, so that no one calls the library's internal constructor).
  */
 export type Hold = HoldClass;
+export type { ReleaseResult } from './hold.js';
 export type { HoldTx, HoldTxTypes, TxWithoutDrizzleTypes } from './tx.js';
 export type { TicketRequest, TicketRequestItem } from './request.js';
 export type { HeldTicket } from './tickets.js';

@@ -15,7 +15,7 @@ import { normalizeRequest, type NormalizedRequest, type TicketRequest } from './
 import { DEFAULT_SCHEMA, MAX_TICKETS, quoteSchema, validateInt, validateName, validateSchemaName, validateTimeout } from './validate.js';
 import { raceLoss } from './race-loss.js';
 import { explainMigrateConflict, explainNotInstalled } from './not-installed.js';
-import { isLibraryLockTimeout } from './sqlstate.js';
+import { isLibraryLockTimeout, SQLSTATE } from './sqlstate.js';
 import * as statements from './statements.js';
 import { heldTickets, type HeldTicket } from './tickets.js';
 import type { AcquireRow, Statement } from './statements.js';
@@ -94,6 +94,16 @@ export interface AcquireOptions {
   createWith?: number;
   /** A label shown by `status()` for this holder, e.g. a job id (at most 50 characters are kept). */
   label?: string;
+}
+
+/** Options of {@link PgSemaphore.tryHold}. */
+export interface TryHoldOptions extends Omit<AcquireOptions, 'wait'> {
+  /**
+   * Called when no ticket was taken because some semaphores had too few free tickets, with
+   * their names (request order, each once). Usually the first one found short; empty when
+   * not known (e.g. against an install older than `0003_functions`).
+   */
+  onBusy?: (short: readonly string[]) => void;
 }
 
 /** How to wait for tickets. */
@@ -210,6 +220,14 @@ export class PgSemaphore {
   private readonly fanout = new AbortFanout();
   private closing = false;
   private warnedDisabled = false;
+  /**
+   * The ticket number this process returned last, per semaphore name: the next acquire of
+   * that semaphore starts looking there (usually free again), so a nearly full semaphore
+   * costs about what an empty one does. Bounded; the oldest entries go first.
+   */
+  private readonly lastTickets = new Map<string, number>();
+  /** False once the installed `acquire` turned out to take no start positions (an install older than 0003_functions). */
+  private startsSupported = true;
   /**
    * Round trips to Postgres made by this instance and its holds, for the benchmark and tests.
    * @internal
@@ -377,9 +395,15 @@ export class PgSemaphore {
     return got!;
   }
 
-  /** Like {@link PgSemaphore.hold} without waiting, but returns null when no ticket is free. */
-  async tryHold(request: TicketRequest, options: Omit<AcquireOptions, 'wait'> = {}): Promise<Hold | null> {
-    return this.track(this.acquireHold(request, { ...checkOptions(options), wait: false }, { nullIfBusy: true }));
+  /**
+   * Like {@link PgSemaphore.hold} without waiting, but returns null when no ticket is free.
+   * `onBusy`, if given, then hears which semaphores were short (no extra round trip).
+   */
+  async tryHold(request: TicketRequest, options: TryHoldOptions = {}): Promise<Hold | null> {
+    checkOptions(options);
+    const { onBusy, ...rest } = options;
+    if (onBusy !== undefined && typeof onBusy !== 'function') throw new InvalidArgumentError('onBusy', 'a function', onBusy);
+    return this.track(this.acquireHold(request, { ...rest, wait: false }, { nullIfBusy: true, onBusy }));
   }
 
   /** Remembers an acquire in flight so close() can wait for it. */
@@ -506,7 +530,11 @@ export class PgSemaphore {
    * {@link attempt}; this loop owns only the deadline, the wake-ups and the backoff.
    * With `mutex`, a semaphore of more than one ticket is refused (see withMutex).
    */
-  private async acquireHold(request: TicketRequest, options: AcquireOptions, how: { nullIfBusy?: boolean; mutex?: boolean } = {}): Promise<Hold | null> {
+  private async acquireHold(
+    request: TicketRequest,
+    options: AcquireOptions,
+    how: { nullIfBusy?: boolean; mutex?: boolean; onBusy?: (short: readonly string[]) => void } = {},
+  ): Promise<Hold | null> {
     const req = normalizeRequest(request);
     const createWith = options.createWith === undefined ? undefined : validateInt(options.createWith, 'createWith', 1, MAX_TICKETS);
     const label = checkLabel(options.label);
@@ -517,11 +545,15 @@ export class PgSemaphore {
     }
     wait?.signal?.throwIfAborted();
     const deadline = wait?.timeout === undefined ? Infinity : Date.now() + wait.timeout;
-    const statement = statements.acquire(this.qs, req.names, req.counts, label ?? null, this.livenessMs, { capacity: how.mutex === true });
+    const statement = () =>
+      statements.acquire(this.qs, req.names, req.counts, label ?? null, this.livenessMs, {
+        capacity: how.mutex === true,
+        starts: this.startsSupported ? req.names.map((n) => this.lastTickets.get(n) ?? null) : undefined,
+      });
     const ctx: AttemptContext = {
       pool: this.pool,
       roundTrips: (n) => void (this.roundTrips += n),
-      toHold: (client, row) => this.newHold(client, req.names, row),
+      toHold: (client, row, portalOpen) => this.newHold(client, req.names, row, portalOpen),
       veto: (row) => this.veto(row, req.names[0]!, wait?.signal, how.mutex === true),
     };
     // Ends the sleeps of this wait: close() aborts `stop`, and the caller's signal reaches us
@@ -539,13 +571,28 @@ export class PgSemaphore {
     const interrupt = () => nap?.abort();
     try {
       for (let round = 0, sleeps = 0; ; round++) {
-        const { hold, row } = await attempt(ctx, statement);
+        const tried = statement();
+        let got: Awaited<ReturnType<typeof attempt>>;
+        try {
+          got = await attempt(ctx, tried);
+        } catch (err) {
+          // an install older than 0003_functions: its acquire takes no start positions
+          if (tried.values?.length === 5 && (err as { code?: unknown }).code === SQLSTATE.undefinedFunction && this.startsSupported) {
+            this.startsSupported = false;
+            continue;
+          }
+          throw err;
+        }
+        const { hold, row } = got;
         if (hold) return hold;
         if ((await this.interpret(row, req, createWith, round)) === 'retry') continue;
         // busy; an abort that came while we were talking to Postgres counts now
         wait?.signal?.throwIfAborted();
         if (!wait) {
-          if (how.nullIfBusy) return null;
+          if (how.nullIfBusy) {
+            how.onBusy?.(req.names.filter((n, i) => row.names?.includes(n) && req.names.indexOf(n) === i));
+            return null;
+          }
           throw new SemaphoreBusyError(req.names);
         }
         if (this.closing) throw new PgSemaphoreError('expected an open PgSemaphore, got one closed while waiting');
@@ -586,7 +633,7 @@ export class PgSemaphore {
   }
 
   /** A hold on a connection whose transaction now holds the tickets of `row`; it leaves `holds` when settled. */
-  private newHold(client: PoolClient, names: string[], row: AcquireRow): Hold {
+  private newHold(client: PoolClient, names: string[], row: AcquireRow, portalOpen: boolean): Hold {
     const hold = new Hold({
       client,
       names,
@@ -594,11 +641,27 @@ export class PgSemaphore {
       semaphoreIds: row.semaphore_ids ?? [],
       qs: this.qs,
       livenessMs: this.livenessMs,
+      portalOpen,
       onRoundTrip: this.countRoundTrip,
-      onSettle: (h) => void this.holds.delete(h),
+      onSettle: (h) => {
+        this.holds.delete(h);
+        this.rememberTickets(h.tickets);
+      },
     });
     this.holds.add(hold);
     return hold;
+  }
+
+  /** Remembers the tickets a hold returns as where the next acquire of their semaphores starts looking. */
+  private rememberTickets(tickets: readonly HeldTicket[]): void {
+    for (const { name, ticket } of tickets) {
+      this.lastTickets.delete(name);
+      this.lastTickets.set(name, ticket);
+    }
+    for (const name of this.lastTickets.keys()) {
+      if (this.lastTickets.size <= 1_000) break;
+      this.lastTickets.delete(name);
+    }
   }
 
   /**

@@ -27,6 +27,8 @@ export interface AcquireRow {
 
 /** Opens the holding transaction. @internal */
 export const BEGIN = 'BEGIN';
+/** {@link BEGIN} as a statement of a pipeline. @internal */
+export const BEGIN_STATEMENT: Statement = { text: BEGIN };
 /** Gives tickets back without waking anyone (nothing was held long enough to matter). @internal */
 export const ROLLBACK = 'ROLLBACK';
 /**
@@ -40,6 +42,8 @@ export const LISTEN = 'LISTEN pg_semaphore';
 /**
  * Takes tickets, all or nothing, inside the caller's transaction. `counts` 0 means every
  * ticket; `idleMs` sets `idle_in_transaction_session_timeout` locally (null: leave it).
+ * `starts[i]` (optional) is the ticket number where the search for free tickets of
+ * `names[i]` starts (the ticket this process returned last is usually free again).
  * With `capacity`, the row also carries the capacity of the first name (for `withMutex`).
  * @internal
  */
@@ -49,13 +53,16 @@ export function acquire(
   counts: readonly number[],
   label: string | null,
   idleMs: number | null,
-  options: { capacity?: boolean } = {},
+  options: { capacity?: boolean; starts?: ReadonlyArray<number | null> } = {},
 ): Statement {
   const capacity = options.capacity ? `, (SELECT m.tickets FROM ${qs}.semaphores m WHERE m.name = ($1::text[])[1]) AS capacity` : '';
-  return {
-    text: `SELECT a.*${capacity} FROM ${qs}.acquire($1::text[], $2::integer[], $3, $4) a`,
-    values: [names, counts, label, idleMs],
-  };
+  const starts = options.starts?.some((n) => n !== null) ? options.starts : undefined;
+  return starts
+    ? {
+        text: `SELECT a.*${capacity} FROM ${qs}.acquire($1::text[], $2::integer[], $3, $4, $5::integer[]) a`,
+        values: [names, counts, label, idleMs, starts],
+      }
+    : { text: `SELECT a.*${capacity} FROM ${qs}.acquire($1::text[], $2::integer[], $3, $4) a`, values: [names, counts, label, idleMs] };
 }
 
 /** Creates the semaphores named that do not exist yet, with `tickets` tickets each. @internal */
@@ -85,17 +92,15 @@ export function holders(qs: string, name: string): Statement {
 
 /**
  * Ends the holding transaction and wakes waiters of these semaphores, in one round trip
- * (simple protocol, two statements: the second row says whether jobs are recorded as waiting).
+ * (simple protocol, two statements). With `jobsWaiting`, the second also says whether jobs
+ * are recorded as waiting on these semaphores (the BullMQ wrapper's promotion).
  * Only integer ids this library read from Postgres go into the text.
  * @internal
  */
-export function release(qs: string, semaphoreIds: readonly number[], commit: boolean): Statement {
+export function release(qs: string, semaphoreIds: readonly number[], commit: boolean, jobsWaiting = false): Statement {
   const ids = `'{${semaphoreIds.filter((n) => Number.isInteger(n)).join(',')}}'::integer[]`;
-  return {
-    text:
-      `${commit ? 'COMMIT' : 'ROLLBACK'}; SELECT ${qs}.wake(${ids}) AS notified, ` +
-      `EXISTS (SELECT 1 FROM ${qs}.waiting_jobs WHERE semaphore_id = ANY (${ids})) AS jobs_waiting`,
-  };
+  const check = jobsWaiting ? `, EXISTS (SELECT 1 FROM ${qs}.waiting_jobs WHERE semaphore_id = ANY (${ids})) AS jobs_waiting` : '';
+  return { text: `${commit ? 'COMMIT' : 'ROLLBACK'}; SELECT ${qs}.wake(${ids}) AS notified${check}` };
 }
 
 /** Sets the `application_name` status() shows for a holder, for the rest of its transaction. @internal */

@@ -145,7 +145,7 @@ describe('ticket numbers', () => {
   });
 });
 
-describe('upgrading an install of pg-semaphore 0.1 (acquire returned row ids)', () => {
+describe('upgrading an older install (0.1: acquire returned row ids; 0002: acquire without start positions)', () => {
   const role = `pgsem_upgrade_${randomBytes(3).toString('hex')}`;
   const schemas: string[] = [];
   let admin: pg.Pool;
@@ -164,11 +164,12 @@ describe('upgrading an install of pg-semaphore 0.1 (acquire returned row ids)', 
    * What migrate() of 0.1 left behind: its two migrations applied and recorded, acquire
    * granted to a worker role the way docs/SECURITY.md does (PUBLIC's right revoked).
    */
-  async function oldInstall(label: string): Promise<string> {
+  async function oldInstall(label: string, upTo = '0001_functions'): Promise<string> {
     const schema = testSchemaName(label);
     schemas.push(schema);
-    const old = loadMigrations(schema).filter((m) => m.tag === '0000_tables' || m.tag === '0001_functions');
-    expect(old.map((m) => m.tag)).toEqual(['0000_tables', '0001_functions']);
+    const all = loadMigrations(schema);
+    const old = all.slice(0, all.findIndex((m) => m.tag === upTo) + 1);
+    expect(old.map((m) => m.tag)).toEqual(upTo === '0001_functions' ? ['0000_tables', '0001_functions'] : ['0000_tables', '0001_functions', '0002_functions']);
     await admin.query(`CREATE SCHEMA "${schema}"`);
     await admin.query(`CREATE TABLE "${schema}".__pg_semaphore_migrations (tag text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`);
     for (const m of old) {
@@ -187,26 +188,35 @@ describe('upgrading an install of pg-semaphore 0.1 (acquire returned row ids)', 
     return schema;
   }
 
-  /** acquire's OUT columns, its privileges, and whether the moved-aside old one is gone. */
+  /** acquire's arguments and OUT columns, its privileges, and whether a moved-aside old one is left. */
   async function acquireShape(schema: string) {
-    const { rows } = await admin.query<{ names: string[]; acl: string | null; old: number }>(
-      `SELECT p.proargnames AS names, p.proacl::text AS acl,
+    const { rows } = await admin.query<{ oid: number; args: string; columns: string[]; acl: string | null; old: number }>(
+      `SELECT p.oid::int AS oid, oidvectortypes(p.proargtypes) AS args,
+              (SELECT array_agg(u.n ORDER BY u.i) FROM unnest(p.proargnames, p.proargmodes) WITH ORDINALITY AS u(n, m, i) WHERE u.m = 'o') AS columns,
+              p.proacl::text AS acl,
               (SELECT count(*)::int FROM pg_proc o WHERE o.pronamespace = p.pronamespace AND o.proname = '_acquire_old') AS old
-         FROM pg_proc p WHERE p.oid = to_regprocedure($1)`,
-      [`"${schema}".acquire(text[], integer[], text, integer)`],
+         FROM pg_proc p WHERE p.pronamespace = $1::regnamespace AND p.proname = 'acquire'`,
+      [`"${schema}"`],
     );
     expect(rows).toHaveLength(1);
-    const { rows: can } = await admin.query<{ worker: boolean }>(`SELECT has_function_privilege($1, $2, 'EXECUTE') AS worker`, [
-      role,
-      `"${schema}".acquire(text[], integer[], text, integer)`,
-    ]);
+    const { rows: can } = await admin.query<{ worker: boolean }>(`SELECT has_function_privilege($1, $2::oid, 'EXECUTE') AS worker`, [role, rows[0]!.oid]);
     return {
-      columns: rows[0]!.names.slice(4),
+      args: rows[0]!.args,
+      columns: rows[0]!.columns,
       publicCanExecute: /(^|[{,])=X/.test(rows[0]!.acl ?? '{=X/x}'),
       workerCanExecute: can[0]!.worker,
       oldLeft: rows[0]!.old,
     };
   }
+
+  /** The shape of the newest acquire (0003_functions): start positions, ticket numbers. */
+  const newest = {
+    args: 'text[], integer[], text, integer, integer[]',
+    columns: ['status', 'tickets', 'ticket_semaphores', 'semaphore_ids', 'names'],
+    publicCanExecute: false,
+    workerCanExecute: true,
+    oldLeft: 0,
+  };
 
   /** Takes one ticket of 'api' as the worker role, from plain SQL. */
   async function acquireAsWorker(schema: string): Promise<Record<string, unknown>> {
@@ -225,9 +235,15 @@ describe('upgrading an install of pg-semaphore 0.1 (acquire returned row ids)', 
     }
   }
 
-  it('migrate() applies 0002_functions: numbers instead of row ids, grants kept, a ticket held across the upgrade stays held', async () => {
+  it('migrate() applies 0002_functions and 0003_functions: numbers instead of row ids, grants kept, a ticket held across the upgrade stays held', async () => {
     const schema = await oldInstall('upg1');
-    expect(await acquireShape(schema)).toEqual({ columns: ['status', 'tickets', 'semaphore_ids', 'names'], publicCanExecute: false, workerCanExecute: true, oldLeft: 0 });
+    expect(await acquireShape(schema)).toEqual({
+      args: 'text[], integer[], text, integer',
+      columns: ['status', 'tickets', 'semaphore_ids', 'names'],
+      publicCanExecute: false,
+      workerCanExecute: true,
+      oldLeft: 0,
+    });
     // a holder that took its ticket with the old function, while the upgrade runs
     const holder = await admin.connect();
     try {
@@ -238,13 +254,8 @@ describe('upgrading an install of pg-semaphore 0.1 (acquire returned row ids)', 
 
       const sem = new PgSemaphore({ connection: databaseUrl(), schema });
       try {
-        expect(await sem.migrate()).toEqual({ applied: ['0002_functions'] });
-        expect(await acquireShape(schema)).toEqual({
-          columns: ['status', 'tickets', 'ticket_semaphores', 'semaphore_ids', 'names'],
-          publicCanExecute: false,
-          workerCanExecute: true,
-          oldLeft: 0,
-        });
+        expect(await sem.migrate()).toEqual({ applied: ['0002_functions', '0003_functions'] });
+        expect(await acquireShape(schema)).toEqual(newest);
         expect(await acquireAsWorker(schema)).toMatchObject({ status: 'ok', tickets: [2], ticket_semaphores: ['api'] });
         // the old holder still holds ticket 1, so Node gets 2 and 3, then nothing
         expect((await sem.status('api')).holders.map((h) => [h.ticket, h.label])).toEqual([[1, 'old-holder']]);
@@ -268,16 +279,52 @@ describe('upgrading an install of pg-semaphore 0.1 (acquire returned row ids)', 
   it("install path 2: the functions SQL (`pg-semaphore sql --part functions`) upgrades it too, and applies again cleanly", async () => {
     const schema = await oldInstall('upg2');
     const functions = installSql(schema, { part: 'functions' });
-    expect(functions).toContain('-- pg-semaphore 0002_functions');
-    expect(functions).not.toContain('0001_functions');
+    expect(functions).toContain('-- pg-semaphore 0003_functions');
+    expect(functions).not.toContain('0002_functions');
     await admin.query(functions);
     await admin.query(functions);
-    expect(await acquireShape(schema)).toEqual({
-      columns: ['status', 'tickets', 'ticket_semaphores', 'semaphore_ids', 'names'],
-      publicCanExecute: false,
-      workerCanExecute: true,
-      oldLeft: 0,
-    });
+    expect(await acquireShape(schema)).toEqual(newest);
+    expect(await acquireAsWorker(schema)).toMatchObject({ status: 'ok', tickets: [1], ticket_semaphores: ['api'] });
+  });
+
+  it('0002 install: the new library works on it before migrate() (rolling upgrade), migrate() applies 0003_functions, grants kept', async () => {
+    const schema = await oldInstall('upg3', '0002_functions');
+    expect(await acquireShape(schema)).toEqual({ ...newest, args: 'text[], integer[], text, integer' });
+    const sem = new PgSemaphore({ connection: databaseUrl(), schema });
+    try {
+      // the second hold passes a start position, which the 0002 acquire does not take: the
+      // library notices once and goes on without
+      for (let i = 0; i < 3; i++) {
+        const hold = await sem.hold('api', { label: `before-${i}` });
+        expect(hold.tickets).toEqual([{ name: 'api', ticket: 1 }]);
+        await hold.release();
+      }
+      const holder = await sem.hold('api', { label: 'across-the-upgrade' });
+      expect(await sem.migrate()).toEqual({ applied: ['0003_functions'] });
+      expect(await acquireShape(schema)).toEqual(newest);
+      expect(await acquireAsWorker(schema)).toMatchObject({ status: 'ok', tickets: [2], ticket_semaphores: ['api'] });
+      expect((await sem.status('api')).holders.map((h) => [h.ticket, h.label])).toEqual([[1, 'across-the-upgrade']]);
+      await holder.release();
+      const after = new PgSemaphore({ connection: databaseUrl(), schema });
+      try {
+        const hold = await after.hold('api');
+        expect(hold.tickets).toEqual([{ name: 'api', ticket: 1 }]);
+        await hold.release();
+        await after.withTickets('api', ({ tickets }) => expect(tickets).toEqual([{ name: 'api', ticket: 1 }]));
+      } finally {
+        await after.close();
+      }
+    } finally {
+      await sem.close();
+    }
+  });
+
+  it('0002 install: the functions SQL of install path 2 upgrades it, and applies again cleanly', async () => {
+    const schema = await oldInstall('upg4', '0002_functions');
+    const functions = installSql(schema, { part: 'functions' });
+    await admin.query(functions);
+    await admin.query(functions);
+    expect(await acquireShape(schema)).toEqual(newest);
     expect(await acquireAsWorker(schema)).toMatchObject({ status: 'ok', tickets: [1], ticket_semaphores: ['api'] });
   });
 });

@@ -1,0 +1,117 @@
+import pg from 'pg';
+import type { PoolClient, QueryResult } from 'pg';
+import type { Statement } from './statements.js';
+
+/** The parts of node-postgres's connection a pipeline writes to. */
+interface Wire {
+  stream: { cork?: () => void; uncork?: () => void };
+  parse(msg: { text: string; name?: string; types?: number[] }): void;
+  bind(msg: { portal?: string; statement?: string; values?: unknown[]; valueMapper?: (v: unknown) => unknown }): void;
+  describe(msg: { type: 'P' | 'S'; name?: string }): void;
+  execute(msg: { portal?: string; rows?: number }): void;
+  close(msg: { type: 'P' | 'S'; name?: string }): void;
+  sync(): void;
+}
+
+interface PgInternals {
+  Result: new (rowMode?: string, types?: unknown) => QueryResult & {
+    addFields(fields: unknown[]): void;
+    parseRow(fields: unknown[]): Record<string, unknown>;
+    addRow(row: Record<string, unknown>): void;
+    addCommandComplete(msg: unknown): void;
+  };
+  utils: { prepareValue(value: unknown): unknown };
+}
+
+const internals = pg as unknown as Partial<PgInternals>;
+
+/**
+ * Whether statements can be pipelined on this client: node-postgres's JavaScript client
+ * (not pg-native), not in its own pipeline mode, and a `pg` that exposes what is used here.
+ * @internal
+ */
+export function canPipeline(client: PoolClient): boolean {
+  const c = client as unknown as { connection?: Partial<Wire>; pipeline?: unknown; native?: unknown };
+  return (
+    typeof c.connection?.parse === 'function' &&
+    typeof c.connection.close === 'function' &&
+    !c.pipeline &&
+    typeof internals.Result === 'function' &&
+    typeof internals.utils?.prepareValue === 'function'
+  );
+}
+
+/**
+ * Runs several statements in ONE round trip: each as Parse/Bind/Describe/Execute of the
+ * extended protocol, every value a bind parameter, then a Close of the unnamed portal and a
+ * single Sync. One message batch, one answer, no portal left open (so no snapshot stays
+ * behind while the transaction sits idle), and, like any extended-protocol batch, it stops
+ * at the first error: the statements after it do not run. Statements may open a transaction
+ * (`BEGIN`) for the ones after them; behind PgBouncer in transaction mode the batch stays on
+ * one server connection.
+ *
+ * node-postgres answers a query only after its ReadyForQuery, which a batch has just one of,
+ * so this is a "submittable" (the interface pg-cursor uses): it writes the messages itself and
+ * collects the replies. Check {@link canPipeline} first.
+ * @internal
+ */
+export function pipeline(client: PoolClient, statements: readonly Statement[]): Promise<QueryResult[]> {
+  const { Result, utils } = internals as PgInternals;
+  return new Promise((resolve, reject) => {
+    const results: QueryResult[] = [];
+    let current: InstanceType<PgInternals['Result']> | undefined;
+    let failed: Error | undefined;
+    const next = () => {
+      current ??= new Result(undefined, (client as unknown as { _types?: unknown })._types);
+      return current;
+    };
+    const submittable = {
+      submit(connection: Wire) {
+        connection.stream.cork?.();
+        try {
+          for (const s of statements) {
+            connection.parse({ text: s.text, types: [] });
+            connection.bind({ values: s.values ?? [], valueMapper: utils.prepareValue });
+            connection.describe({ type: 'P', name: '' });
+            connection.execute({ portal: '', rows: 0 });
+          }
+          connection.close({ type: 'P', name: '' });
+          connection.sync();
+        } finally {
+          connection.stream.uncork?.();
+        }
+        return null;
+      },
+      handleRowDescription(msg: { fields: unknown[] }) {
+        next().addFields(msg.fields);
+      },
+      handleDataRow(msg: { fields: unknown[] }) {
+        const result = next();
+        result.addRow(result.parseRow(msg.fields));
+      },
+      handleCommandComplete(msg: unknown) {
+        const result = next();
+        result.addCommandComplete(msg);
+        results.push(result);
+        current = undefined;
+      },
+      handleEmptyQuery() {
+        results.push(next());
+        current = undefined;
+      },
+      handleError(err: Error) {
+        // node-postgres forgets the query on an error; the ReadyForQuery that follows finds none
+        failed ??= err;
+        reject(err);
+      },
+      handleReadyForQuery() {
+        if (failed) return;
+        resolve(results);
+      },
+      handlePortalSuspended() {},
+      handleCopyInResponse() {},
+      handleCopyData() {},
+    };
+    (client.query as unknown as (q: unknown) => unknown)(submittable);
+  });
+}
