@@ -31,7 +31,8 @@ describe('close()', () => {
     const sem = ctx.another({ maxPollInterval: 200 });
     const p = track(sem.hold('c', { wait: 10_000 }));
     p.promise.then((h) => leaked.push(h)).catch(() => undefined);
-    await waitFor(() => sem.roundTrips >= 6, { timeout: 5_000, what: 'the hold to wait' });
+    // two failed tries (2 round trips each: the acquire and its rollback) before it first sleeps
+    await waitFor(() => sem.roundTrips >= 4, { timeout: 5_000, what: 'the hold to wait' });
     await within(sem.close(), 5_000, 'close()');
     await blocker.release();
     await within(p.promise.catch(() => undefined), 3_000, 'the waiting hold() to settle');

@@ -47,11 +47,12 @@ function attempt(p: Promise<Hold>): Promise<Hold> {
 }
 
 /**
- * Waits until the waiter has failed `tries` tries and is sleeping before the next one: its
+ * Waits until the waiter has failed `tries` tries (2 round trips each: the acquire and its
+ * rollback) and is sleeping before the next one: its
  * acquire connection is back in the pool (only the LISTEN connection is checked out).
  */
 async function waiterAsleepAfter(start: number, tries: number) {
-  await waitFor(() => waiter.roundTrips - start >= 3 * tries && waiter.pool.totalCount - waiter.pool.idleCount === 1, {
+  await waitFor(() => waiter.roundTrips - start >= 2 * tries && waiter.pool.totalCount - waiter.pool.idleCount === 1, {
     timeout: 5_000,
     interval: 5,
     what: `the waiter to fail ${tries} tries and sleep`,
