@@ -1,4 +1,5 @@
 import type { NormalizedRequest } from '../request.js';
+import type { Occupancy } from './fair-share.js';
 import { Gate, type GateContext, type GateHold, type GateOptions } from './gate.js';
 
 /**
@@ -13,7 +14,7 @@ export class GateSet<H extends GateHold> {
 
   constructor(
     private readonly options: GateOptions,
-    private readonly ctx: Omit<GateContext<H>, 'onIdle'>,
+    private readonly ctx: Omit<GateContext<H>, 'onIdle' | 'kick' | 'groupSaturated'>,
   ) {}
 
   /** The gate of this semaphore set, created when none is in use. */
@@ -21,17 +22,78 @@ export class GateSet<H extends GateHold> {
     const key = JSON.stringify([req.names, req.counts]);
     let gate = this.gates.get(key);
     if (!gate) {
-      gate = new Gate(key, req, this.options, { ...this.ctx, onIdle: (idle) => this.drop(idle) });
+      gate = new Gate(key, req, this.options, {
+        ...this.ctx,
+        onIdle: (idle) => this.drop(idle),
+        kick: (from) => this.kick(from),
+        groupSaturated: (of) => this.groupSaturated(of),
+      });
       this.gates.set(key, gate);
     }
     return gate;
   }
 
-  /** Semaphore sets active in this process (holding or waiting), counting `gate` itself. */
-  activeSets(gate: Gate<H>): number {
-    let active = 0;
-    for (const g of this.gates.values()) if (g === gate || g.active) active++;
-    return active;
+  /**
+   * The fair-share view of `gate` (see `fair-share.ts`): its group (itself and the active
+   * gates sharing a semaphore with it) and how many groups are active, counting its own
+   * (the other active gates joined by the semaphores they share).
+   */
+  groupOf(gate: Gate<H>): { group: Occupancy; activeGroups: number } {
+    const names = new Set(gate.req.names);
+    const group: Occupancy = { holding: gate.holding, waiting: gate.waiting };
+    // the other active gates, joined into groups by the semaphores they share (union-find on names)
+    const parent = new Map<string, string>();
+    const root = (n: string): string => {
+      let r = n;
+      while (parent.get(r) !== r) r = parent.get(r)!;
+      parent.set(n, r);
+      return r;
+    };
+    const others: Array<Gate<H>> = [];
+    for (const g of this.gates.values()) {
+      if (g === gate || !g.active) continue;
+      if (g.req.names.some((n) => names.has(n))) {
+        group.holding += g.holding;
+        group.waiting += g.waiting;
+        continue;
+      }
+      others.push(g);
+      for (const n of g.req.names) if (!parent.has(n)) parent.set(n, n);
+      for (const n of g.req.names.slice(1)) parent.set(root(n), root(g.req.names[0]!));
+    }
+    const roots = new Set(others.map((g) => root(g.req.names[0]!)));
+    return { group, activeGroups: 1 + roots.size };
+  }
+
+  /**
+   * Tickets of `from`'s semaphores may have come free: wakes the oldest idle waiter (arrival
+   * order) among `from` and the gates sharing a semaphore with it, so gates such as
+   * `['api', 'tenant:1']` and `['api', 'tenant:2']` take turns in order instead of each
+   * trying whenever `api` frees.
+   */
+  kick(from: Gate<H>): void {
+    let first: Gate<H> | undefined;
+    let order = Infinity;
+    for (const g of this.related(from)) {
+      // one try at a time: a release's NOTIFYs (one per semaphore) and a local kick coalesce
+      if (g.trying) return;
+      const o = g.headOrder;
+      if (o !== undefined && o < order) [first, order] = [g, o];
+    }
+    first?.wakeHead();
+  }
+
+  /** Another gate sharing a semaphore with `gate` has waiters and found no ticket on its last try. */
+  groupSaturated(gate: Gate<H>): boolean {
+    for (const g of this.related(gate)) if (g !== gate && g.blocked) return true;
+    return false;
+  }
+
+  /** `gate` and the gates in use sharing a semaphore with it. */
+  private *related(gate: Gate<H>): Generator<Gate<H>> {
+    yield gate;
+    if (gate.req.names.length === 1 && this.gates.size === 1) return;
+    for (const g of this.gates.values()) if (g !== gate && g.req.names.some((n) => gate.req.names.includes(n))) yield g;
   }
 
   private drop(gate: Gate<H>): void {

@@ -26,7 +26,8 @@ export interface GateHold {
   /** The tickets held (only their number matters here; none when limiting is disabled). */
   readonly tickets: readonly unknown[];
   readonly lost: boolean;
-  release(options?: { commit?: boolean }): Promise<{ jobsWaiting: boolean }>;
+  /** `checkJobsWaiting`: also say whether put-back jobs are recorded as waiting (else `jobsWaiting` may be false). */
+  release(options?: { commit?: boolean; checkJobsWaiting?: boolean }): Promise<{ jobsWaiting: boolean }>;
 }
 
 /** The outcome of one acquire call: a hold, no ticket free, or Postgres unreachable. @internal */
@@ -40,6 +41,16 @@ export interface GateContext<H extends GateHold> {
   watch(names: string[], onRelease: () => void): Promise<() => Promise<void>>;
   /** After a release that found no local waiter while jobs are recorded as waiting. */
   promote(hold: H): Promise<void>;
+  /** Whether anything here could promote put-back jobs (so a release should ask whether some are recorded). */
+  mayPromote(): boolean;
+  /**
+   * Tickets of this gate's semaphores may have come free (a NOTIFY, or a release here that
+   * no waiter of this gate takes): wake the oldest idle waiter among the gates sharing a
+   * semaphore with it (`GateSet.kick`; a gate alone wakes its own head).
+   */
+  kick(gate: Gate<H>): void;
+  /** Another gate sharing a semaphore with this one has waiters and found no ticket last: queue behind them. */
+  groupSaturated(gate: Gate<H>): boolean;
   /** The gate is not used any more (no job, no waiter, no hold, not watching). */
   onIdle(gate: Gate<H>): void;
 }
@@ -73,6 +84,10 @@ export type WaiterState = 'waiting' | 'woken' | 'trying' | 'handed';
 
 /** One job waiting in a gate. Its state changes only through these methods. @internal */
 export class Waiter<H> {
+  /** Waiters of every gate in arrival order: who is woken first across gates sharing a semaphore. */
+  private static arrivals = 0;
+  /** This waiter's place in that order. */
+  readonly order = ++Waiter.arrivals;
   /** See {@link WaiterState}; read it through `state`. */
   private current: WaiterState = 'waiting';
   /** The hold handed over; set exactly when the state is `handed`. */
@@ -163,6 +178,8 @@ export class Gate<H extends GateHold> {
   private readonly handoffs = new Map<H, number>();
   /** The watch on releases by other processes, while anyone waits (its stop function once it resolves). */
   private watching: Promise<() => Promise<void>> | undefined;
+  /** The watch is in place: a release of the set, ours included, sends this process a NOTIFY. */
+  private hearsReleases = false;
 
   constructor(
     /** The set's identity within its processor. */
@@ -188,6 +205,21 @@ export class Gate<H extends GateHold> {
     return this.meanHold;
   }
 
+  /** The last acquire call found no ticket, and jobs wait: arrivals of gates sharing a semaphore queue behind. */
+  get blocked(): boolean {
+    return this.saturated && this.waiters.length > 0;
+  }
+
+  /** A waiter's acquire call is in flight (a woken or polling head). */
+  get trying(): boolean {
+    return this.waiters.some((w) => w.state === 'trying');
+  }
+
+  /** The oldest idle waiter's place in the arrival order (undefined: none idle). */
+  get headOrder(): number | undefined {
+    return this.head()?.order;
+  }
+
   /** Holding or waiting: the set takes part in the fair share of worker slots. */
   get active(): boolean {
     return this.holdCount > 0 || this.waiters.length > 0;
@@ -210,22 +242,21 @@ export class Gate<H extends GateHold> {
    */
   private get mayTryOnArrival(): boolean {
     if (!this.options.wakeOnRelease) return true;
-    return this.waiters.length === 0 && (!this.saturated || this.arriving === 0);
+    return this.waiters.length === 0 && (!this.saturated || this.arriving === 0) && !this.ctx.groupSaturated(this);
   }
 
   /** An arriving job's try; null when it may not try now, or found no ticket. */
   async arrive(label: string): Promise<H | null> {
     if (!this.mayTryOnArrival) return null;
     this.arriving++;
-    let hold: H | null;
+    let got: { hold: H | null; more: boolean };
     try {
-      hold = await this.attempt(label);
+      got = await this.attempt(label);
     } finally {
       this.arriving--;
     }
-    // more tickets may be free: the next waiter tries too
-    if (hold && this.options.wakeOnRelease) this.wakeHead();
-    return hold;
+    if (got.more && this.options.wakeOnRelease) this.wakeHead();
+    return got.hold;
   }
 
   /**
@@ -249,17 +280,16 @@ export class Gate<H extends GateHold> {
         const isHead = this.head() === me;
         if (isHead && (me.state === 'woken' || polls > 0)) {
           me.startTrying();
-          let hold: H | null;
+          let got: { hold: H | null; more: boolean };
           try {
-            hold = await this.attempt(label);
+            got = await this.attempt(label);
           } finally {
             // no await between this and the return below: nothing can hand this waiter a hold meanwhile
             me.stopTrying();
           }
-          if (hold) {
-            // more tickets may be free: let the next waiter try too
-            queueMicrotask(() => this.wakeHead());
-            return { hold, handoff: false };
+          if (got.hold) {
+            if (got.more) queueMicrotask(() => this.wakeHead());
+            return { hold: got.hold, handoff: false };
           }
         }
         // Wake-ups come from local releases and NOTIFY; the head's poll is only the fallback
@@ -294,12 +324,24 @@ export class Gate<H extends GateHold> {
       next.handOver(hold);
       return true;
     }
+    const chainEnded = this.waiters.length > 0 && (this.handoffs.get(hold) ?? 0) >= this.options.maxHandoffs;
     this.holdCount--;
     this.handoffs.delete(hold);
-    const { jobsWaiting } = await hold.release({ commit: end.commit });
+    // only a release that finds nobody waiting here promotes, so only then is it worth asking
+    const checkJobsWaiting = this.options.wakeOnRelease && this.waiters.length === 0 && this.ctx.mayPromote();
+    const { jobsWaiting } = await hold.release({ commit: end.commit, checkJobsWaiting });
     if (!this.options.wakeOnRelease) return false;
-    if (this.waiters.length > 0) this.wakeHead();
-    else if (jobsWaiting) await this.ctx.promote(hold).catch(() => undefined);
+    if (this.waiters.length > 0) {
+      // A chain of hand-offs ended so that other processes get a turn: while the watch is in
+      // place, the release's NOTIFY reaches this process's waiters too, at about the time it
+      // reaches the others', so they compete on equal terms instead of this process's head
+      // trying first (which kept the tickets on the host that held them).
+      if (!(chainEnded && this.hearsReleases)) this.wakeHead();
+      return false;
+    }
+    // nobody here waits for this set: a waiter of a set sharing a semaphore may use what came free
+    this.ctx.kick(this);
+    if (jobsWaiting) await this.ctx.promote(hold).catch(() => undefined);
     return false;
   }
 
@@ -319,29 +361,46 @@ export class Gate<H extends GateHold> {
     return this.waiters.find((w) => w.idle);
   }
 
-  private wakeHead(): void {
+  /** Wakes the oldest idle waiter: it tries as soon as it is the head (see `Waiter.wake`). */
+  wakeHead(): void {
     this.head()?.wake();
   }
 
-  /** One acquire call; a hold found is counted here. Postgres unreachable counts as no ticket. */
-  private async attempt(label: string): Promise<H | null> {
+  /**
+   * One acquire call; a hold found is counted here. Postgres unreachable counts as no ticket.
+   * `more`: it found a ticket while the set was not saturated, so more may be free and the
+   * next waiter should try too. After a busy try, a success used the ticket one release
+   * freed; waking the next waiter then only makes a busy call (each release wakes one waiter
+   * by itself: locally, or by its NOTIFY).
+   */
+  private async attempt(label: string): Promise<{ hold: H | null; more: boolean }> {
+    const plenty = !this.saturated;
     const got = await this.ctx.tryHold(this.req, label);
-    if (got === 'unavailable') return null;
+    if (got === 'unavailable') return { hold: null, more: false };
     this.saturated = got === 'busy';
-    if (got === 'busy') return null;
+    if (got === 'busy') return { hold: null, more: false };
     this.holdCount++;
     this.handoffs.set(got, 0);
-    return got;
+    return { hold: got, more: plenty };
   }
 
   private startWatching(): void {
-    this.watching ??= this.ctx.watch(this.req.names, () => this.wakeHead()).catch(() => async () => undefined);
+    if (this.watching) return;
+    const watching = this.ctx.watch(this.req.names, () => this.ctx.kick(this)).then(
+      (unwatch) => {
+        if (this.watching === watching) this.hearsReleases = true;
+        return unwatch;
+      },
+      () => async () => undefined,
+    );
+    this.watching = watching;
   }
 
   private async stopWatching(): Promise<void> {
     const pending = this.watching;
     if (!pending || this.waiters.length > 0) return;
     this.watching = undefined;
+    this.hearsReleases = false;
     const unwatch = await pending;
     await unwatch().catch(() => undefined);
     this.dropIfIdle();

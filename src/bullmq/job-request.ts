@@ -50,6 +50,11 @@ export class JobRequests<J> {
     this.fixed = typeof semaphore === 'function' || typeof tickets === 'function' ? undefined : weighRequest(semaphore, tickets);
   }
 
+  /** Every job asks for the same set (neither option is a function). */
+  get oneSet(): boolean {
+    return this.fixed !== undefined;
+  }
+
   /** The request of one job. @throws InvalidArgumentError when the options' functions return something wrong. */
   of(job: J): NormalizedRequest {
     if (this.fixed) return this.fixed;

@@ -7,7 +7,7 @@ import type { PgSemaphore } from '../pg-semaphore.js';
 import type { NormalizedRequest } from '../request.js';
 import { isUnavailable } from '../sqlstate.js';
 import { raceLoss } from '../race-loss.js';
-import { localRoom, WorkerSlots } from './fair-share.js';
+import { mayWaitHere, WorkerSlots } from './fair-share.js';
 import type { Attempt, Gate } from './gate.js';
 import { GateSet } from './gate-set.js';
 import { JobRequests } from './job-request.js';
@@ -147,7 +147,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
   const slots = new WorkerSlots();
   const gates = new GateSet<Hold>(
     { wakeOnRelease: opts.wakeOnRelease, maxHandoffs: opts.maxHandoffs },
-    { tryHold, watch: (names, onRelease) => sem.watch(names, onRelease), promote: (hold) => promotion.promoteWaiting(hold) },
+    { tryHold, watch: (names, onRelease) => sem.watch(names, onRelease), promote: (hold) => promotion.promoteWaiting(hold), mayPromote: () => promotion.active },
   );
 
   /** Try on arrival; else wait in this process if there is room; null: put the job back. */
@@ -155,13 +155,18 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     const hold = await gate.arrive(label);
     if (hold) return { hold, handoff: false };
     if (!opts.wakeOnRelease || opts.localWait === 0 || unavailable) return null;
-    const room = localRoom({
+    const { group, activeGroups } = gates.groupOf(gate);
+    const admitted = mayWaitHere({
       concurrency: slots.concurrency,
-      activeSets: gates.activeSets(gate),
-      holding: gate.holding,
+      oneSet: requests.oneSet,
+      activeGroups,
+      group,
+      set: { holding: gate.holding, waiting: gate.waiting },
+      meanHoldMs: gate.meanHoldMs,
+      shortestPutBackMs: opts.minDelay,
       maxLocalWaiters: opts.maxLocalWaiters,
     });
-    if (gate.waiting >= room) return null;
+    if (!admitted) return null;
     return gate.wait(label, signal, opts.localWait);
   };
 

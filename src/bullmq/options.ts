@@ -44,10 +44,14 @@ export interface LimitOptions<D = unknown, R = unknown, N extends string = strin
    */
   localWait?: number;
   /**
-   * How many jobs per semaphore set may wait inside one worker process. By default the
-   * worker's slots but one are shared fairly among the semaphore sets it is serving (the
-   * spare slot lets other semaphores' jobs in, at the price of fetching backlog jobs only to
-   * put them back), and each set keeps at least one waiter per hold it has, plus one.
+   * How many jobs per semaphore set may wait inside one worker process. By default: with a
+   * fixed `semaphore` (and `tickets`), every slot of the worker may wait, so a saturated
+   * worker never fetches a job only to put it back. With a function, the worker's slots but
+   * one are shared fairly among the groups of semaphore sets it is serving (sets sharing a
+   * semaphore, such as `['api', 'tenant:1']` and `['api', 'tenant:2']`, form one group); the
+   * spare slot lets other semaphores' jobs in, and is lent to a job whose expected wait here
+   * is no longer than `backoff.delay`. Each set keeps at least one waiter per hold it has,
+   * plus one.
    * @default fair share of the worker's concurrency
    */
   maxLocalWaiters?: number;

@@ -56,6 +56,11 @@ export class Promotion {
     if (!this.queues.has(key) && backendPromotes(handle)) this.queues.set(key, handle);
   }
 
+  /** Whether a release may promote anything: promotion on, and a queue whose backend promotes seen. */
+  get active(): boolean {
+    return this.enabled && this.queues.size > 0;
+  }
+
   /** Whether this job's backend promotes put-back jobs (when it does not, they come back by a short delay). */
   promotes(job: QueuedJob): boolean {
     return backendPromotes(queueHandleOf(job));

@@ -8,7 +8,7 @@ import { GateSet } from '../../src/bullmq/gate-set.js';
 
 interface FakeHold extends GateHold {
   id: string;
-  release: ReturnType<typeof vi.fn<(options?: { commit?: boolean }) => Promise<{ jobsWaiting: boolean }>>>;
+  release: ReturnType<typeof vi.fn<(options?: { commit?: boolean; checkJobsWaiting?: boolean }) => Promise<{ jobsWaiting: boolean }>>>;
 }
 const hold = (id: string, jobsWaiting = false): FakeHold => ({
   id,
@@ -27,6 +27,9 @@ function setup(options: Partial<GateOptions> = {}) {
       return async () => undefined;
     }),
     promote: vi.fn(async () => undefined),
+    mayPromote: () => true,
+    kick: (g) => g.wakeHead(),
+    groupSaturated: () => false,
     onIdle: vi.fn(),
   };
   const gate = new Gate<FakeHold>('k', { names: ['api'], counts: [1] }, { wakeOnRelease: true, maxHandoffs: 32, ...options }, ctx);
@@ -108,7 +111,24 @@ describe('Gate: the choice of the next waiter', () => {
     expect(t.gate.holding).toBe(2);
   });
 
-  it('releases instead after maxHandoffs hand-offs, and wakes the head', async () => {
+  it('a head that acquires after a busy try does not wake the next waiter (one release freed one ticket)', async () => {
+    const t = setup();
+    cleanup = t.stop;
+    t.results.push('busy');
+    expect(await t.gate.arrive('job-0')).toBeNull(); // saturated now
+    const [w1, w2] = [t.waiter('w1'), t.waiter('w2')];
+    const a = hold('a');
+    t.results.push(a);
+    await vi.waitFor(() => expect(t.ctx.watch).toHaveBeenCalled());
+    t.notify();
+    await vi.waitFor(() => expect(w1.settled).toEqual({ hold: a, handoff: false }));
+    await tick();
+    await tick();
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(2);
+    expect(w2.settled).toBeUndefined();
+  });
+
+  it('releases instead after maxHandoffs hand-offs', async () => {
     const t = setup({ maxHandoffs: 1 });
     cleanup = t.stop;
     const a = hold('a');
@@ -117,13 +137,57 @@ describe('Gate: the choice of the next waiter', () => {
     const [w1, w2] = [t.waiter('w1'), t.waiter('w2')];
     expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
     expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(false);
-    expect(a.release).toHaveBeenCalledWith({ commit: true });
+    // jobs wait here, so nothing would be promoted: no need to ask whether put-back jobs wait
+    expect(a.release).toHaveBeenCalledWith({ commit: true, checkJobsWaiting: false });
     expect(t.gate.holding).toBe(0);
     await tick();
     expect(w1.settled).toEqual({ hold: a, handoff: true });
-    // w2, now the head, was woken and tried (the fake says busy)
+    expect(w2.settled).toBeUndefined();
+  });
+
+  it('when a chain ends before the watch is in place, wakes the local head at once (no NOTIFY would reach it)', async () => {
+    const t = setup({ maxHandoffs: 0 });
+    cleanup = t.stop;
+    t.ctx.watch = vi.fn(() => new Promise<() => Promise<void>>(() => undefined));
+    const a = hold('a');
+    t.results.push(a);
+    await t.gate.arrive('job-0');
+    const w1 = t.waiter('w1');
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(false);
+    await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(2));
+    expect(w1.settled).toBeUndefined();
+  });
+
+  it('when a chain of hand-offs ends while the watch is in place, leaves the local waiters to the NOTIFY every process hears', async () => {
+    const t = setup({ maxHandoffs: 1 });
+    cleanup = t.stop;
+    const a = hold('a');
+    t.results.push(a);
+    await t.gate.arrive('job-0');
+    const [w1, w2] = [t.waiter('w1'), t.waiter('w2')];
+    await vi.waitFor(() => expect(t.ctx.watch).toHaveBeenCalled());
+    await tick(); // the watch resolved
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(false);
+    await tick();
+    expect(w1.settled).toEqual({ hold: a, handoff: true });
+    // no local kick: w2 has not tried
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(1);
+    // the release's NOTIFY (heard by every waiting process, this one too) wakes it
+    t.notify();
     await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(2));
     expect(w2.settled).toBeUndefined();
+  });
+
+  it('other releases still wake the local head at once', async () => {
+    const t = setup();
+    cleanup = t.stop;
+    t.waiter('w1');
+    await vi.waitFor(() => expect(t.ctx.watch).toHaveBeenCalled());
+    await tick();
+    const used = hold('used');
+    expect(await t.gate.free(used, { commit: true, reusable: false })).toBe(false);
+    await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(1));
   });
 
   it('never hands on a transaction the job used, a lost hold, or one without tickets', async () => {
@@ -132,7 +196,7 @@ describe('Gate: the choice of the next waiter', () => {
     t.waiter('w1');
     const used = hold('used');
     expect(await t.gate.free(used, { commit: false, reusable: false })).toBe(false);
-    expect(used.release).toHaveBeenCalledWith({ commit: false });
+    expect(used.release).toHaveBeenCalledWith({ commit: false, checkJobsWaiting: false });
     const lost = { ...hold('lost'), lost: true };
     expect(await t.gate.free(lost, { commit: true, reusable: true })).toBe(false);
     const empty = { ...hold('disabled'), tickets: [] };
@@ -144,10 +208,19 @@ describe('Gate: the choice of the next waiter', () => {
     const t = setup();
     const a = hold('a', true);
     expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(false);
+    expect(a.release).toHaveBeenCalledWith({ commit: true, checkJobsWaiting: true });
     expect(t.ctx.promote).toHaveBeenCalledWith(a);
     const b = hold('b', false);
     await t.gate.free(b, { commit: true, reusable: true });
     expect(t.ctx.promote).toHaveBeenCalledTimes(1);
+  });
+
+  it('asks whether put-back jobs wait only when something here could promote them', async () => {
+    const t = setup();
+    t.ctx.mayPromote = () => false;
+    const a = hold('a', false);
+    await t.gate.free(a, { commit: true, reusable: true });
+    expect(a.release).toHaveBeenCalledWith({ commit: true, checkJobsWaiting: false });
   });
 
   it('without wakeOnRelease, always releases and never promotes', async () => {
@@ -201,15 +274,135 @@ describe('Gate: arrivals', () => {
   });
 
   it('is dropped from its set once nothing uses it', async () => {
-    const ctx = { tryHold: vi.fn(async () => 'busy' as const), watch: vi.fn(), promote: vi.fn() };
+    const ctx = { tryHold: vi.fn(async () => 'busy' as const), watch: vi.fn(), promote: vi.fn(), mayPromote: () => true };
     const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
     const req = { names: ['api'], counts: [1] };
     const g = set.gateFor(req);
     expect(set.gateFor(req)).toBe(g);
     g.enter();
-    expect(set.activeSets(set.gateFor({ names: ['other'], counts: [1] }))).toBe(1);
+    expect(set.groupOf(set.gateFor({ names: ['other'], counts: [1] })).activeGroups).toBe(1);
     g.leave();
     expect(set.gateFor(req)).not.toBe(g);
+  });
+
+  it('groups the active gates that share a semaphore for the fair share; others count one group each', async () => {
+    const results: Array<Attempt<FakeHold>> = [hold('t1'), hold('t2')];
+    const ctx = { tryHold: vi.fn(async () => results.shift() ?? 'busy'), watch: vi.fn(async () => async () => undefined), promote: vi.fn(), mayPromote: () => true };
+    const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
+    const t1 = set.gateFor({ names: ['api', 'tenant:1'], counts: [1, 1] });
+    const t2 = set.gateFor({ names: ['api', 'tenant:2'], counts: [2, 1] });
+    const other = set.gateFor({ names: ['mail'], counts: [1] });
+    expect(await t1.arrive('a')).not.toBeNull();
+    expect(await t2.arrive('b')).not.toBeNull();
+    const abort = new AbortController();
+    void other.arrive('c');
+    const waiting = other.wait('c', abort.signal, 60_000).catch(() => null);
+    const idle = set.gateFor({ names: ['tenant:3'], counts: [1] }); // not active: no group
+    expect(set.groupOf(t1)).toEqual({ group: { holding: 2, waiting: 0 }, activeGroups: 2 });
+    expect(set.groupOf(other)).toEqual({ group: { holding: 0, waiting: 1 }, activeGroups: 2 });
+    expect(set.groupOf(idle)).toEqual({ group: { holding: 0, waiting: 0 }, activeGroups: 3 });
+    abort.abort();
+    await waiting;
+  });
+});
+
+describe('GateSet: gates sharing a semaphore take turns', () => {
+  function group() {
+    const results: Array<Attempt<FakeHold>> = [];
+    const notify = new Map<string, () => void>();
+    const ctx = {
+      tryHold: vi.fn(async (_req: { names: string[] }, _label: string) => results.shift() ?? 'busy'),
+      watch: vi.fn(async (names: string[], onRelease: () => void) => {
+        notify.set(names.join(','), onRelease);
+        return async () => undefined;
+      }),
+      promote: vi.fn(async () => undefined),
+      mayPromote: () => false,
+    };
+    const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
+    const aborts: AbortController[] = [];
+    const wait = (gate: ReturnType<typeof set.gateFor>, label: string) => {
+      const abort = new AbortController();
+      aborts.push(abort);
+      const w = { settled: undefined as unknown };
+      void gate.wait(label, abort.signal, 60_000).then(
+        (r) => (w.settled = r),
+        () => (w.settled = 'aborted'),
+      );
+      return w;
+    };
+    cleanup = () => aborts.forEach((a) => a.abort());
+    return { set, ctx, results, notify, wait };
+  }
+  const tenant = (t: number) => ({ names: ['api', `tenant:${t}`], counts: [1, 1] });
+
+  it('an arrival queues without an acquire call while a gate sharing a semaphore waits after a busy try', async () => {
+    const g = group();
+    const [g1, g2, mail] = [g.set.gateFor(tenant(1)), g.set.gateFor(tenant(2)), g.set.gateFor({ names: ['mail'], counts: [1] })];
+    expect(await g1.arrive('a')).toBeNull(); // busy
+    g.wait(g1, 'a');
+    expect(await g2.arrive('b')).toBeNull();
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(1);
+    // a set sharing no semaphore still tries
+    expect(await mail.arrive('c')).toBeNull();
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(2);
+  });
+
+  it('a NOTIFY or a release nobody of its own set waits for wakes the oldest waiter across those gates, one at a time', async () => {
+    const g = group();
+    const [g1, g2] = [g.set.gateFor(tenant(1)), g.set.gateFor(tenant(2))];
+    await g1.arrive('a'); // busy
+    const w1 = g.wait(g1, 'w1');
+    const w2 = g.wait(g2, 'w2');
+    await vi.waitFor(() => expect(g.notify.size).toBe(2));
+    const h1 = hold('h1');
+    g.results.push(h1);
+    // tenant 2's watch hears the release of 'api': still, tenant 1's older waiter goes first
+    g.notify.get('api,tenant:2')!();
+    await vi.waitFor(() => expect(w1.settled).toEqual({ hold: h1, handoff: false }));
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(2);
+    expect(g.ctx.tryHold.mock.calls[1]![1]).toBe('w1');
+    expect(w2.settled).toBeUndefined();
+    // tenant 1's job ends; nobody of tenant 1 waits, so tenant 2's waiter is woken
+    const h2 = hold('h2');
+    g.results.push(h2);
+    expect(await g1.free(h1, { commit: true, reusable: true })).toBe(false);
+    await vi.waitFor(() => expect(w2.settled).toEqual({ hold: h2, handoff: false }));
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(3);
+  });
+
+});
+
+describe('GateSet: kicks coalesce', () => {
+  it('a kick while a waiter of those gates is trying wakes nobody more (a release NOTIFYs once per semaphore)', async () => {
+    let answer!: (a: Attempt<FakeHold>) => void;
+    const notify = new Map<string, () => void>();
+    const ctx = {
+      tryHold: vi.fn(() => new Promise<Attempt<FakeHold>>((r) => (answer = r))),
+      watch: vi.fn(async (names: string[], onRelease: () => void) => {
+        notify.set(names.join(','), onRelease);
+        return async () => undefined;
+      }),
+      promote: vi.fn(async () => undefined),
+      mayPromote: () => false,
+    };
+    const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
+    const [g1, g2] = [1, 2].map((t) => set.gateFor({ names: ['api', `tenant:${t}`], counts: [1, 1] }));
+    const abort = new AbortController();
+    cleanup = () => abort.abort();
+    const waits = [g1!.wait('w1', abort.signal, 60_000), g1!.wait('w1b', abort.signal, 60_000), g2!.wait('w2', abort.signal, 60_000)].map((p) =>
+      p.catch(() => null),
+    );
+    await vi.waitFor(() => expect(notify.size).toBe(2));
+    notify.get('api,tenant:1')!(); // the release's NOTIFY for 'api'
+    await vi.waitFor(() => expect(ctx.tryHold).toHaveBeenCalledTimes(1));
+    notify.get('api,tenant:2')!(); // ... and for 'tenant:2', while w1 tries
+    await tick();
+    await tick();
+    expect(ctx.tryHold).toHaveBeenCalledTimes(1);
+    answer('busy');
+    abort.abort();
+    await Promise.all(waits);
   });
 });
 
