@@ -62,8 +62,16 @@ export async function attempt(ctx: AttemptContext, statement: Statement): Promis
   }
   const veto = ctx.veto?.(row);
   if (row.status === 'ok' && veto === undefined) {
+    // the hold attaches its own error listener; ours stays until it has
+    let hold: Hold;
+    try {
+      hold = ctx.toHold(client, row, !pipelined);
+    } catch (err) {
+      giveBack(err as Error); // destroyed: its transaction, and the tickets, end with it
+      throw err;
+    }
     client.removeListener('error', onError);
-    return { hold: ctx.toHold(client, row, !pipelined), row };
+    return { hold, row };
   }
   try {
     ctx.roundTrips(1);

@@ -32,7 +32,7 @@ import pkg from '../package.json' with { type: 'json' };
 import { NotInstalledError } from './errors/not-installed-error.js';
 import { installSql, type InstallPart } from './migrations.js';
 import { PgSemaphore, type SemaphoreInfo, type SemaphoreStatus } from './pg-semaphore.js';
-import { isCannotConnect, isNotInstalled } from './sqlstate.js';
+import { isCannotConnect, isNotInstalled, SQLSTATE } from './sqlstate.js';
 import { DEFAULT_SCHEMA, MAX_TICKETS, validateSchemaName } from './validate.js';
 
 const EXIT = { ok: 0, unexpected: 1, usage: 2, notFound: 3, timeout: 4, connect: 5 } as const;
@@ -365,7 +365,7 @@ function classify(err: unknown): { exitCode: number; kind: string; expected: boo
   if (name === 'SemaphoreTimeoutError') return { exitCode: EXIT.timeout, kind: 'timeout', expected: true };
   const code = (err as ErrorLike | null)?.code;
   // invalid input caught by the SQL functions themselves
-  if (code === '22023') return { exitCode: EXIT.usage, kind: 'usage', expected: true };
+  if (code === SQLSTATE.invalidParameterValue) return { exitCode: EXIT.usage, kind: 'usage', expected: true };
   // any other Postgres error: its message says enough
   if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return { exitCode: EXIT.unexpected, kind: 'database', expected: true };
   return { exitCode: EXIT.unexpected, kind: 'unexpected', expected: false };

@@ -73,6 +73,8 @@ export class Hold {
   /** Statements queued or running on the holding connection. */
   private running = 0;
   private settled = false;
+  /** Whether a statement was run on {@link Hold.tx}: then a commit that cannot be confirmed is an error. */
+  private touched = false;
   private drizzleTx: HoldTx | undefined;
   private readonly onError: (err: Error) => void;
   private readonly onEnd: () => void;
@@ -114,6 +116,14 @@ export class Hold {
   }
 
   /**
+   * Whether the hold is over: released, rolled back (also by {@link PgSemaphore.close}) or
+   * discarded after a loss. Its tickets are not held any more, and {@link Hold.tx} refuses statements.
+   */
+  get released(): boolean {
+    return this.settled;
+  }
+
+  /**
    * The holding transaction as a Drizzle database. Statements run on it are part of the
    * transaction that holds the tickets: they commit on a successful release and roll back
    * otherwise. Writes give the transaction an id, so use it only when you need to.
@@ -136,6 +146,10 @@ export class Hold {
   private portalClearingClient(client: PoolClient): PoolClient {
     let pending = 0;
     const query = (...args: unknown[]) => {
+      if (this.settled) {
+        return Promise.reject(new PgSemaphoreError('expected an open hold, got one already released: its connection went back to the pool'));
+      }
+      this.touched = true;
       pending++;
       const run = this.serial(() => (client.query as (...a: unknown[]) => Promise<unknown>)(...args));
       const after = () => {
@@ -202,7 +216,9 @@ export class Hold {
   /**
    * Returns the tickets: commits the holding transaction (or rolls it back with
    * `{ commit: false }`) and wakes processes waiting on these semaphores, in one round trip.
-   * Safe to call twice; a lost hold just discards its broken connection.
+   * Safe to call twice; a lost hold just discards its broken connection. When statements ran
+   * on {@link Hold.tx} and the commit cannot happen or cannot be confirmed (the connection
+   * was lost), it rejects (with the {@link TicketLostError}, or the connection's error).
    *
    * @param options.commit - false rolls the transaction back (anything run on {@link Hold.tx} is undone).
    * @param options.checkJobsWaiting - also ask whether the BullMQ wrapper recorded jobs as
@@ -223,13 +239,15 @@ export class Hold {
       client.removeListener('end', this.onEnd);
       client.removeListener('error', this.onError);
     };
+    const commit = options.commit !== false;
     if (this.controller.signal.aborted) {
       detach();
       client.release(true);
+      // what was run on tx did not commit: say so (the tickets are free either way)
+      if (commit && this.touched) throw this.controller.signal.reason;
       return none;
     }
     await this.chain;
-    const commit = options.commit !== false;
     try {
       this.onRoundTrip?.();
       const result = (await client.query(statements.release(this.qs, this.semaphoreIds, commit, options.checkJobsWaiting === true))) as unknown as Array<{
@@ -240,10 +258,12 @@ export class Hold {
       const row = result[1]?.rows[0];
       return { jobsWaiting: row?.jobs_waiting === true, notified: (row?.notified ?? 0) > 0 };
     } catch (err) {
-      // The transaction ended one way or another (a dead connection frees its locks).
+      // The transaction ended one way or another (a dead connection frees its locks). A lost
+      // connection is no error for a hold that only held tickets, but when statements ran on
+      // tx, their commit is unknown: never report it as done.
       detach();
       client.release(err as Error);
-      if (commit && !isConnectionLost(err)) throw err;
+      if (commit && (this.touched || !isConnectionLost(err))) throw err;
       return none;
     }
   }

@@ -376,7 +376,7 @@ export class PgSemaphore {
         const done = await this.interpret(row, req, createWith, round);
         if (done === 'retry') continue;
         if (done === 'busy') return null;
-        return { names: req.names, tickets: heldTickets(row) };
+        return { names: req.names, tickets: heldTickets(row, this.schema) };
       }
     } catch (err) {
       throw explainNotInstalled(err, this.schema);
@@ -637,7 +637,7 @@ export class PgSemaphore {
     const hold = new Hold({
       client,
       names,
-      tickets: heldTickets(row),
+      tickets: heldTickets(row, this.schema),
       semaphoreIds: row.semaphore_ids ?? [],
       qs: this.qs,
       livenessMs: this.livenessMs,
@@ -776,10 +776,11 @@ export class PgSemaphore {
 const CONNECTION_STRING = 'a connection string such as postgres://user@host:5432/db';
 
 /**
- * Checks that a connection string or pool config says where Postgres is: a non-empty
- * connection string, or a host (the config's `host`, or the `PGHOST` environment variable
- * node-postgres reads). Without either, node-postgres would fail only at the first query,
- * with "no PostgreSQL user name specified in startup packet".
+ * Checks the connection string, or a pool config's `connectionString` when the key is there:
+ * `connection: process.env.DATABASE_URL` or `{ connectionString: process.env.DATABASE_URL }`
+ * with DATABASE_URL unset would otherwise fail only at the first query, with "no PostgreSQL
+ * user name specified in startup packet". Other pool configs are node-postgres's business
+ * (it defaults the host to localhost and reads the PG* environment variables).
  */
 function checkPoolConfig(connection: string | PoolConfig): PoolConfig {
   if (typeof connection === 'string') {
@@ -787,18 +788,15 @@ function checkPoolConfig(connection: string | PoolConfig): PoolConfig {
     return { connectionString: connection };
   }
   const config = { ...connection };
-  const { connectionString, host } = config;
-  if (host !== undefined && (typeof host !== 'string' || host.trim() === '')) {
-    throw new InvalidArgumentError('connection.host', 'a host name, an IP address or a socket folder', host);
-  }
-  if (connectionString !== undefined && (typeof connectionString !== 'string' || connectionString.trim() === '')) {
-    throw new InvalidArgumentError('connection.connectionString', `${CONNECTION_STRING} (is DATABASE_URL empty?)`, connectionString);
-  }
-  if (connectionString === undefined && host === undefined && !process.env.PGHOST) {
-    if ('connectionString' in config) {
-      throw new InvalidArgumentError('connection.connectionString', `${CONNECTION_STRING}, or a host (is DATABASE_URL set?)`, connectionString);
+  if ('connectionString' in config) {
+    const { connectionString } = config;
+    if (typeof connectionString !== 'string' || connectionString.trim() === '') {
+      throw new InvalidArgumentError(
+        'connection.connectionString',
+        `${CONNECTION_STRING}, or no connectionString key and host/user/database instead (is DATABASE_URL set?)`,
+        connectionString,
+      );
     }
-    throw new InvalidArgumentError('connection', 'a pg PoolConfig with connectionString or host (or the PGHOST environment variable)', connection);
   }
   return config;
 }

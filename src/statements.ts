@@ -1,8 +1,8 @@
 import { sql, type SQL } from 'drizzle-orm';
 
 /**
- * Every statement pg-semaphore runs at run time (not the install SQL, which lives in the
- * migrations), each written once, for a schema already validated and quoted (`qs`, from
+ * Every statement the core runs at run time (not the install SQL, which lives in the
+ * migrations; the BullMQ wrapper's waiting-list calls live in src/bullmq/waiting-list.ts), each written once, for a schema already validated and quoted (`qs`, from
  * `quoteSchema`). User values travel only in `values`, as bind parameters; the text holds
  * nothing but the quoted schema and, in {@link release}, ids this library read from Postgres.
  * @internal

@@ -254,6 +254,8 @@ describe('upgrading an older install (0.1: acquire returned row ids; 0002: acqui
 
       const sem = new PgSemaphore({ connection: databaseUrl(), schema });
       try {
+        // before the upgrade, this library refuses 0.1's functions (their tickets are row ids)
+        await expect(sem.hold('api')).rejects.toMatchObject({ name: 'NotInstalledError', problem: 'functions-missing' });
         expect(await sem.migrate()).toEqual({ applied: ['0002_functions', '0003_functions'] });
         expect(await acquireShape(schema)).toEqual(newest);
         expect(await acquireAsWorker(schema)).toMatchObject({ status: 'ok', tickets: [2], ticket_semaphores: ['api'] });

@@ -200,7 +200,7 @@ describe('where Postgres is', () => {
     }
   }
 
-  it('a connection string or host must be given, and the error says which (and mentions DATABASE_URL)', async () => {
+  it('a connection string, where one is given, must not be empty, and the error mentions DATABASE_URL', async () => {
     await withoutPgHost(async () => {
       // new PgSemaphore({ connection: process.env.DATABASE_URL }) with DATABASE_URL unset
       await expectInvalid(() => new PgSemaphore({ connection: undefined }), 'connection', undefined);
@@ -214,8 +214,15 @@ describe('where Postgres is', () => {
       expect(String(unset)).toContain('host');
       await expectInvalid(() => new PgSemaphore({ connection: { connectionString: '' } }), 'connection.connectionString', '');
       await expectInvalid(() => new PgSemaphore({ connection: { connectionString: 42 as never } }), 'connection.connectionString', 42);
-      await expectInvalid(() => new PgSemaphore({ connection: { host: '' } }), 'connection.host', '');
-      await expectInvalid(() => new PgSemaphore({ connection: { max: 5 } }), 'connection');
+    });
+  });
+
+  it('other pool configs are left to node-postgres (host defaults to localhost): { user, database }, { port }, { max }', async () => {
+    await withoutPgHost(async () => {
+      for (const connection of [{ user: 'nobody', database: 'nothing' }, { port: 5433 }, { max: 5 }]) {
+        const sem = new PgSemaphore({ connection });
+        await sem.close();
+      }
     });
   });
 
