@@ -83,9 +83,9 @@ export class GateSet<H extends GateHold> {
     first?.wakeHead();
   }
 
-  /** Another gate sharing a semaphore with `gate` has waiters and found no ticket on its last try. */
+  /** Another gate sharing a semaphore with `gate` has waiters and found a semaphore of `gate`'s short on its last try. */
   groupSaturated(gate: Gate<H>): boolean {
-    for (const g of this.related(gate)) if (g !== gate && g.blocked) return true;
+    for (const g of this.related(gate)) if (g !== gate && g.blocks(gate.req.names)) return true;
     return false;
   }
 

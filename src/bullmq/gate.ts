@@ -26,8 +26,10 @@ export interface GateHold {
   /** The tickets held (only their number matters here; none when limiting is disabled). */
   readonly tickets: readonly unknown[];
   readonly lost: boolean;
+  /** The hold is over (released, rolled back, closed): never handed on. Undefined: not known. */
+  readonly released?: boolean;
   /** `checkJobsWaiting`: also say whether put-back jobs are recorded as waiting (else `jobsWaiting` may be false). */
-  release(options?: { commit?: boolean; checkJobsWaiting?: boolean }): Promise<{ jobsWaiting: boolean }>;
+  release(options?: { commit?: boolean; checkJobsWaiting?: boolean }): Promise<{ jobsWaiting: boolean; notified?: boolean }>;
 }
 
 /** The outcome of one acquire call: a hold, no ticket free, or Postgres unreachable. @internal */
@@ -35,8 +37,8 @@ export type Attempt<H> = H | 'busy' | 'unavailable';
 
 /** The gate's only ways out: acquire, watch for releases elsewhere, promote put-back jobs. @internal */
 export interface GateContext<H extends GateHold> {
-  /** One acquire call for the set, without waiting. */
-  tryHold(req: NormalizedRequest, label: string): Promise<Attempt<H>>;
+  /** One acquire call for the set, without waiting; `onShort` hears which semaphores were short when it is busy (empty: unknown). */
+  tryHold(req: NormalizedRequest, label: string, onShort?: (names: readonly string[]) => void): Promise<Attempt<H>>;
   /** Calls `onRelease` when another process releases tickets of these semaphores; resolves to a function that stops it. */
   watch(names: string[], onRelease: () => void): Promise<() => Promise<void>>;
   /** After a release that found no local waiter while jobs are recorded as waiting. */
@@ -172,6 +174,8 @@ export class Gate<H extends GateHold> {
   private arriving = 0;
   /** The last acquire call that reached Postgres found no ticket (cleared by the next success). */
   private saturated = false;
+  /** The semaphores that last busy try found short; undefined: not known (any of the set's). */
+  private short: readonly string[] | undefined;
   /** Mean time a job held its tickets, in ms: an exponential average (weight 0.1), 0 until the first job ends. */
   private meanHold = 0;
   /** Times each hold in use was handed on; a hold enters when acquired and leaves when released. */
@@ -205,9 +209,13 @@ export class Gate<H extends GateHold> {
     return this.meanHold;
   }
 
-  /** The last acquire call found no ticket, and jobs wait: arrivals of gates sharing a semaphore queue behind. */
-  get blocked(): boolean {
-    return this.saturated && this.waiters.length > 0;
+  /**
+   * Jobs wait here after a try that found a semaphore of `names` short (or did not say which
+   * was): arrivals of a set with those names queue behind them instead of trying.
+   */
+  blocks(names: readonly string[]): boolean {
+    if (!this.saturated || this.waiters.length === 0) return false;
+    return (this.short ?? this.req.names).some((n) => names.includes(n));
   }
 
   /** A waiter's acquire call is in flight (a woken or polling head). */
@@ -329,18 +337,24 @@ export class Gate<H extends GateHold> {
     this.handoffs.delete(hold);
     // only a release that finds nobody waiting here promotes, so only then is it worth asking
     const checkJobsWaiting = this.options.wakeOnRelease && this.waiters.length === 0 && this.ctx.mayPromote();
-    const { jobsWaiting } = await hold.release({ commit: end.commit, checkJobsWaiting });
-    if (!this.options.wakeOnRelease) return false;
-    if (this.waiters.length > 0) {
-      // A chain of hand-offs ended so that other processes get a turn: while the watch is in
-      // place, the release's NOTIFY reaches this process's waiters too, at about the time it
-      // reaches the others', so they compete on equal terms instead of this process's head
-      // trying first (which kept the tickets on the host that held them).
-      if (!(chainEnded && this.hearsReleases)) this.wakeHead();
-      return false;
+    let released: { jobsWaiting: boolean; notified?: boolean } = { jobsWaiting: false, notified: false };
+    try {
+      released = await hold.release({ commit: end.commit, checkJobsWaiting });
+    } finally {
+      // also when the release rejects (statements on tx whose commit went unconfirmed): the
+      // tickets are gone either way, so the next waiter must hear of it
+      if (this.options.wakeOnRelease && this.waiters.length > 0) {
+        // A chain of hand-offs ended so that other processes get a turn: while the watch is in
+        // place, the release's NOTIFY reaches this process's waiters too, at about the time it
+        // reaches the others', so they compete on equal terms instead of this process's head
+        // trying first (which kept the tickets on the host that held them).
+        const heard = chainEnded && this.hearsReleases && released.notified !== false;
+        if (!heard) this.wakeHead();
+        // nobody here waits for this set: a waiter of a set sharing a semaphore may use what came free
+      } else if (this.options.wakeOnRelease) this.ctx.kick(this);
     }
-    // nobody here waits for this set: a waiter of a set sharing a semaphore may use what came free
-    this.ctx.kick(this);
+    const { jobsWaiting } = released;
+    if (!this.options.wakeOnRelease || this.waiters.length > 0) return false;
     if (jobsWaiting) await this.ctx.promote(hold).catch(() => undefined);
     return false;
   }
@@ -351,6 +365,7 @@ export class Gate<H extends GateHold> {
       this.options.wakeOnRelease &&
       end.reusable &&
       !hold.lost &&
+      hold.released !== true &&
       hold.tickets.length > 0 &&
       (this.handoffs.get(hold) ?? 0) < this.options.maxHandoffs
     );
@@ -375,9 +390,11 @@ export class Gate<H extends GateHold> {
    */
   private async attempt(label: string): Promise<{ hold: H | null; more: boolean }> {
     const plenty = !this.saturated;
-    const got = await this.ctx.tryHold(this.req, label);
+    let short: readonly string[] | undefined;
+    const got = await this.ctx.tryHold(this.req, label, (names) => (short = names.length > 0 ? names : undefined));
     if (got === 'unavailable') return { hold: null, more: false };
     this.saturated = got === 'busy';
+    this.short = short;
     if (got === 'busy') return { hold: null, more: false };
     this.holdCount++;
     this.handoffs.set(got, 0);

@@ -123,13 +123,13 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
   let unavailable = false;
 
   /** One acquire call: Postgres unreachable counts as no ticket, so the job is put back instead of failing. */
-  const tryHold = async (req: NormalizedRequest, label: string): Promise<Attempt<Hold>> => {
+  const tryHold = async (req: NormalizedRequest, label: string, onShort?: (names: readonly string[]) => void): Promise<Attempt<Hold>> => {
     stats.attempts++;
     let hold: Hold | null;
     try {
       hold = await sem.tryHold(
         req.names.map((name, i) => ({ name, tickets: req.counts[i] === 0 ? ('all' as const) : req.counts[i]! })),
-        { createWith: opts.createWith, label },
+        { createWith: opts.createWith, label, onBusy: onShort },
       );
     } catch (err) {
       if (!isUnavailable(err)) throw err;

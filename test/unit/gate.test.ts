@@ -190,6 +190,37 @@ describe('Gate: the choice of the next waiter', () => {
     await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(1));
   });
 
+  it('a release that rejects still wakes the head, and the error reaches the caller', async () => {
+    const t = setup();
+    cleanup = t.stop;
+    t.waiter('w1');
+    const broken = hold('broken');
+    broken.release.mockRejectedValueOnce(new Error('commit unconfirmed'));
+    await expect(t.gate.free(broken, { commit: true, reusable: false })).rejects.toThrow('commit unconfirmed');
+    await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(1));
+  });
+
+  it('a chain end whose release sent no NOTIFY wakes the local head after all', async () => {
+    const t = setup({ maxHandoffs: 0 });
+    cleanup = t.stop;
+    t.waiter('w1');
+    await vi.waitFor(() => expect(t.ctx.watch).toHaveBeenCalled());
+    await tick();
+    const a = hold('a');
+    a.release.mockResolvedValueOnce({ jobsWaiting: false, notified: false } as never);
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(false);
+    await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(1));
+  });
+
+  it('never hands on a hold that is over (released)', async () => {
+    const t = setup();
+    cleanup = t.stop;
+    t.waiter('w1');
+    const over = { ...hold('over'), released: true };
+    expect(await t.gate.free(over, { commit: true, reusable: true })).toBe(false);
+    expect(over.release).toHaveBeenCalled();
+  });
+
   it('never hands on a transaction the job used, a lost hold, or one without tickets', async () => {
     const t = setup();
     cleanup = t.stop;
@@ -309,9 +340,15 @@ describe('Gate: arrivals', () => {
 describe('GateSet: gates sharing a semaphore take turns', () => {
   function group() {
     const results: Array<Attempt<FakeHold>> = [];
+    /** What each busy try says was short (none given: unknown). */
+    const shorts: string[][] = [];
     const notify = new Map<string, () => void>();
     const ctx = {
-      tryHold: vi.fn(async (_req: { names: string[] }, _label: string) => results.shift() ?? 'busy'),
+      tryHold: vi.fn(async (_req: { names: string[] }, _label: string, onShort?: (names: readonly string[]) => void) => {
+        const r = results.shift() ?? 'busy';
+        if (r === 'busy') onShort?.(shorts.shift() ?? []);
+        return r;
+      }),
       watch: vi.fn(async (names: string[], onRelease: () => void) => {
         notify.set(names.join(','), onRelease);
         return async () => undefined;
@@ -332,7 +369,7 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
       return w;
     };
     cleanup = () => aborts.forEach((a) => a.abort());
-    return { set, ctx, results, notify, wait };
+    return { set, ctx, results, shorts, notify, wait };
   }
   const tenant = (t: number) => ({ names: ['api', `tenant:${t}`], counts: [1, 1] });
 
@@ -346,6 +383,22 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
     // a set sharing no semaphore still tries
     expect(await mail.arrive('c')).toBeNull();
     expect(g.ctx.tryHold).toHaveBeenCalledTimes(2);
+  });
+
+  it('queues an arrival only behind a gate whose busy try found a semaphore it needs short', async () => {
+    const g = group();
+    const [g1, g2, g3] = [1, 2, 3].map((t) => g.set.gateFor(tenant(t)));
+    g.shorts.push(['tenant:1']);
+    expect(await g1!.arrive('a')).toBeNull(); // tenant 1 was short, not api
+    g.wait(g1!, 'a');
+    const h = hold('h');
+    g.results.push(h);
+    expect(await g2!.arrive('b')).toBe(h); // tries: api may well be free
+    g.shorts.push(['api']);
+    expect(await g2!.arrive('c')).toBeNull(); // api short now
+    g.wait(g2!, 'c');
+    expect(await g3!.arrive('d')).toBeNull();
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(3); // d queued without a try
   });
 
   it('a NOTIFY or a release nobody of its own set waits for wakes the oldest waiter across those gates, one at a time', async () => {
