@@ -12,7 +12,9 @@ import type { HostConfig, HostMessage, HostResult, JobRecord, ParentMessage } fr
 const cfg = JSON.parse(process.env.BENCH_CONFIG ?? '') as HostConfig;
 
 /** A clock shared by every process on this machine, with sub-millisecond resolution. */
-const now = () => performance.timeOrigin + performance.now();
+// CLOCK_MONOTONIC: one clock for every process on the machine (performance.timeOrigin is
+// sampled per process at start-up and can be off by milliseconds under load).
+const now = () => Number(process.hrtime.bigint()) / 1e6;
 
 function send(message: HostMessage): Promise<void> {
   return new Promise((resolve) => {

@@ -90,8 +90,8 @@ export interface HostConfig {
 }
 
 /**
- * One completed job, as flat numbers (epoch ms with sub-ms precision, from
- * performance.timeOrigin + performance.now()):
+ * One completed job, as flat numbers (ms of the machine's monotonic clock, shared by every
+ * process, with sub-ms precision: process.hrtime.bigint() / 1e6):
  * [job index, processor entry, body start, body end, processor exit, ticket id or -1, tenant index or -1, weight on the global cap]
  */
 export type JobRecord = [i: number, t0: number, b0: number, b1: number, t1: number, ticket: number, tenant: number, weight: number];
