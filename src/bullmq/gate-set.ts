@@ -76,11 +76,7 @@ export class GateSet<H extends GateHold> {
     let order = Infinity;
     for (const g of this.related(from)) {
       // one try at a time: a release's NOTIFYs (one per semaphore) and a local kick coalesce
-      // into one more try by the waiter in flight, made when its call comes back busy
-      if (g.trying) {
-        g.holdBackWakeUp();
-        return;
-      }
+      if (g.trying) return;
       const o = g.headOrder;
       if (o !== undefined && o < order) [first, order] = [g, o];
     }

@@ -118,11 +118,6 @@ export class Waiter<H> {
     this.alarm?.abort();
   }
 
-  /** A wake-up it could not use (it was not the head) was taken back by the head: waiting again. */
-  sleepAgain(): void {
-    if (this.current === 'woken') this.current = 'waiting';
-  }
-
   /** Gives this waiter a hold (it must be idle). */
   handOver(hold: H): void {
     this.expectIdle('be handed a hold');
@@ -179,11 +174,6 @@ export class Gate<H extends GateHold> {
   private arriving = 0;
   /** The last acquire call that reached Postgres found no ticket (cleared by the next success). */
   private saturated = false;
-  /**
-   * A wake-up came while a waiter of this gate was trying and was held back (one try at a
-   * time per group); the trying waiter takes it when its call comes back busy. False otherwise.
-   */
-  private heldBackWakeUp = false;
   /** The semaphores that last busy try found short; undefined: not known (any of the set's). */
   private short: readonly string[] | undefined;
   /** Mean time a job held its tickets, in ms: an exponential average (weight 0.1), 0 until the first job ends. */
@@ -309,14 +299,6 @@ export class Gate<H extends GateHold> {
             if (got.more) queueMicrotask(() => this.wakeHead());
             return { hold: got.hold, handoff: false };
           }
-          // A wake-up that came while this call was in flight may announce a ticket the call
-          // did not see: one held back by the group (one try at a time), or one that went to
-          // the waiter behind us and is of no use to it while we are the head again. Take it
-          // and try once more at once, instead of leaving the ticket to the next poll.
-          if (this.takeMissedWakeUp(me)) {
-            me.wake();
-            continue;
-          }
         }
         // Wake-ups come from local releases and NOTIFY; the head's poll is only the fallback
         // for a lost one, so it starts slow. The others sleep until woken.
@@ -397,28 +379,6 @@ export class Gate<H extends GateHold> {
   /** Wakes the oldest idle waiter: it tries as soon as it is the head (see `Waiter.wake`). */
   wakeHead(): void {
     this.head()?.wake();
-  }
-
-  /** A wake-up for this gate was held back because one of its waiters was trying (see GateSet.kick). */
-  holdBackWakeUp(): void {
-    this.heldBackWakeUp = true;
-  }
-
-  /**
-   * After `head`'s busy try: takes a wake-up that arrived meanwhile, held back for this gate
-   * or given to a waiter behind `head` (which then waits again).
-   * @returns whether there was one.
-   */
-  private takeMissedWakeUp(head: Waiter<H>): boolean {
-    let missed = this.heldBackWakeUp;
-    this.heldBackWakeUp = false;
-    for (const w of this.waiters) {
-      if (w !== head && w.state === 'woken') {
-        w.sleepAgain();
-        missed = true;
-      }
-    }
-    return missed;
   }
 
   /**
