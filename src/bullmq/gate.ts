@@ -1,6 +1,15 @@
 import type { NormalizedRequest } from '../request.js';
 import { backoff, sleep } from '../timing.js';
 
+
+/**
+ * After a chain of hand-offs ends, how long the releasing process's head waits before it
+ * tries, so that the other processes, told by NOTIFY, get the first chance at the ticket
+ * (about a NOTIFY's delivery plus an acquire on this machine). A wake-up that does come in
+ * the meantime ends the wait earlier.
+ */
+const FAIR_TURN_DELAY_MS = 10;
+
 /**
  * A gate is the shared scheduling state of one semaphore set (one normalized request) in one
  * limited processor: the jobs of this process waiting for it, how many hold it, and how long
@@ -348,8 +357,12 @@ export class Gate<H extends GateHold> {
         // place, the release's NOTIFY reaches this process's waiters too, at about the time it
         // reaches the others', so they compete on equal terms instead of this process's head
         // trying first (which kept the tickets on the host that held them).
+        // The NOTIFY can also never come (LISTEN through PgBouncer in transaction mode drops
+        // it, and with `listen: false` the watch is a no-op), so the local head is still woken,
+        // just a little later than the others hear of the release, never only by its poll.
         const heard = chainEnded && this.hearsReleases && released.notified !== false;
         if (!heard) this.wakeHead();
+        else setTimeout(() => this.wakeHead(), FAIR_TURN_DELAY_MS).unref();
         // nobody here waits for this set: a waiter of a set sharing a semaphore may use what came free
       } else if (this.options.wakeOnRelease) this.ctx.kick(this);
     }
