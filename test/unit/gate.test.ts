@@ -175,7 +175,7 @@ describe('Gate: the choice of the next waiter', () => {
     expect(t.ctx.tryHold).toHaveBeenCalledTimes(1);
     // the release's NOTIFY (heard by every waiting process, this one too) wakes it
     t.notify();
-    await vi.waitFor(() => expect(t.ctx.tryHold.mock.calls.length).toBeGreaterThanOrEqual(2));
+    await vi.waitFor(() => expect(vi.mocked(t.ctx.tryHold).mock.calls.length).toBeGreaterThanOrEqual(2));
     expect(w2.settled).toBeUndefined();
   });
 
