@@ -69,6 +69,11 @@ describe('a worker host cut off while holding tickets (SIGSTOP)', () => {
         interval: 2,
         what: 'the victim to take every ticket',
       });
+      // Freeze only once the victim's calls have reached the API (no other job has been added
+      // yet, so every call so far is the victim's). A call not yet sent when the host froze
+      // goes out after SIGCONT, while others hold the tickets: the documented limit of a frozen
+      // host (docs/RELIABILITY.md), which the API would count over the cap. Seen once under load.
+      await waitFor(() => api.calls.size >= K, { timeout: 30_000, interval: 2, what: "the victim's calls to reach the API" });
       victim!.proc.kill('SIGSTOP');
       const stoppedAt = now();
       const victimPids = await holderPids();
