@@ -27,13 +27,23 @@ beforeAll(async () => {
   await sem.migrate();
   await sem.make('api', K);
 }, 60_000);
+/** What every attempt of the test saw, checked once more after all attempts (see the retry below). */
+const attempts: Array<{ completed: number; failed: number; apiMax: number; calls: number }> = [];
 afterAll(async () => {
   await sem?.close().catch(() => undefined);
   await server?.stop();
+  // The cap and the job accounting of EVERY attempt, the first one included: a retry can
+  // never hide a broken cap or a lost job.
+  for (const a of attempts) expect(a).toEqual({ completed: JOBS, failed: 0, apiMax: expect.any(Number) as number, calls: JOBS });
+  for (const a of attempts) expect(a.apiMax).toBeLessThanOrEqual(K);
 });
 
 describe('Postgres restarts in the middle of a fleet run', () => {
-  it('every job holding a ticket is told, workers keep going, the cap holds, every job completes', async () => {
+  // One retry: which worker gets the jobs left after the restart is up to scheduling, and on a
+  // loaded machine one worker can run them all, failing "both workers ran jobs after the
+  // restart" (seen once in about eight full runs). The cap and every job's completion are
+  // recorded for each attempt and checked in afterAll, so the retry cannot hide them.
+  it('every job holding a ticket is told, workers keep going, the cap holds, every job completes', { retry: 1, timeout: 150_000 }, async () => {
     const api = await startFakeApi(HOLD_MS);
     const bq = await bullmqQueues('redis', ['pgrestart']);
     const fleet = new Fleet({
@@ -79,6 +89,7 @@ describe('Postgres restarts in the middle of a fleet run', () => {
         { timeout: 90_000, interval: 100, what: 'all jobs to finish after the restart' },
       );
       const counts = await finishedCounts(queue!);
+      attempts.push({ completed: counts?.completed ?? -1, failed: counts?.failed ?? -1, apiMax: api.max, calls: api.calls.size });
       const failed = await queue!.getFailed(0, 5);
       expect(failed.map((j) => j.failedReason)).toEqual([]);
       expect(counts).toEqual({ completed: JOBS, failed: 0 });
@@ -142,5 +153,5 @@ describe('Postgres restarts in the middle of a fleet run', () => {
       await bq.cleanup();
       await api.close();
     }
-  }, 150_000);
+  });
 });
