@@ -26,13 +26,13 @@
  * - 4 timeout (make/destroy waited `--timeout` ms for held tickets to be returned)
  * - 5 cannot connect to Postgres (refused, unreachable, authentication, unknown database)
  */
-import { setTimeout as sleep } from 'node:timers/promises';
 import { Argument, Command, CommanderError, Option, InvalidArgumentError as UsageError } from 'commander';
 import pkg from '../package.json' with { type: 'json' };
 import { NotInstalledError } from './errors/not-installed-error.js';
 import { installSql, type InstallPart } from './migrations.js';
 import { PgSemaphore, type SemaphoreInfo, type SemaphoreStatus } from './pg-semaphore.js';
 import { isCannotConnect, isNotInstalled, SQLSTATE } from './sqlstate.js';
+import { sleep } from './timing.js';
 import { DEFAULT_SCHEMA, MAX_TICKETS, validateSchemaName } from './validate.js';
 
 const EXIT = { ok: 0, unexpected: 1, usage: 2, notFound: 3, timeout: 4, connect: 5 } as const;
@@ -245,7 +245,7 @@ async function watchStatus(sem: PgSemaphore, g: GlobalOptions, name: string | un
         const header = `schema "${g.schema}" at ${new Date().toISOString()}, every ${interval} ms (Ctrl-C to stop)`;
         process.stdout.write(`${tty ? '\x1b[H\x1b[2J' : '\n'}${header}\n${body}\n`);
       }
-      await sleep(interval, undefined, { signal: stop.signal }).catch(() => undefined);
+      await sleep(interval, stop.signal);
     }
   } finally {
     process.off('SIGINT', onSignal);

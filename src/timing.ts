@@ -2,17 +2,16 @@ import { setTimeout as delay } from 'node:timers/promises';
 
 /**
  * Waits `ms` milliseconds, or less: resolves early (never rejects) when `signal` aborts.
- * Returns true when the full time passed, false when the signal cut it short. With
- * `ref: false` a sleeping waiter does not keep the process alive on its own.
+ * Returns true when the full time passed, false when the signal cut it short.
  *
  * Built on `timers/promises`, which removes its abort listener when it settles, so any number
  * of sleepers on one long-lived signal add no lasting listeners.
  * @internal
  */
-export async function sleep(ms: number, signal?: AbortSignal, ref = true): Promise<boolean> {
+export async function sleep(ms: number, signal?: AbortSignal): Promise<boolean> {
   if (signal?.aborted) return false;
   try {
-    await delay(Math.max(0, ms), undefined, { signal, ref });
+    await delay(Math.max(0, ms), undefined, { signal });
     return true;
   } catch (err) {
     if (signal?.aborted) return false;
