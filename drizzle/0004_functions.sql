@@ -1,0 +1,450 @@
+-- pg-semaphore SQL functions for schema "semaphore"
+CREATE OR REPLACE FUNCTION "semaphore"._ns() RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT hashtext('pg-semaphore:"semaphore"')
+$$;
+
+CREATE OR REPLACE FUNCTION "semaphore"._check_name(p_name text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF p_name IS NULL OR char_length(p_name) < 1 OR char_length(p_name) > 200 THEN
+    RAISE EXCEPTION 'pg-semaphore: expected a semaphore name of 1 to 200 characters, got %',
+      CASE WHEN p_name IS NULL THEN 'null' ELSE char_length(p_name) || ' characters' END
+      USING ERRCODE = '22023';
+  END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION "semaphore"._check_tickets(p_tickets integer, p_min integer) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF p_tickets IS NULL OR p_tickets < p_min OR p_tickets > 10000 THEN
+    RAISE EXCEPTION 'pg-semaphore: expected a ticket count from % to 10000, got %', p_min, coalesce(p_tickets::text, 'null')
+      USING ERRCODE = '22023';
+  END IF;
+END
+$$;
+
+-- Creates a semaphore or resizes it. Growing is immediate. Shrinking waits (at most
+-- p_timeout_ms; NULL waits forever) until the removed tickets are returned.
+-- Concurrent calls on one semaphore are serialised by the row lock.
+CREATE OR REPLACE FUNCTION "semaphore".make(p_name text, p_tickets integer, p_timeout_ms integer DEFAULT 30000)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_id integer;
+  v_old integer;
+  v_ticket record;
+  v_lock_timeout text := current_setting('lock_timeout');
+BEGIN
+  PERFORM "semaphore"._check_name(p_name);
+  PERFORM "semaphore"._check_tickets(p_tickets, 0);
+  IF p_timeout_ms IS NOT NULL AND p_timeout_ms < 0 THEN
+    RAISE EXCEPTION 'pg-semaphore: expected a timeout of 0 ms or more (or null), got %', p_timeout_ms USING ERRCODE = '22023';
+  END IF;
+  INSERT INTO "semaphore".semaphores AS m (name, tickets) VALUES (p_name, 0) ON CONFLICT (name) DO NOTHING;
+  SELECT id, tickets INTO v_id, v_old FROM "semaphore".semaphores WHERE name = p_name FOR UPDATE;
+  IF p_tickets > v_old THEN
+    INSERT INTO "semaphore".tickets (semaphore_id, no)
+      SELECT v_id, g FROM generate_series(v_old + 1, p_tickets) g;
+    -- new tickets are free tickets: tell waiting processes (delivered at commit; make()
+    -- writes anyway, so the NOTIFY costs nothing extra here)
+    PERFORM pg_notify('pg_semaphore', "semaphore"._ns() || ':' || v_id);
+  ELSIF p_tickets < v_old THEN
+    PERFORM set_config('lock_timeout', CASE WHEN p_timeout_ms IS NULL THEN 0 ELSE greatest(p_timeout_ms, 1) END::text, true);
+    FOR v_ticket IN SELECT id FROM "semaphore".tickets WHERE semaphore_id = v_id AND no > p_tickets ORDER BY no LOOP
+      BEGIN
+        PERFORM pg_advisory_xact_lock("semaphore"._ns(), v_ticket.id);
+      EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'pg-semaphore: timed out after % ms waiting for the tickets of "%" to be returned (shrinking from % to %)',
+          p_timeout_ms, p_name, v_old, p_tickets USING ERRCODE = '55P03', HINT = 'pg-semaphore:timeout';
+      END;
+    END LOOP;
+    PERFORM set_config('lock_timeout', v_lock_timeout, true);
+    DELETE FROM "semaphore".tickets WHERE semaphore_id = v_id AND no > p_tickets;
+  END IF;
+  UPDATE "semaphore".semaphores SET tickets = p_tickets, updated_at = now() WHERE id = v_id AND tickets <> p_tickets;
+  RETURN v_id;
+END
+$$;
+
+-- Creates each missing semaphore with p_tickets tickets; leaves existing ones alone.
+CREATE OR REPLACE FUNCTION "semaphore".ensure(p_names text[], p_tickets integer) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_name text;
+BEGIN
+  PERFORM "semaphore"._check_tickets(p_tickets, 1);
+  FOREACH v_name IN ARRAY p_names LOOP
+    PERFORM "semaphore"._check_name(v_name);
+    IF NOT EXISTS (SELECT 1 FROM "semaphore".semaphores WHERE name = v_name) THEN
+      PERFORM "semaphore".make(v_name, p_tickets);
+    END IF;
+  END LOOP;
+END
+$$;
+
+-- Waits (at most p_timeout_ms; NULL waits forever) until every ticket is returned,
+-- then removes the semaphore. Returns false when it did not exist.
+CREATE OR REPLACE FUNCTION "semaphore".destroy(p_name text, p_timeout_ms integer DEFAULT 30000) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_id integer;
+  v_ticket record;
+  v_lock_timeout text := current_setting('lock_timeout');
+BEGIN
+  PERFORM "semaphore"._check_name(p_name);
+  IF p_timeout_ms IS NOT NULL AND p_timeout_ms < 0 THEN
+    RAISE EXCEPTION 'pg-semaphore: expected a timeout of 0 ms or more (or null), got %', p_timeout_ms USING ERRCODE = '22023';
+  END IF;
+  SELECT id INTO v_id FROM "semaphore".semaphores WHERE name = p_name FOR UPDATE;
+  IF v_id IS NULL THEN
+    RETURN false;
+  END IF;
+  PERFORM set_config('lock_timeout', CASE WHEN p_timeout_ms IS NULL THEN 0 ELSE greatest(p_timeout_ms, 1) END::text, true);
+  FOR v_ticket IN SELECT id FROM "semaphore".tickets WHERE semaphore_id = v_id ORDER BY no LOOP
+    BEGIN
+      PERFORM pg_advisory_xact_lock("semaphore"._ns(), v_ticket.id);
+    EXCEPTION WHEN lock_not_available THEN
+      RAISE EXCEPTION 'pg-semaphore: timed out after % ms waiting for the tickets of "%" to be returned before destroying it',
+        p_timeout_ms, p_name USING ERRCODE = '55P03', HINT = 'pg-semaphore:timeout';
+    END;
+  END LOOP;
+  PERFORM set_config('lock_timeout', v_lock_timeout, true);
+  DELETE FROM "semaphore".semaphores WHERE id = v_id;
+  RETURN true;
+END
+$$;
+
+-- Upgrades. acquire's signature changed twice, and CREATE OR REPLACE can change neither its
+-- arguments nor its OUT columns: pg-semaphore 0.1's acquire returned row ids (no
+-- ticket_semaphores), and until 0003_functions it had no p_starts. Move any four-argument
+-- acquire aside here; the block after the new acquire copies its privileges over and drops it.
+DO $$
+DECLARE
+  v_old regprocedure := to_regprocedure('"semaphore".acquire(text[], integer[], text, integer)');
+BEGIN
+  IF v_old IS NOT NULL THEN
+    ALTER FUNCTION "semaphore".acquire(text[], integer[], text, integer) RENAME TO _acquire_old;
+  END IF;
+END
+$$;
+
+-- Try to take p_counts[i] tickets of semaphore p_names[i], for every i, all or nothing,
+-- without waiting. Never writes (no transaction id is assigned). Call it inside BEGIN;
+-- the tickets return at COMMIT or ROLLBACK.
+--   status 'ok'      : tickets holds the numbers (1..capacity) of the tickets taken, in
+--                      request order, and ticket_semaphores the semaphore of each;
+--                      semaphore_ids the ids of the semaphores (for wake())
+--   status 'busy'    : not enough free tickets; nothing was taken. names: the semaphore
+--                      found short (the first one checked, in id order); NULL when unknown
+--   status 'missing' : names lists the semaphores that do not exist; nothing was taken
+--   status 'exceeds' : names lists the semaphores asked for more tickets than they have
+-- p_count 0 means "every ticket" (an exclusive hold). Tickets this transaction already
+-- holds are never counted twice (nor returned again). On success the transaction's
+-- idle_in_transaction_session_timeout (p_idle_timeout_ms) and application_name
+-- (p_label) are set locally when given. p_starts[i] (optional) is the ticket number where
+-- the search for free tickets of p_names[i] starts, going up and wrapping around; without it
+-- the search starts at 1 (the lowest free tickets are taken). Node holders pass the ticket
+-- they returned last, which is usually free again, so a nearly full semaphore costs about
+-- what an empty one does.
+CREATE OR REPLACE FUNCTION "semaphore".acquire(
+  p_names text[], p_counts integer[], p_label text DEFAULT NULL, p_idle_timeout_ms integer DEFAULT NULL,
+  p_starts integer[] DEFAULT NULL,
+  OUT status text, OUT tickets integer[], OUT ticket_semaphores text[], OUT semaphore_ids integer[], OUT names text[])
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_ns integer := "semaphore"._ns();
+  v_held integer[] := coalesce(nullif(current_setting('pg_semaphore.held_' || to_hex(v_ns), true), ''), '{}')::integer[];
+  v_got integer[] := '{}';
+  v_found integer;
+  v_sem record;
+  v_need integer;
+  v_ticket integer;
+  v_start integer;
+  v_exceeds text[] := '{}';
+  v_short text;
+  v_one_id integer;
+  v_one_name text;
+  v_one_capacity integer;
+BEGIN
+  IF p_names IS NULL OR p_counts IS NULL OR cardinality(p_names) <> cardinality(p_counts) OR cardinality(p_names) = 0 THEN
+    RAISE EXCEPTION 'pg-semaphore: expected equal, non-empty arrays of names and counts' USING ERRCODE = '22023';
+  END IF;
+  IF cardinality(p_names) = 1 AND p_counts[1] = 1 THEN
+    -- The common case, one ticket of one semaphore: nothing to undo when no ticket is free,
+    -- so no subtransaction.
+    SELECT m.id, m.name, m.tickets INTO v_one_id, v_one_name, v_one_capacity FROM "semaphore".semaphores m WHERE m.name = p_names[1];
+    IF NOT FOUND THEN
+      status := 'missing';
+      names := p_names;
+      RETURN;
+    END IF;
+    status := 'busy';
+    names := ARRAY[v_one_name];
+    IF v_one_capacity = 0 THEN
+      RETURN; -- paused
+    END IF;
+    v_start := coalesce(p_starts[1], 1);
+    FOR v_ticket IN
+      (SELECT t.id FROM "semaphore".tickets t
+        WHERE t.semaphore_id = v_one_id AND t.no >= v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
+      UNION ALL
+      (SELECT t.id FROM "semaphore".tickets t
+        WHERE t.semaphore_id = v_one_id AND t.no < v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
+    LOOP
+      IF pg_try_advisory_xact_lock(v_ns, v_ticket) THEN
+        v_got := ARRAY[v_ticket];
+        EXIT;
+      END IF;
+    END LOOP;
+    IF cardinality(v_got) = 0 THEN
+      RETURN;
+    END IF;
+    -- A concurrent shrink may have deleted the ticket between our read and our lock:
+    -- re-read it with a fresh snapshot. If it is gone, the lock we keep is on an id no
+    -- ticket will ever have again, so it costs nobody anything.
+    SELECT ARRAY[t.no] INTO tickets FROM "semaphore".tickets t WHERE t.id = v_got[1];
+    IF tickets IS NULL THEN
+      RETURN;
+    END IF;
+    names := NULL;
+    ticket_semaphores := ARRAY[v_one_name];
+    semaphore_ids := ARRAY[v_one_id];
+  ELSE
+  SELECT array_agg(n.name ORDER BY n.ord) INTO names
+    FROM unnest(p_names) WITH ORDINALITY AS n(name, ord)
+    WHERE NOT EXISTS (SELECT 1 FROM "semaphore".semaphores m WHERE m.name = n.name);
+  IF names IS NOT NULL THEN
+    status := 'missing';
+    RETURN;
+  END IF;
+  semaphore_ids := '{}';
+  BEGIN
+    FOR v_sem IN
+      SELECT m.id, m.name, m.tickets AS capacity, sum(r.cnt)::integer AS cnt, min(r.start) AS start
+        FROM unnest(p_names, p_counts, coalesce(p_starts, '{}')) AS r(name, cnt, start)
+        JOIN "semaphore".semaphores m ON m.name = r.name
+       GROUP BY m.id, m.name, m.tickets ORDER BY m.id
+    LOOP
+      semaphore_ids := semaphore_ids || v_sem.id;
+      IF v_sem.cnt < 0 OR v_sem.cnt > 10000 THEN
+        RAISE EXCEPTION 'pg-semaphore: expected a ticket count from 1 to 10000 (or 0 for all), got %', v_sem.cnt USING ERRCODE = '22023';
+      END IF;
+      v_need := CASE WHEN v_sem.cnt = 0 THEN v_sem.capacity ELSE v_sem.cnt END;
+      IF v_sem.capacity > 0 AND v_need > v_sem.capacity THEN
+        v_exceeds := v_exceeds || v_sem.name;
+        RAISE EXCEPTION USING ERRCODE = 'PSB01';
+      END IF;
+      IF v_sem.capacity = 0 THEN
+        -- a semaphore with no tickets is paused: everyone waits until it grows
+        v_short := v_sem.name;
+        RAISE EXCEPTION USING ERRCODE = 'PSB01';
+      END IF;
+      IF v_sem.cnt = 0 THEN
+        -- exclusive: every ticket, including those this transaction already holds
+        v_need := v_sem.capacity - (SELECT count(*) FROM "semaphore".tickets t WHERE t.semaphore_id = v_sem.id AND t.id = ANY (v_held))::integer;
+      END IF;
+      v_start := coalesce(v_sem.start, 1);
+      FOR v_ticket IN
+        (SELECT t.id FROM "semaphore".tickets t
+          WHERE t.semaphore_id = v_sem.id AND t.no >= v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
+        UNION ALL
+        (SELECT t.id FROM "semaphore".tickets t
+          WHERE t.semaphore_id = v_sem.id AND t.no < v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
+      LOOP
+        EXIT WHEN v_need <= 0;
+        IF pg_try_advisory_xact_lock(v_ns, v_ticket) THEN
+          v_got := v_got || v_ticket;
+          v_need := v_need - 1;
+        END IF;
+      END LOOP;
+      IF v_need > 0 THEN
+        v_short := v_sem.name;
+        RAISE EXCEPTION USING ERRCODE = 'PSB01';
+      END IF;
+    END LOOP;
+    -- A concurrent shrink may have deleted a ticket between our read and our lock:
+    -- re-read with a fresh snapshot and give everything back if so. The same read turns
+    -- the row ids (the lock keys, internal) into ticket numbers, in request order.
+    SELECT count(*)::integer, array_agg(t.no ORDER BY r.ord, t.no), array_agg(m.name ORDER BY r.ord, t.no)
+      INTO v_found, tickets, ticket_semaphores
+      FROM "semaphore".tickets t
+      JOIN "semaphore".semaphores m ON m.id = t.semaphore_id
+      JOIN (SELECT n.name, min(n.ord) AS ord FROM unnest(p_names) WITH ORDINALITY AS n(name, ord) GROUP BY n.name) r ON r.name = m.name
+     WHERE t.id = ANY (v_got);
+    IF v_found <> cardinality(v_got) THEN
+      RAISE EXCEPTION USING ERRCODE = 'PSB01';
+    END IF;
+  EXCEPTION WHEN SQLSTATE 'PSB01' THEN
+    status := CASE WHEN cardinality(v_exceeds) > 0 THEN 'exceeds' ELSE 'busy' END;
+    names := CASE WHEN cardinality(v_exceeds) > 0 THEN v_exceeds WHEN v_short IS NOT NULL THEN ARRAY[v_short] END;
+    semaphore_ids := NULL;
+    tickets := NULL;
+    ticket_semaphores := NULL;
+    RETURN;
+  END;
+  END IF;
+  PERFORM set_config('pg_semaphore.held_' || to_hex(v_ns), (v_held || v_got)::text, true);
+  IF p_idle_timeout_ms IS NOT NULL THEN
+    PERFORM set_config('idle_in_transaction_session_timeout', p_idle_timeout_ms::text, true);
+  END IF;
+  IF p_label IS NOT NULL THEN
+    PERFORM set_config('application_name', left('pg-semaphore:' || p_label, 63), true);
+  END IF;
+  status := 'ok';
+  tickets := coalesce(tickets, '{}');
+  ticket_semaphores := coalesce(ticket_semaphores, '{}');
+END
+$$;
+
+-- The second half of the upgrade above: the new acquire gets the privileges the old one had
+-- (so GRANTs such as docs/SECURITY.md's survive), and the old one is dropped.
+DO $$
+DECLARE
+  v_old regprocedure := to_regprocedure('"semaphore"._acquire_old(text[], integer[], text, integer)');
+  v_new regprocedure := to_regprocedure('"semaphore".acquire(text[], integer[], text, integer, integer[])');
+  v_acl aclitem[];
+  v_grant record;
+BEGIN
+  IF v_old IS NULL THEN
+    RETURN;
+  END IF;
+  SELECT p.proacl INTO v_acl FROM pg_proc p WHERE p.oid = v_old;
+  IF v_acl IS NOT NULL THEN
+    -- start from nothing but the owner's own right, then grant what the old one granted
+    FOR v_grant IN
+      SELECT DISTINCT a.grantee FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+       WHERE p.oid = v_new AND a.grantee <> p.proowner
+    LOOP
+      EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %s', v_new,
+        CASE WHEN v_grant.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(v_grant.grantee)) END);
+    END LOOP;
+    FOR v_grant IN
+      SELECT a.grantee, a.is_grantable FROM pg_proc p, aclexplode(v_acl) a
+       WHERE p.oid = v_new AND a.grantee <> p.proowner AND a.privilege_type = 'EXECUTE'
+    LOOP
+      EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', v_new,
+        CASE WHEN v_grant.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(v_grant.grantee)) END,
+        CASE WHEN v_grant.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+  END IF;
+  EXECUTE format('DROP FUNCTION %s', v_old);
+END
+$$;
+
+-- Session-level shared "I am waiting" markers, taken by a waiting process's listener
+-- connection; wake() uses them to skip the NOTIFY when nobody waits.
+CREATE OR REPLACE FUNCTION "semaphore".watch(p_names text[]) RETURNS integer[]
+LANGUAGE sql AS $$
+  SELECT coalesce(array_agg(m.id ORDER BY m.id), '{}')
+    FROM "semaphore".semaphores m, LATERAL (SELECT pg_advisory_lock_shared("semaphore"._ns() # 2, m.id)) l
+   WHERE m.name = ANY (p_names)
+$$;
+
+-- The same markers by semaphore id, one per element (repeats count), for re-registering
+-- waiters after the LISTEN connection was replaced.
+CREATE OR REPLACE FUNCTION "semaphore".watch_ids(p_ids integer[]) RETURNS void
+LANGUAGE sql AS $$
+  SELECT count(pg_advisory_lock_shared("semaphore"._ns() # 2, i)) FROM unnest(p_ids) i;
+$$;
+
+CREATE OR REPLACE FUNCTION "semaphore".unwatch(p_ids integer[]) RETURNS void
+LANGUAGE sql AS $$
+  SELECT count(pg_advisory_unlock_shared("semaphore"._ns() # 2, i)) FROM unnest(p_ids) i;
+$$;
+
+-- Called after a holder commits: tells waiting processes (LISTEN pg_semaphore) that
+-- tickets of these semaphores came free. Sends nothing, and so writes nothing, when no
+-- process is waiting on them.
+CREATE OR REPLACE FUNCTION "semaphore".wake(p_ids integer[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_id integer;
+  v_sent integer := 0;
+BEGIN
+  FOREACH v_id IN ARRAY coalesce(p_ids, '{}') LOOP
+    IF NOT pg_try_advisory_xact_lock("semaphore"._ns() # 2, v_id) THEN
+      PERFORM pg_notify('pg_semaphore', "semaphore"._ns() || ':' || v_id);
+      v_sent := v_sent + 1;
+    END IF;
+  END LOOP;
+  RETURN v_sent;
+END
+$$;
+
+-- The same by semaphore name, for holders in plain SQL: send it in one string with the
+-- COMMIT (or ROLLBACK) that returns the tickets, e.g.
+--   COMMIT; SELECT semaphore.wake_names('{openai}');
+-- Returns how many NOTIFYs it sent (0 when nobody waits; unknown names are skipped).
+CREATE OR REPLACE FUNCTION "semaphore".wake_names(p_names text[]) RETURNS integer
+LANGUAGE sql AS $$
+  SELECT "semaphore".wake(array_agg(m.id ORDER BY m.id)) FROM "semaphore".semaphores m WHERE m.name = ANY (p_names)
+$$;
+
+-- BullMQ wrapper: remember a job that was put back to wait for tickets of these semaphores.
+-- Returns how many jobs wait ahead of it (the most over the semaphores) and the smallest
+-- capacity among them, so the caller can pick a sensible delay.
+CREATE OR REPLACE FUNCTION "semaphore".enqueue_job(p_names text[], p_queue text, p_job_id text, OUT ahead integer, OUT capacity integer)
+LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO "semaphore".waiting_jobs (semaphore_id, queue, job_id)
+  SELECT m.id, p_queue, p_job_id FROM "semaphore".semaphores m WHERE m.name = ANY (p_names)
+  ON CONFLICT ON CONSTRAINT waiting_jobs_key DO NOTHING;
+  SELECT coalesce(max((SELECT count(*) FROM "semaphore".waiting_jobs o WHERE o.semaphore_id = w.semaphore_id AND o.id < w.id)), 0)::integer,
+         min(m.tickets)::integer
+    INTO ahead, capacity
+    FROM "semaphore".waiting_jobs w JOIN "semaphore".semaphores m ON m.id = w.semaphore_id
+   WHERE w.queue = p_queue AND w.job_id = p_job_id;
+END
+$$;
+
+-- BullMQ wrapper: take the oldest waiting jobs of these semaphores (in the queues the caller
+-- can reach) so the caller can promote them. Each job is returned once and forgotten.
+CREATE OR REPLACE FUNCTION "semaphore".dequeue_jobs(p_semaphore_ids integer[], p_queues text[], p_limit integer DEFAULT 1)
+RETURNS TABLE (queue text, job_id text)
+LANGUAGE sql AS $$
+  WITH picked AS (
+    SELECT w.id, w.queue, w.job_id FROM "semaphore".waiting_jobs w
+     WHERE w.semaphore_id = ANY (p_semaphore_ids) AND w.queue = ANY (p_queues)
+     ORDER BY w.id
+     LIMIT p_limit
+     FOR UPDATE SKIP LOCKED
+  ), gone AS (
+    DELETE FROM "semaphore".waiting_jobs w USING picked p
+     WHERE w.queue = p.queue AND w.job_id = p.job_id
+  )
+  SELECT p.queue, p.job_id FROM picked p ORDER BY p.id
+$$;
+
+-- BullMQ wrapper: a job got its tickets (or gave up); stop promoting it.
+CREATE OR REPLACE FUNCTION "semaphore".forget_job(p_queue text, p_job_id text) RETURNS void
+LANGUAGE sql AS $$
+  DELETE FROM "semaphore".waiting_jobs WHERE queue = p_queue AND job_id = p_job_id
+$$;
+
+-- Who holds tickets right now, from Postgres's own lock table.
+CREATE OR REPLACE FUNCTION "semaphore".holders(p_name text DEFAULT NULL)
+RETURNS TABLE (name text, ticket integer, pid integer, application_name text, client_addr inet, since timestamptz, label text)
+LANGUAGE sql STABLE AS $$
+  SELECT m.name, t.no, l.pid, a.application_name, a.client_addr, a.xact_start,
+         CASE WHEN a.application_name LIKE 'pg-semaphore:%' THEN substr(a.application_name, 14) END
+    FROM pg_locks l
+    JOIN "semaphore".tickets t ON t.id = l.objid::bigint
+    JOIN "semaphore".semaphores m ON m.id = t.semaphore_id
+    LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+     AND l.classid::bigint = ("semaphore"._ns()::bigint + 4294967296) % 4294967296
+     AND (p_name IS NULL OR m.name = p_name)
+   ORDER BY m.name, t.no
+$$;
+
+CREATE OR REPLACE FUNCTION "semaphore".list()
+RETURNS TABLE (name text, tickets integer, held integer, created_at timestamptz, updated_at timestamptz)
+LANGUAGE sql STABLE AS $$
+  SELECT m.name, m.tickets, coalesce(h.held, 0)::integer, m.created_at, m.updated_at
+    FROM "semaphore".semaphores m
+    LEFT JOIN (SELECT h.name, count(*) AS held FROM "semaphore".holders() h GROUP BY h.name) h ON h.name = m.name
+   ORDER BY m.name
+$$;
