@@ -12,3 +12,4 @@ export type {
   LimiterStats,
 } from './limit-processor.js';
 export { RescheduleBudgetError } from './reschedule-budget-error.js';
+export { WaitCancelledError } from './wait-cancelled-error.js';

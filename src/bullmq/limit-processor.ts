@@ -15,7 +15,9 @@ import { LimiterMetrics } from './metrics.js';
 import { resolveOptions, type LimitOptions } from './options.js';
 import { Promotion, queueHandleOf } from './promotion.js';
 import { PutBackPolicy, reschedulesOf } from './put-back.js';
+import { WaitCancelledError } from './wait-cancelled-error.js';
 import { WaitingList } from './waiting-list.js';
+import { WorkerStop } from './worker-stop.js';
 
 export type { LimitOptions } from './options.js';
 
@@ -170,12 +172,44 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     return gate.wait(label, signal, opts.localWait);
   };
 
-  /** Fails the job past its budget, or moves it to delayed and throws BullMQ's DelayedError. */
-  const reschedule = async (job: Job<D, R, N>, token: string | undefined, gate: Gate<Hold>, reschedules: number): Promise<never> => {
+  /**
+   * `acquire`, unless the job's worker is stopping (`close()` began, or `pause()`): then
+   * 'stopping' and the job never starts here; a hold that came meanwhile is given on. A
+   * cancel (`worker.cancelJob`) while the job waits fails it with {@link WaitCancelledError}.
+   */
+  const acquireUnlessStopping = async (gate: Gate<Hold>, label: string, signal: AbortSignal | undefined, stop: WorkerStop | undefined) => {
+    if (stop?.stopping) return 'stopping' as const;
+    const stopSignal = stop?.signal;
+    const both = signal && stopSignal ? anySignal(signal, stopSignal) : undefined;
+    const done = stop?.use();
+    let got: Awaited<ReturnType<typeof acquire>>;
+    try {
+      got = await acquire(gate, label, both?.signal ?? signal ?? stopSignal);
+    } catch (err) {
+      if (signal?.aborted) throw new WaitCancelledError(gate.req.names, signal.reason);
+      if (stopSignal?.aborted) return 'stopping' as const;
+      throw err;
+    } finally {
+      both?.dispose();
+      done?.();
+    }
+    if (got && stopSignal?.aborted) {
+      await gate.free(got.hold, { commit: true, reusable: true });
+      return 'stopping' as const;
+    }
+    return got;
+  };
+
+  /**
+   * Fails the job past its budget, or moves it to delayed and throws BullMQ's DelayedError.
+   * `stopping` (its worker is closing or paused): no budget check, no record, the shortest
+   * delay, so it is back in the queue at once for another worker.
+   */
+  const reschedule = async (job: Job<D, R, N>, token: string | undefined, gate: Gate<Hold>, reschedules: number, stopping = false): Promise<never> => {
     const names = gate.req.names;
-    putBack.checkReschedule(names, job.timestamp, reschedules);
-    const queued = await promotion.record(job, names, unavailable);
-    const delay = putBack.delay({
+    if (!stopping) putBack.checkReschedule(names, job.timestamp, reschedules);
+    const queued = stopping ? undefined : await promotion.record(job, names, unavailable);
+    const delay = stopping ? opts.minDelay : putBack.delay({
       reschedules,
       timestamp: job.timestamp,
       queued,
@@ -198,7 +232,8 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     const reschedules = reschedulesOf(job);
     putBack.checkArrival(names, job.timestamp, reschedules);
 
-    const got = await acquire(gate, label, signal);
+    const got = await acquireUnlessStopping(gate, label, signal, WorkerStop.of(queueHandleOf(job)));
+    if (got === 'stopping') return reschedule(job, token, gate, reschedules, true);
     if (!got) return reschedule(job, token, gate, reschedules);
     const { hold, handoff } = got;
     if (handoff) {

@@ -3,7 +3,7 @@
 // retry it) and errors from another copy of the library (ESM and CJS builds, bundled entries).
 import { UnrecoverableError } from 'bullmq';
 import { describe, expect, it, vi } from 'vitest';
-import { RescheduleBudgetError } from '../../src/bullmq/index.js';
+import { RescheduleBudgetError, WaitCancelledError } from '../../src/bullmq/index.js';
 import {
   InvalidArgumentError,
   PgSemaphoreError,
@@ -21,6 +21,17 @@ describe('instanceof PgSemaphoreError', () => {
     expect(err instanceof Error).toBe(true);
     expect(err.name).toBe('RescheduleBudgetError');
     expect(err instanceof InvalidArgumentError).toBe(false);
+  });
+
+  it('is true for WaitCancelledError, an UnrecoverableError whose message carries the reason', () => {
+    const err = new WaitCancelledError(['openai'], 'user asked');
+    expect(err instanceof PgSemaphoreError).toBe(true);
+    expect(err instanceof UnrecoverableError).toBe(true);
+    expect(err.name).toBe('WaitCancelledError');
+    expect(err.reason).toBe('user asked');
+    expect(err.message).toBe('cancelled while waiting for a ticket of "openai": user asked');
+    expect(new WaitCancelledError(['a', 'b'], new Error('why')).message).toMatch(/"a", "b": why$/);
+    expect(new WaitCancelledError(['a'], undefined).message).toMatch(/: no reason given$/);
   });
 
   it('is true for every core error, whose own classes still check the prototype chain', () => {

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { Queue, createPostgresBackend } from 'bullmq';
+import { Queue, Worker, createPostgresBackend, type WorkerOptions } from 'bullmq';
 import pg from 'pg';
 import { inject } from 'vitest';
 
@@ -26,6 +26,16 @@ export async function bullmqQueues(backend: Backend, names: string[]) {
     env: { BQ_BACKEND: backend, BQ_PREFIX: prefix, BQ_SCHEMA: bqSchema, REDIS_URL: redisUrl, DATABASE_URL: databaseUrl },
     connection: backend === 'postgres' ? { connectionString: databaseUrl, schema: bqSchema } : { url: redisUrl },
     prefix,
+    /** A Worker in this process on this backend (errors swallowed; close it yourself). */
+    worker(name: string, processor: object, opts: Partial<WorkerOptions> = {}): Worker {
+      // one Worker type for both backends: only the common API is used
+      const w =
+        backend === 'postgres'
+          ? (new Worker(name, processor as never, { connection: { connectionString: databaseUrl, schema: bqSchema, max: 3 }, ...opts } as never, createPostgresBackend) as unknown as Worker)
+          : new Worker(name, processor as never, { connection: { url: redisUrl }, prefix, ...opts } as never);
+      w.on('error', () => undefined);
+      return w;
+    },
     async cleanup() {
       for (const q of queues) {
         await q.obliterate({ force: true }).catch(() => undefined);

@@ -57,7 +57,7 @@ const PUBLIC = {
     ],
   },
   'pg-semaphore/bullmq': {
-    values: ['RescheduleBudgetError', 'limitProcessor'],
+    values: ['RescheduleBudgetError', 'WaitCancelledError', 'limitProcessor'],
     types: ['LimitOptions', 'LimitedContext', 'LimitedProcessor', 'LimitedProcessorFn', 'LimiterEventMap', 'LimiterStats'],
   },
   'pg-semaphore/drizzle': {
