@@ -26,8 +26,8 @@ export async function bullmqQueues(backend: Backend, names: string[]) {
     env: { BQ_BACKEND: backend, BQ_PREFIX: prefix, BQ_SCHEMA: bqSchema, REDIS_URL: redisUrl, DATABASE_URL: databaseUrl },
     connection: backend === 'postgres' ? { connectionString: databaseUrl, schema: bqSchema } : { url: redisUrl },
     prefix,
-    /** A Worker in this process on this backend (errors swallowed; close it yourself). */
-    worker(name: string, processor: object, opts: Partial<WorkerOptions> = {}): Worker {
+    /** A Worker in this process on this backend (a processor function, or a sandboxed processor's file); errors swallowed; close it yourself. */
+    worker(name: string, processor: object | string, opts: Partial<WorkerOptions> = {}): Worker {
       // one Worker type for both backends: only the common API is used
       const w =
         backend === 'postgres'
