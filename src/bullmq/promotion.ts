@@ -21,8 +21,13 @@ export interface QueuedJob {
   readonly queueQualifiedName?: string;
 }
 
-/** Whether the backend behind this queue handle (a Worker or Queue) promotes safely: Redis yes, Postgres no. @internal */
+/**
+ * Whether the backend behind this queue handle (a Worker or Queue) promotes safely: Redis yes,
+ * Postgres no; no handle (a sandboxed processor's job, rebuilt in the child) no, as nothing there
+ * could promote it. @internal
+ */
 export function backendPromotes(queueHandle: unknown): boolean {
+  if (queueHandle === undefined || queueHandle === null) return false;
   return !((queueHandle as { backend?: unknown } | undefined)?.backend instanceof PostgresQueueBackend);
 }
 
