@@ -1,5 +1,5 @@
 import { fileURLToPath } from 'node:url';
-import { FlowProducer, type Job, type Worker } from 'bullmq';
+import { FlowProducer, createPostgresBackend, type Job, type Worker } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { limitProcessor, WaitCancelledError } from '../../src/bullmq/index.js';
 import { bullmqQueues, type Backend } from '../helpers/bullmq.js';
@@ -287,14 +287,16 @@ describe('sandboxed processors', () => {
   const JOBS = 24;
   const fixture = (name: string) => fileURLToPath(new URL(`../fixtures/${name}`, import.meta.url));
 
-  it.each([
-    ['child processes', fixture('sandboxed-processor.ts'), { workerForkOptions: { execArgv: ['--import', 'tsx'] } }],
-    ['worker threads', fixture('sandboxed-processor-thread.mjs'), { useWorkerThreads: true }],
-  ])('the wrapper inside a processor file run in %s caps the jobs', async (kind, file, sandbox) => {
-    const name = `sandbox-${kind.split(' ')[0]}`;
+  const inChildren = { workerForkOptions: { execArgv: ['--import', 'tsx'] } };
+  it.each<[string, Backend, string, object]>([
+    ['child processes', 'redis', fixture('sandboxed-processor.ts'), inChildren],
+    ['worker threads', 'redis', fixture('sandboxed-processor-thread.mjs'), { useWorkerThreads: true }],
+    ['child processes', 'postgres', fixture('sandboxed-processor.ts'), inChildren],
+  ])('the wrapper inside a processor file run in %s (BullMQ %s) caps the jobs', async (kind, backend, file, sandbox) => {
+    const name = `sandbox-${kind.split(' ')[0]}-${backend}`;
     await ctx.sem.make(name, CAP);
     const api = await fakeApi(30);
-    const bq = await bullmqQueues('redis', [name]);
+    const bq = await bullmqQueues(backend, [name]);
     Object.assign(process.env, { SEM_SCHEMA: ctx.schema, SEM_NAME: name, API_URL: api.url, DATABASE_URL: process.env.DATABASE_URL ?? bq.env.DATABASE_URL });
     const w = bq.worker(name, file, { concurrency: 4, ...sandbox });
     try {
@@ -317,10 +319,10 @@ describe('sandboxed processors', () => {
   }, 60_000);
 });
 
-describe('flows and job schedulers (BullMQ on Redis)', () => {
+describe.each<Backend>(['redis', 'postgres'])('flows and job schedulers on BullMQ %s', (backend) => {
   let bq: Bq;
   beforeAll(async () => {
-    bq = await bullmqQueues('redis', ['flow-parent', 'flow-child', 'sched']);
+    bq = await bullmqQueues(backend, ['flow-parent', 'flow-child', 'sched']);
   });
   afterAll(async () => {
     await bq?.cleanup();
@@ -329,10 +331,13 @@ describe('flows and job schedulers (BullMQ on Redis)', () => {
   it('a flow: capped children put back and completed once, every parent completes with its children’s results', async () => {
     const PARENTS = 3;
     const CHILDREN = 6;
-    await ctx.sem.make('flow', 2);
+    await ctx.sem.make(`flow-${backend}`, 2);
     const api = await fakeApi(20);
-    const flows = new FlowProducer({ connection: bq.connection, prefix: bq.prefix } as never);
-    const children = limitProcessor(ctx.sem, api.call, { semaphore: 'flow', localWait: 50, backoff: { delay: 30, maxDelay: 200 } });
+    const flows =
+      backend === 'postgres'
+        ? (new FlowProducer({ connection: bq.connection } as never, createPostgresBackend) as unknown as FlowProducer)
+        : new FlowProducer({ connection: bq.connection, prefix: bq.prefix } as never);
+    const children = limitProcessor(ctx.sem, api.call, { semaphore: `flow-${backend}`, localWait: 50, backoff: { delay: 30, maxDelay: 200 } });
     const cw = bq.worker('flow-child', children, { concurrency: 6 });
     const pw = bq.worker('flow-parent', async (job: Job) => Object.keys(await job.getChildrenValues()).length, { concurrency: 2 });
     try {
@@ -359,9 +364,9 @@ describe('flows and job schedulers (BullMQ on Redis)', () => {
 
   it('a job scheduler: repeated jobs longer than the interval are capped, each iteration runs once', async () => {
     const LIMIT = 8;
-    await ctx.sem.make('sched', 1);
+    await ctx.sem.make(`sched-${backend}`, 1);
     const api = await fakeApi(80);
-    const processor = limitProcessor(ctx.sem, api.call, { semaphore: 'sched', localWait: 50, backoff: { delay: 30, maxDelay: 200 } });
+    const processor = limitProcessor(ctx.sem, api.call, { semaphore: `sched-${backend}`, localWait: 50, backoff: { delay: 30, maxDelay: 200 } });
     const q = bq.queues[2]!;
     const w = bq.worker('sched', processor, { concurrency: 4 });
     try {
