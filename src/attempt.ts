@@ -49,7 +49,7 @@ export async function attempt(ctx: AttemptContext, statement: Statement): Promis
     if (pipelined) {
       ctx.roundTrips(1);
       const results = await pipeline(client, [statements.BEGIN_STATEMENT, statement]);
-      row = results[1]!.rows[0] as unknown as AcquireRow;
+      row = results[1]!.rows[0] as AcquireRow;
     } else {
       ctx.roundTrips(2);
       await client.query(statements.BEGIN);

@@ -561,8 +561,8 @@ export class PgSemaphore {
     // both of which end the current nap. Not AbortSignal.any: on Node 20 every call leaves an
     // entry on a long-lived source signal that is never collected (measured: +124 MB after
     // 100,000 waits on one signal).
-    // created on the first sleep: a try that succeeds at once (most of them) needs none
-    let stop: AbortController | undefined;
+    const stop = new AbortController();
+    let listening = false;
     let unsubscribe: (() => void) | undefined;
     let unwatch: (() => Promise<void>) | undefined;
     let woken = false;
@@ -608,8 +608,8 @@ export class PgSemaphore {
           if (watching) continue;
         }
         if (!woken) {
-          if (!stop) {
-            stop = new AbortController();
+          if (!listening) {
+            listening = true;
             this.waits.add(stop);
             stop.signal.addEventListener('abort', interrupt, { once: true });
             if (wait.signal) unsubscribe = this.fanout.subscribe(wait.signal, interrupt);
@@ -626,7 +626,7 @@ export class PgSemaphore {
     } catch (err) {
       throw explainNotInstalled(err, this.schema);
     } finally {
-      if (stop) this.waits.delete(stop);
+      this.waits.delete(stop);
       unsubscribe?.();
       if (unwatch) await unwatch();
     }

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import type { PoolClient } from 'pg';
+import type { PoolClient, QueryResult } from 'pg';
 import type { Statement } from './statements.js';
 
 /** The parts of node-postgres's connection a pipeline writes to. */
@@ -14,13 +14,13 @@ interface Wire {
 }
 
 interface PgInternals {
-  types: { getTypeParser(oid: number, format?: string): (value: string) => unknown };
+  Result: new (rowMode?: string, types?: unknown) => QueryResult & {
+    addFields(fields: unknown[]): void;
+    parseRow(fields: unknown[]): Record<string, unknown>;
+    addRow(row: Record<string, unknown>): void;
+    addCommandComplete(msg: unknown): void;
+  };
   utils: { prepareValue(value: unknown): unknown };
-}
-
-/** What one statement of a pipeline gave: its rows, each value parsed as node-postgres would (text format). */
-export interface PipelineResult {
-  rows: Array<Record<string, unknown>>;
 }
 
 const internals = pg as unknown as Partial<PgInternals>;
@@ -36,7 +36,7 @@ export function canPipeline(client: PoolClient): boolean {
     typeof c.connection?.parse === 'function' &&
     typeof c.connection.close === 'function' &&
     !c.pipeline &&
-    typeof internals.types?.getTypeParser === 'function' &&
+    typeof internals.Result === 'function' &&
     typeof internals.utils?.prepareValue === 'function'
   );
 }
@@ -55,22 +55,15 @@ export function canPipeline(client: PoolClient): boolean {
  * collects the replies. Check {@link canPipeline} first.
  * @internal
  */
-export function pipeline(client: PoolClient, statements: readonly Statement[]): Promise<PipelineResult[]> {
-  const { utils } = internals as PgInternals;
-  // the client's own type parsers (pg's Client keeps overrides there, falling back to pg.types)
-  const types = (client as unknown as { _types?: PgInternals['types'] })._types ?? (internals as PgInternals).types;
+export function pipeline(client: PoolClient, statements: readonly Statement[]): Promise<QueryResult[]> {
+  const { Result, utils } = internals as PgInternals;
   return new Promise((resolve, reject) => {
-    const results: PipelineResult[] = [];
-    // Rows are built here rather than by node-postgres's Result, whose per-statement set-up
-    // (a dictionary-mode template object) showed in CPU profiles of the acquire (issue 11).
-    let names: string[] = [];
-    let parsers: Array<(value: string) => unknown> = [];
-    let rows: Array<Record<string, unknown>> = [];
-    const done = () => {
-      results.push({ rows });
-      rows = [];
-      names = [];
-      parsers = [];
+    const results: QueryResult[] = [];
+    let current: InstanceType<PgInternals['Result']> | undefined;
+    let failed: Error | undefined;
+    const next = () => {
+      current ??= new Result(undefined, (client as unknown as { _types?: unknown })._types);
+      return current;
     };
     const submittable = {
       submit(connection: Wire) {
@@ -89,20 +82,23 @@ export function pipeline(client: PoolClient, statements: readonly Statement[]): 
         }
         return null;
       },
-      handleRowDescription(msg: { fields: Array<{ name: string; dataTypeID: number }> }) {
-        names = msg.fields.map((f) => f.name);
-        parsers = msg.fields.map((f) => types.getTypeParser(f.dataTypeID, 'text'));
+      handleRowDescription(msg: { fields: unknown[] }) {
+        next().addFields(msg.fields);
       },
-      handleDataRow(msg: { fields: Array<string | null> }) {
-        const row: Record<string, unknown> = {};
-        for (let i = 0; i < names.length; i++) {
-          const value = msg.fields[i];
-          row[names[i]!] = value === null || value === undefined ? null : parsers[i]!(value);
-        }
-        rows.push(row);
+      handleDataRow(msg: { fields: unknown[] }) {
+        const result = next();
+        result.addRow(result.parseRow(msg.fields));
       },
-      handleCommandComplete: done,
-      handleEmptyQuery: done,
+      handleCommandComplete(msg: unknown) {
+        const result = next();
+        result.addCommandComplete(msg);
+        results.push(result);
+        current = undefined;
+      },
+      handleEmptyQuery() {
+        results.push(next());
+        current = undefined;
+      },
       handleError(err: Error) {
         // node-postgres forgets the query on an error; the ReadyForQuery that follows finds none
         failed ??= err;
@@ -116,7 +112,6 @@ export function pipeline(client: PoolClient, statements: readonly Statement[]): 
       handleCopyInResponse() {},
       handleCopyData() {},
     };
-    let failed: Error | undefined;
     (client.query as unknown as (q: unknown) => unknown)(submittable);
   });
 }

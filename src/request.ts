@@ -34,8 +34,6 @@ export interface NormalizedRequest {
 
 /** Checks a {@link TicketRequest} and flattens it. Throws {@link InvalidArgumentError}. */
 export function normalizeRequest(request: unknown, argument = 'semaphore'): NormalizedRequest {
-  // the common case, one ticket of one semaphore, without the list's bookkeeping
-  if (typeof request === 'string') return { names: [validateName(request, argument)], counts: [1] };
   const items = Array.isArray(request) ? request : [request];
   if (items.length < 1 || items.length > 100) {
     throw new InvalidArgumentError(argument, 'a name, { name, tickets }, or a list of 1 to 100 of those', request);

@@ -127,10 +127,10 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     stats.attempts++;
     let hold: Hold | null;
     try {
-      // one ticket of one semaphore (the usual job) as a plain name: the core's cheapest check
-      const request =
-        req.names.length === 1 && req.counts[0] === 1 ? req.names[0]! : req.names.map((name, i) => ({ name, tickets: req.counts[i] === 0 ? ('all' as const) : req.counts[i]! }));
-      hold = await sem.tryHold(request, { createWith: opts.createWith, label, onBusy: onShort });
+      hold = await sem.tryHold(
+        req.names.map((name, i) => ({ name, tickets: req.counts[i] === 0 ? ('all' as const) : req.counts[i]! })),
+        { createWith: opts.createWith, label, onBusy: onShort },
+      );
     } catch (err) {
       if (!isUnavailable(err)) throw err;
       unavailable = true;
