@@ -154,64 +154,77 @@ CREATE OR REPLACE FUNCTION "semaphore".acquire(
   OUT status text, OUT tickets integer[], OUT ticket_semaphores text[], OUT semaphore_ids integer[], OUT names text[])
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_ns integer := "semaphore"._ns();
-  v_held integer[] := coalesce(nullif(current_setting('pg_semaphore.held_' || to_hex(v_ns), true), ''), '{}')::integer[];
-  v_got integer[] := '{}';
-  v_found integer;
-  v_sem record;
-  v_need integer;
+  -- every statement of the fast path counts (issue 11): it runs two queries, no subtransaction,
+  -- and no set_config of its own (the re-read sets them); the general path's variables live in
+  -- its own block
+  v_held integer[] := coalesce(nullif(current_setting('pg_semaphore.held_' || to_hex("semaphore"._ns()), true), ''), '{}')::integer[];
+  v_id integer;
+  v_name text;
   v_ticket integer;
-  v_start integer;
-  v_exceeds text[] := '{}';
-  v_short text;
-  v_one_id integer;
-  v_one_name text;
-  v_one_capacity integer;
 BEGIN
-  IF p_names IS NULL OR p_counts IS NULL OR cardinality(p_names) <> cardinality(p_counts) OR cardinality(p_names) = 0 THEN
-    RAISE EXCEPTION 'pg-semaphore: expected equal, non-empty arrays of names and counts' USING ERRCODE = '22023';
-  END IF;
-  IF cardinality(p_names) = 1 AND p_counts[1] = 1 THEN
+  IF cardinality(p_names) = 1 AND cardinality(p_counts) = 1 AND p_counts[1] = 1 THEN
     -- The common case, one ticket of one semaphore: nothing to undo when no ticket is free,
-    -- so no subtransaction.
-    SELECT m.id, m.name, m.tickets INTO v_one_id, v_one_name, v_one_capacity FROM "semaphore".semaphores m WHERE m.name = p_names[1];
-    IF NOT FOUND THEN
+    -- so no subtransaction. One query finds the semaphore and locks the first free ticket
+    -- from the start position on: the ordered ticket list is a subquery of its own (ORDER BY
+    -- and OFFSET keep it from being merged, and Postgres never pushes a volatile condition
+    -- into it), so the lock is tried row by row in ticket order and LIMIT 1 stops at the
+    -- first success: it never locks a ticket it does not return.
+    SELECT m.id, m.name, c.id INTO v_id, v_name, v_ticket
+      FROM "semaphore".semaphores m
+      LEFT JOIN LATERAL (
+        SELECT f.id FROM (
+          SELECT t.id FROM "semaphore".tickets t
+           WHERE t.semaphore_id = m.id AND t.no >= coalesce(p_starts[1], 1) AND NOT (t.id = ANY (v_held))
+           ORDER BY t.no OFFSET 0) f
+         WHERE pg_try_advisory_xact_lock("semaphore"._ns(), f.id)
+         LIMIT 1) c ON true
+     WHERE m.name = p_names[1];
+    IF v_id IS NULL THEN
       status := 'missing';
       names := p_names;
       RETURN;
     END IF;
-    status := 'busy';
-    names := ARRAY[v_one_name];
-    IF v_one_capacity = 0 THEN
-      RETURN; -- paused
+    IF v_ticket IS NULL AND p_starts[1] > 1 THEN
+      -- wrap around: the tickets below the start position
+      SELECT f.id INTO v_ticket FROM (
+          SELECT t.id FROM "semaphore".tickets t
+           WHERE t.semaphore_id = v_id AND t.no < p_starts[1] AND NOT (t.id = ANY (v_held))
+           ORDER BY t.no OFFSET 0) f
+       WHERE pg_try_advisory_xact_lock("semaphore"._ns(), f.id)
+       LIMIT 1;
     END IF;
-    v_start := coalesce(p_starts[1], 1);
-    FOR v_ticket IN
-      (SELECT t.id FROM "semaphore".tickets t
-        WHERE t.semaphore_id = v_one_id AND t.no >= v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
-      UNION ALL
-      (SELECT t.id FROM "semaphore".tickets t
-        WHERE t.semaphore_id = v_one_id AND t.no < v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
-    LOOP
-      IF pg_try_advisory_xact_lock(v_ns, v_ticket) THEN
-        v_got := ARRAY[v_ticket];
-        EXIT;
+    IF v_ticket IS NOT NULL THEN
+      -- A concurrent shrink may have deleted the ticket between our read and our lock:
+      -- re-read it with a fresh snapshot (a statement of its own). If it is gone, the lock we
+      -- keep is on an id no ticket will ever have again, so it costs nobody anything. The
+      -- same read sets the transaction's settings, only when the ticket is there.
+      SELECT 'ok', ARRAY[t.no], ARRAY[v_name], ARRAY[v_id],
+             concat(set_config('pg_semaphore.held_' || to_hex("semaphore"._ns()), (v_held || v_ticket)::text, true),
+                    CASE WHEN p_idle_timeout_ms IS NOT NULL THEN set_config('idle_in_transaction_session_timeout', p_idle_timeout_ms::text, true) END,
+                    CASE WHEN p_label IS NOT NULL THEN set_config('application_name', left('pg-semaphore:' || p_label, 63), true) END)
+        INTO status, tickets, ticket_semaphores, semaphore_ids, v_name
+        FROM "semaphore".tickets t WHERE t.id = v_ticket;
+      IF FOUND THEN
+        RETURN;
       END IF;
-    END LOOP;
-    IF cardinality(v_got) = 0 THEN
-      RETURN;
     END IF;
-    -- A concurrent shrink may have deleted the ticket between our read and our lock:
-    -- re-read it with a fresh snapshot. If it is gone, the lock we keep is on an id no
-    -- ticket will ever have again, so it costs nobody anything.
-    SELECT ARRAY[t.no] INTO tickets FROM "semaphore".tickets t WHERE t.id = v_got[1];
-    IF tickets IS NULL THEN
-      RETURN;
-    END IF;
-    names := NULL;
-    ticket_semaphores := ARRAY[v_one_name];
-    semaphore_ids := ARRAY[v_one_id];
-  ELSE
+    status := 'busy'; -- no free ticket, or a paused semaphore (no tickets at all)
+    names := ARRAY[v_name];
+    RETURN;
+  END IF;
+  IF p_names IS NULL OR p_counts IS NULL OR cardinality(p_names) <> cardinality(p_counts) OR cardinality(p_names) = 0 THEN
+    RAISE EXCEPTION 'pg-semaphore: expected equal, non-empty arrays of names and counts' USING ERRCODE = '22023';
+  END IF;
+  DECLARE
+    v_ns integer := "semaphore"._ns();
+    v_got integer[] := '{}';
+    v_found integer;
+    v_sem record;
+    v_need integer;
+    v_start integer;
+    v_exceeds text[] := '{}';
+    v_short text;
+  BEGIN
   SELECT array_agg(n.name ORDER BY n.ord) INTO names
     FROM unnest(p_names) WITH ORDINALITY AS n(name, ord)
     WHERE NOT EXISTS (SELECT 1 FROM "semaphore".semaphores m WHERE m.name = n.name);
@@ -284,8 +297,8 @@ BEGIN
     ticket_semaphores := NULL;
     RETURN;
   END;
-  END IF;
   PERFORM set_config('pg_semaphore.held_' || to_hex(v_ns), (v_held || v_got)::text, true);
+  END;
   IF p_idle_timeout_ms IS NOT NULL THEN
     PERFORM set_config('idle_in_transaction_session_timeout', p_idle_timeout_ms::text, true);
   END IF;

@@ -227,7 +227,8 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
         bqAppName,
       };
       const child = fork(HOST_SCRIPT, [], {
-        execArgv: ['--import', 'tsx'],
+        // BENCH_HOST_NODE_ARGS: extra node flags for the worker hosts, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`
+        execArgv: ['--import', 'tsx', ...(process.env.BENCH_HOST_NODE_ARGS ?? '').split(' ').filter(Boolean)],
         env: { ...process.env, BENCH_CONFIG: JSON.stringify(cfg) },
         stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       });

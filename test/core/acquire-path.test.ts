@@ -95,6 +95,36 @@ describe('one ticket of one semaphore: the fast path in SQL', () => {
     expect((await ctx.sem.status('fast')).held).toBe(0);
   });
 
+  it('takes exactly one lock per call, also with many free tickets, a start position and a wrap-around', async () => {
+    await ctx.sem.make('fast-many', 8);
+    // the ticket locks this backend holds (first key: the schema's namespace)
+    const myLocks = async () => {
+      const { rows } = await client.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_locks l
+          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.pid = pg_backend_pid()
+            AND l.classid::bigint = (${s}._ns()::bigint + 4294967296) % 4294967296`,
+      );
+      return rows[0]!.n;
+    };
+    const other = await ctx.sem.hold({ name: 'fast-many', tickets: 1 }); // ticket 1
+    const more = await ctx.sem.hold({ name: 'fast-many', tickets: 1 }); // ticket 2
+    try {
+      await inTransaction(async () => {
+        expect((await client.query(acquireSql('{fast-many}', '{1}'))).rows[0]).toMatchObject({ status: 'ok', tickets: [3] });
+        expect(await myLocks()).toBe(1);
+        expect((await client.query(acquireSql('{fast-many}', '{1}', '{6}'))).rows[0]).toMatchObject({ status: 'ok', tickets: [6] });
+        expect(await myLocks()).toBe(2);
+        // from 8: 8 is free; then from 8 again: wraps past the held 1 and 2 (and its own 3) to 4
+        expect((await client.query(acquireSql('{fast-many}', '{1}', '{8}'))).rows[0]).toMatchObject({ status: 'ok', tickets: [8] });
+        expect((await client.query(acquireSql('{fast-many}', '{1}', '{8}'))).rows[0]).toMatchObject({ status: 'ok', tickets: [4] });
+        expect(await myLocks()).toBe(4);
+      });
+    } finally {
+      await other.release();
+      await more.release();
+    }
+  });
+
   it('busy when another transaction holds the only ticket; missing and paused semaphores', async () => {
     await ctx.sem.make('fast-one', 1);
     const other = await ctx.sem.hold('fast-one');
