@@ -358,10 +358,9 @@ $$;
 
 -- Session-level shared "I am waiting" markers, taken by a waiting process's listener
 -- connection; wake() uses them to skip the NOTIFY when nobody waits.
--- Returns their ids in the order of p_names (semaphores that do not exist are left out).
 CREATE OR REPLACE FUNCTION ${s}.watch(p_names text[]) RETURNS integer[]
 LANGUAGE sql AS $$
-  SELECT coalesce(array_agg(m.id ORDER BY array_position(p_names, m.name), m.id), '{}')
+  SELECT coalesce(array_agg(m.id ORDER BY m.id), '{}')
     FROM ${s}.semaphores m, LATERAL (SELECT pg_advisory_lock_shared(${s}._ns() # 2, m.id)) l
    WHERE m.name = ANY (p_names)
 $$;

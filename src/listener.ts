@@ -4,10 +4,7 @@ import * as statements from './statements.js';
 
 interface Waiter {
   ids: number[];
-  /** The names watched, aligned with `ids`. */
-  names: string[];
-  /** Called with the semaphore's name for a NOTIFY; with none when every waiter should look. */
-  wake: (name?: string) => void;
+  wake: () => void;
 }
 
 /**
@@ -69,13 +66,11 @@ export class Listener {
   }
 
   /** Registers a waiter on the semaphores named; returns a function that unregisters it. */
-  async watch(names: string[], wake: (name?: string) => void): Promise<() => Promise<void>> {
+  async watch(names: string[], wake: () => void): Promise<() => Promise<void>> {
     const client = await this.connect();
     const { rows } = await this.run(() => client.query<{ ids: number[] }>(statements.watch(this.qs, names)));
     const ids = rows[0]?.ids ?? [];
-    // ids come in the order of the names; when one is missing the names cannot be told apart
-    const named = ids.length === names.length;
-    const waiter: Waiter = { ids, names, wake: (name) => wake(named ? name : undefined) };
+    const waiter: Waiter = { ids, wake };
     for (const id of ids) {
       const list = this.waiters.get(id) ?? [];
       list.push(waiter);
@@ -136,12 +131,6 @@ export class Listener {
     return this.connecting;
   }
 
-  /** The name `waiter` watches `id` under (its names and ids are aligned when it could tell them apart). */
-  private nameOf(waiter: Waiter, id: number): string | undefined {
-    const i = waiter.ids.indexOf(id);
-    return i >= 0 ? waiter.names[i] : undefined;
-  }
-
   /** Sends a NOTIFY naming this connection from another one (a few times at most per connection). */
   private probe(client: PoolClient): void {
     if (this.probes >= 5 || this.ns === undefined || this.backendPid === undefined) return;
@@ -179,8 +168,7 @@ export class Listener {
       return;
     }
     const list = this.waiters.get(Number(id));
-    const first = list?.[0];
-    first?.wake(this.nameOf(first, Number(id)));
+    list?.[0]?.wake();
   };
 
   /** Closes the LISTEN connection, if open. */

@@ -495,7 +495,7 @@ export class PgSemaphore {
    * watching. Used by the BullMQ wrapper; most code wants `wait` instead.
    * @internal
    */
-  async watch(names: string[], onRelease: (name?: string) => void): Promise<() => Promise<void>> {
+  async watch(names: string[], onRelease: () => void): Promise<() => Promise<void>> {
     names.forEach((n, i) => validateName(n, `names[${i}]`));
     if (this.disabled || !this.listen) return async () => undefined;
     this.listener ??= new Listener(this.pool, this.qs, this.logger);

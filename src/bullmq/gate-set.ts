@@ -25,7 +25,7 @@ export class GateSet<H extends GateHold> {
       gate = new Gate(key, req, this.options, {
         ...this.ctx,
         onIdle: (idle) => this.drop(idle),
-        kick: (from, name) => this.kick(from, name),
+        kick: (from) => this.kick(from),
         groupSaturated: (of) => this.groupSaturated(of),
         leadsGroup: (of) => this.leadsGroup(of),
       });
@@ -72,13 +72,9 @@ export class GateSet<H extends GateHold> {
    * `['api', 'tenant:1']` and `['api', 'tenant:2']` take turns in order instead of each
    * trying whenever `api` frees.
    */
-  kick(from: Gate<H>, name?: string): void {
+  kick(from: Gate<H>): void {
     let first: Gate<H> | undefined;
     let order = Infinity;
-    // a NOTIFY for `name`: the oldest head that a free `name` ticket may let through, before
-    // one whose last try found another semaphore short (a tenant held elsewhere)
-    let usable: Gate<H> | undefined;
-    let usableOrder = Infinity;
     for (const g of this.related(from)) {
       // one try at a time: a release's NOTIFYs (one per semaphore) and a local kick coalesce
       // into one more try by the waiter in flight, made when its call comes back busy
@@ -88,9 +84,8 @@ export class GateSet<H extends GateHold> {
       }
       const o = g.headOrder;
       if (o !== undefined && o < order) [first, order] = [g, o];
-      if (name !== undefined && o !== undefined && o < usableOrder && g.mayUse(name)) [usable, usableOrder] = [g, o];
     }
-    (usable ?? first)?.wakeHead();
+    first?.wakeHead();
   }
 
   /** `gate`'s head is the oldest idle waiter of its group and no gate of the group is trying (see `GateContext.leadsGroup`). */

@@ -39,11 +39,8 @@ export type Attempt<H> = H | 'busy' | 'unavailable';
 export interface GateContext<H extends GateHold> {
   /** One acquire call for the set, without waiting; `onShort` hears which semaphores were short when it is busy (empty: unknown). */
   tryHold(req: NormalizedRequest, label: string, onShort?: (names: readonly string[]) => void): Promise<Attempt<H>>;
-  /**
-   * Calls `onRelease` when another process releases tickets of these semaphores, with the
-   * name of the one released when known; resolves to a function that stops it.
-   */
-  watch(names: string[], onRelease: (name?: string) => void): Promise<() => Promise<void>>;
+  /** Calls `onRelease` when another process releases tickets of these semaphores; resolves to a function that stops it. */
+  watch(names: string[], onRelease: () => void): Promise<() => Promise<void>>;
   /** NOTIFYs from other processes' releases reach this process (the LISTEN connection is confirmed). */
   hearsReleases(): boolean;
   /** After a release that found no local waiter while jobs are recorded as waiting. */
@@ -55,7 +52,7 @@ export interface GateContext<H extends GateHold> {
    * no waiter of this gate takes): wake the oldest idle waiter among the gates sharing a
    * semaphore with it (`GateSet.kick`; a gate alone wakes its own head).
    */
-  kick(gate: Gate<H>, name?: string): void;
+  kick(gate: Gate<H>): void;
   /** Another gate sharing a semaphore with this one has waiters and found no ticket last: queue behind them. */
   groupSaturated(gate: Gate<H>): boolean;
   /**
@@ -234,15 +231,6 @@ export class Gate<H extends GateHold> {
   blocks(names: readonly string[]): boolean {
     if (!this.saturated || this.waiters.length === 0) return false;
     return (this.short ?? this.req.names).some((n) => names.includes(n));
-  }
-
-  /**
-   * A ticket of `name` coming free may let this gate's head through: the set takes `name`, and
-   * its last try was not busy or found `name` short (or did not say what was short).
-   */
-  mayUse(name: string): boolean {
-    if (!this.req.names.includes(name)) return false;
-    return !this.saturated || (this.short ?? this.req.names).includes(name);
   }
 
   /** A waiter's acquire call is in flight (a woken or polling head). */
@@ -463,7 +451,7 @@ export class Gate<H extends GateHold> {
 
   private startWatching(): void {
     if (this.watching) return;
-    const watching = this.ctx.watch(this.req.names, (name) => this.ctx.kick(this, name)).catch(() => async () => undefined);
+    const watching = this.ctx.watch(this.req.names, () => this.ctx.kick(this)).catch(() => async () => undefined);
     this.watching = watching;
   }
 

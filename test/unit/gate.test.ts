@@ -507,44 +507,6 @@ describe('GateSet: kicks coalesce', () => {
   });
 });
 
-describe('GateSet: a NOTIFY for one semaphore', () => {
-  it('wakes the oldest head that semaphore may let through, not an older one blocked on another', async () => {
-    const notify = new Map<string, (name?: string) => void>();
-    const ctx = {
-      tryHold: vi.fn(async (req: { names: string[] }, _label: string, onShort?: (names: readonly string[]) => void) => {
-        onShort?.(req.names.includes('tenant:1') ? ['tenant:1'] : ['api']);
-        return 'busy' as const;
-      }),
-      watch: vi.fn(async (names: string[], onRelease: (name?: string) => void) => {
-        notify.set(names.join(','), onRelease);
-        return async () => undefined;
-      }),
-      promote: vi.fn(async () => undefined),
-      mayPromote: () => false,
-      hearsReleases: () => true,
-    };
-    const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
-    const [g1, g2] = [1, 2].map((t) => set.gateFor({ names: ['api', `tenant:${t}`], counts: [1, 1] }));
-    const abort = new AbortController();
-    cleanup = () => abort.abort();
-    // g1's job found its tenant short, g2's found 'api' short; g1's waits longer
-    expect(await g1!.arrive('a')).toBeNull();
-    const w1 = g1!.wait('a', abort.signal, 60_000).catch(() => null);
-    expect(await g2!.arrive('b')).toBeNull();
-    const w2 = g2!.wait('b', abort.signal, 60_000).catch(() => null);
-    await vi.waitFor(() => expect(notify.size).toBe(2));
-    notify.get('api,tenant:1')!('api');
-    await vi.waitFor(() => expect(ctx.tryHold).toHaveBeenCalledTimes(3));
-    expect(ctx.tryHold.mock.calls[2]![0].names).toEqual(['api', 'tenant:2']);
-    // a NOTIFY for g1's tenant wakes g1's head
-    notify.get('api,tenant:1')!('tenant:1');
-    await vi.waitFor(() => expect(ctx.tryHold).toHaveBeenCalledTimes(4));
-    expect(ctx.tryHold.mock.calls[3]![0].names).toEqual(['api', 'tenant:1']);
-    abort.abort();
-    await Promise.all([w1, w2]);
-  });
-});
-
 describe('GateSet: one fallback poller per group', () => {
   it("only the group's oldest idle head polls, and nobody of the group while one of its gates tries", async () => {
     let answer!: (a: Attempt<FakeHold>) => void;
