@@ -15,7 +15,9 @@ import { quoteSchema } from './validate.js';
  * - a ticket is held by a transaction-level advisory lock on `(_ns(), ticket.id)`;
  * - `(_ns() # 1, hashtext(name))` is never used; admin work serialises on the semaphore row;
  * - `(_ns() # 2, semaphore.id)` is taken *shared, at session level* by waiters, so a
- *   releaser can tell cheaply whether anyone waits before it sends a NOTIFY.
+ *   releaser can tell cheaply whether anyone waits before it sends a NOTIFY;
+ * - `(_ns() # 3, 0)` is taken *shared, at session level* by LISTEN connections that NOTIFYs
+ *   are known to reach; a releaser names one of them in its NOTIFY.
  */
 export function functionsSql(schema: string): string {
   const s = quoteSchema(schema);
@@ -388,23 +390,54 @@ LANGUAGE sql AS $$
   SELECT count(pg_advisory_unlock_shared(${s}._ns() # 2, i)) FROM unnest(p_ids) i;
 $$;
 
--- Called after a holder commits: tells waiting processes (LISTEN pg_semaphore) that
--- tickets of these semaphores came free. Sends nothing, and so writes nothing, when no
--- process is waiting on them.
-CREATE OR REPLACE FUNCTION ${s}.wake(p_ids integer[]) RETURNS integer
+-- Marks the session (a LISTEN connection) as one that NOTIFYs reach: its own probe,
+-- sent from another connection, arrived. wake() names only such sessions (a marker taken
+-- through PgBouncer in transaction mode stays on a server connection no listener hears).
+CREATE OR REPLACE FUNCTION ${s}.hears() RETURNS void
+LANGUAGE sql AS $$
+  SELECT pg_advisory_lock_shared(${s}._ns() # 3, 0)
+$$;
+
+-- Called when a holder gives its tickets back: tells waiting processes (LISTEN
+-- pg_semaphore) that tickets of these semaphores came free. Sends nothing, and so writes
+-- nothing, when no process is waiting on them. Each NOTIFY names one waiting process, the
+-- backend pid of its LISTEN connection (payload 'ns:id:pid'; 'ns:id', for every waiting
+-- process, when none of them is known to hear NOTIFYs, see hears()), so that one process tries
+-- per freed semaphore instead of every waiting one: the first waiting pid after p_after
+-- (the releasing process's own LISTEN pid, so wake-ups go round the waiting processes in
+-- turn), or a random one when p_after is NULL. Run it in the holding transaction just
+-- before COMMIT (a NOTIFY is delivered after the commit, once the locks are gone; a
+-- waiter taking its marker meanwhile blocks on the exclusive check until then) or after
+-- the COMMIT/ROLLBACK.
+CREATE OR REPLACE FUNCTION ${s}.wake(p_ids integer[], p_after integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
   v_id integer;
+  v_pid integer;
   v_sent integer := 0;
 BEGIN
   FOREACH v_id IN ARRAY coalesce(p_ids, '{}') LOOP
     IF NOT pg_try_advisory_xact_lock(${s}._ns() # 2, v_id) THEN
-      PERFORM pg_notify('pg_semaphore', ${s}._ns() || ':' || v_id);
+      -- the sessions holding both this semaphore's waiter marker and the "NOTIFYs reach me" mark
+      SELECT l.pid INTO v_pid FROM pg_locks l
+       WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted AND l.mode = 'ShareLock'
+         AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+         AND ((l.classid::bigint = ((${s}._ns() # 2)::bigint + 4294967296) % 4294967296 AND l.objid = v_id::oid)
+           OR (l.classid::bigint = ((${s}._ns() # 3)::bigint + 4294967296) % 4294967296 AND l.objid = 0))
+       GROUP BY l.pid HAVING count(*) = 2
+       ORDER BY CASE WHEN p_after IS NULL THEN random() END, l.pid <= p_after, l.pid
+       LIMIT 1;
+      PERFORM pg_notify('pg_semaphore', ${s}._ns() || ':' || v_id || coalesce(':' || v_pid, ''));
       v_sent := v_sent + 1;
     END IF;
   END LOOP;
   RETURN v_sent;
 END
+$$;
+
+CREATE OR REPLACE FUNCTION ${s}.wake(p_ids integer[]) RETURNS integer
+LANGUAGE sql AS $$
+  SELECT ${s}.wake(p_ids, NULL::integer)
 $$;
 
 -- The same by semaphore name, for holders in plain SQL: send it in one string with the

@@ -3,7 +3,7 @@ import { drizzle } from 'drizzle-orm/node-postgres';
 import { PgSemaphoreError } from './errors/pg-semaphore-error.js';
 import { TicketLostError } from './errors/ticket-lost-error.js';
 import { canPipeline, pipeline } from './pipeline.js';
-import { isConnectionLost } from './sqlstate.js';
+import { errorCode, isConnectionLost, SQLSTATE } from './sqlstate.js';
 import type { HoldTx } from './tx.js';
 import * as statements from './statements.js';
 import type { HeldTicket } from './tickets.js';
@@ -32,6 +32,8 @@ export interface HoldOptions {
   onRoundTrip?: () => void;
   /** Called once, when the hold is released or discarded (before its connection goes back). */
   onSettle?: (hold: Hold) => void;
+  /** The backend pid of this process's LISTEN connection, if open: a release wakes the next waiting process after it. */
+  wakeAfter?: () => number | undefined;
 }
 
 /** What {@link Hold.release} says. */
@@ -82,6 +84,7 @@ export class Hold {
   private readonly qs: string;
   private readonly onRoundTrip: (() => void) | undefined;
   private readonly onSettle: ((hold: Hold) => void) | undefined;
+  private readonly wakeAfter: (() => number | undefined) | undefined;
 
   /** @internal */
   constructor(options: HoldOptions) {
@@ -90,6 +93,7 @@ export class Hold {
     this.qs = options.qs;
     this.onRoundTrip = options.onRoundTrip;
     this.onSettle = options.onSettle;
+    this.wakeAfter = options.wakeAfter;
     this.names = options.names;
     this.semaphoreIds = options.semaphoreIds;
     this.tickets = options.tickets;
@@ -250,12 +254,17 @@ export class Hold {
     await this.chain;
     try {
       this.onRoundTrip?.();
-      const result = (await client.query(statements.release(this.qs, this.semaphoreIds, commit, options.checkJobsWaiting === true))) as unknown as Array<{
+      // a commit of a transaction only the library used checks for waiters before the COMMIT
+      // (no transaction of its own for the wake-up); one that ran user statements may have
+      // failed, so it commits first
+      const early = commit && !this.touched;
+      const text = statements.release(this.qs, this.semaphoreIds, commit, options.checkJobsWaiting === true, { early, after: this.wakeAfter?.() });
+      const result = (await client.query(text)) as unknown as Array<{
         rows: Array<{ notified: number; jobs_waiting?: boolean }>;
       }>;
       detach();
       client.release();
-      const row = result[1]?.rows[0];
+      const row = result[early ? 0 : 1]?.rows[0];
       return { jobsWaiting: row?.jobs_waiting === true, notified: (row?.notified ?? 0) > 0 };
     } catch (err) {
       // The transaction ended one way or another (a dead connection frees its locks). A lost
@@ -263,6 +272,9 @@ export class Hold {
       // tx, their commit is unknown: never report it as done.
       detach();
       client.release(err as Error);
+      // (an early wake-up in a transaction that had failed unnoticed: the COMMIT was skipped and
+      // the destroyed connection rolls it back, which is all a hold of tickets only needs)
+      if (commit && !this.touched && errorCode(err) === SQLSTATE.inFailedTransaction) return none;
       if (commit && (this.touched || !isConnectionLost(err))) throw err;
       return none;
     }

@@ -19,12 +19,29 @@ export class Listener {
   private client: PoolClient | undefined;
   private connecting: Promise<PoolClient> | undefined;
   private ns: number | undefined;
+  /** The LISTEN connection's backend pid: a NOTIFY that names another pid is for another process. */
+  private backendPid: number | undefined;
+  /** The probe sent over another connection arrived on this one: NOTIFYs reach this process. */
+  private heard = false;
   private readonly waiters = new Map<number, Waiter[]>();
   /** Statements on the LISTEN connection run one after another. */
   private chain: Promise<unknown> = Promise.resolve();
 
+  /** Statements in flight on the LISTEN connection. */
+  private busy = 0;
+  /** Probes sent on the current connection. */
+  private probes = 0;
+
   private run<T>(fn: () => Promise<T>): Promise<T> {
-    const next = this.chain.then(fn, fn);
+    const counted = async () => {
+      this.busy++;
+      try {
+        return await fn();
+      } finally {
+        this.busy--;
+      }
+    };
+    const next = this.chain.then(counted, counted);
     this.chain = next.catch(() => undefined);
     return next;
   }
@@ -34,6 +51,19 @@ export class Listener {
     private readonly qs: string,
     private readonly logger: Logger,
   ) {}
+
+  /**
+   * The backend pid of the LISTEN connection, once NOTIFYs are known to reach it (its probe
+   * arrived); undefined before, or when they never will (PgBouncer in transaction mode).
+   */
+  get pid(): number | undefined {
+    return this.hears ? this.backendPid : undefined;
+  }
+
+  /** NOTIFYs are known to reach this process: the probe sent when the connection opened arrived. */
+  get hears(): boolean {
+    return this.client !== undefined && this.heard;
+  }
 
   /** Registers a waiter on the semaphores named; returns a function that unregisters it. */
   async watch(names: string[], wake: () => void): Promise<() => Promise<void>> {
@@ -67,6 +97,7 @@ export class Listener {
       const drop = (err?: Error) => {
         if (this.client !== client) return;
         this.client = undefined;
+        this.heard = false;
         this.connecting = undefined;
         client.removeListener('notification', this.onNotification);
         client.release(err ?? true);
@@ -78,8 +109,9 @@ export class Listener {
         drop(err);
       });
       try {
-        const { rows } = await client.query<{ ns: number }>(statements.namespace(this.qs));
+        const { rows } = await client.query<{ ns: number; pid: number }>(statements.namespace(this.qs));
         this.ns = rows[0]!.ns;
+        this.backendPid = rows[0]!.pid;
         client.on('notification', this.onNotification);
         await client.query(statements.LISTEN);
         // Waiters registered on a previous connection lost their markers with it.
@@ -91,16 +123,51 @@ export class Listener {
         throw err;
       }
       this.client = client;
+      this.heard = false;
+      this.probes = 0;
+      this.probe(client);
       return client;
     })();
     return this.connecting;
   }
 
+  /** Sends a NOTIFY naming this connection from another one (a few times at most per connection). */
+  private probe(client: PoolClient): void {
+    if (this.probes >= 5 || this.ns === undefined || this.backendPid === undefined) return;
+    this.probes++;
+    const probe = statements.probe(this.ns, this.backendPid);
+    // after the statement in flight, if any, so that the answer finds the connection idle
+    void this.chain.then(() => {
+      if (this.client === client) void this.pool.query(probe.text, probe.values).catch(() => undefined);
+    });
+  }
+
   private readonly onNotification = (msg: Notification) => {
     if (msg.channel !== 'pg_semaphore' || !msg.payload) return;
-    const colon = msg.payload.indexOf(':');
-    if (Number(msg.payload.slice(0, colon)) !== this.ns) return;
-    const list = this.waiters.get(Number(msg.payload.slice(colon + 1)));
+    // '<ns>:<semaphore id>' for every waiting process (make() adding tickets, older
+    // releasers), '<ns>:<semaphore id>:<pid>' for the one whose LISTEN connection has that pid
+    const [ns, id, pid] = msg.payload.split(':');
+    if (Number(ns) !== this.ns) return;
+    if (pid !== undefined && Number(pid) !== this.backendPid) return;
+    if (id === '0') {
+      const client = this.client;
+      if (!client || this.heard) return;
+      // Only a NOTIFY that arrives while this connection runs nothing proves that the server
+      // pushes them to it: PgBouncer in transaction mode forwards one only to a client linked
+      // to the server connection at that moment, i.e. one running a statement.
+      if (this.busy > 0) {
+        this.probe(client);
+        return;
+      }
+      void this.run(() => client.query(statements.hears(this.qs))).then(
+        () => {
+          if (this.client === client) this.heard = true;
+        },
+        () => undefined,
+      );
+      return;
+    }
+    const list = this.waiters.get(Number(id));
     list?.[0]?.wake();
   };
 
@@ -109,6 +176,7 @@ export class Listener {
     const client = this.client ?? (this.connecting ? await this.connecting.catch(() => undefined) : undefined);
     this.client = undefined;
     this.connecting = undefined;
+    this.heard = false;
     if (client) {
       client.removeListener('notification', this.onNotification);
       client.release(true);

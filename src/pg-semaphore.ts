@@ -502,6 +502,14 @@ export class PgSemaphore {
     return this.listener.watch(names, onRelease);
   }
 
+  /**
+   * Wake-ups from other processes reach this one: its LISTEN connection is open and a probe
+   * NOTIFY arrived on it (never through PgBouncer in transaction mode). @internal
+   */
+  get hearsWakeUps(): boolean {
+    return this.listener?.hears === true;
+  }
+
   /** Holds currently open in this process. */
   get openHolds(): number {
     return this.holds.size;
@@ -643,6 +651,7 @@ export class PgSemaphore {
       livenessMs: this.livenessMs,
       portalOpen,
       onRoundTrip: this.countRoundTrip,
+      wakeAfter: () => this.listener?.pid,
       onSettle: (h) => {
         this.holds.delete(h);
         this.rememberTickets(h.tickets);

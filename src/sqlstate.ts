@@ -15,6 +15,8 @@ export const SQLSTATE = {
   cannotConnectNow: '57P03',
   /** `idle_in_transaction_session_timeout` ended the session (a silent holder). */
   idleInTransactionTimeout: '25P03',
+  /** The transaction had failed: statements are refused until its end. */
+  inFailedTransaction: '25P02',
   /** `idle_session_timeout` ended the session (Postgres 14+). */
   idleSessionTimeout: '57P05',
   /** `max_connections` reached. */

@@ -92,15 +92,28 @@ export function holders(qs: string, name: string): Statement {
 
 /**
  * Ends the holding transaction and wakes waiters of these semaphores, in one round trip
- * (simple protocol, two statements). With `jobsWaiting`, the second also says whether jobs
- * are recorded as waiting on these semaphores (the BullMQ wrapper's promotion).
- * Only integer ids this library read from Postgres go into the text.
+ * (simple protocol, two statements). With `jobsWaiting`, the wake-up's row also says
+ * whether jobs are recorded as waiting on these semaphores (the BullMQ wrapper's promotion).
+ * `early`: the wake-up runs in the holding transaction just before `COMMIT` (no transaction
+ * of its own; only for a commit of a transaction known not to have failed, since a failed
+ * one would reject it and skip the `COMMIT`). `after`: the releasing process's LISTEN pid,
+ * so the wake-up goes to the next waiting process (see the SQL function `wake`).
+ * Only integers this library read from Postgres go into the text.
  * @internal
  */
-export function release(qs: string, semaphoreIds: readonly number[], commit: boolean, jobsWaiting = false): Statement {
+export function release(
+  qs: string,
+  semaphoreIds: readonly number[],
+  commit: boolean,
+  jobsWaiting = false,
+  options: { early?: boolean; after?: number } = {},
+): Statement {
   const ids = `'{${semaphoreIds.filter((n) => Number.isInteger(n)).join(',')}}'::integer[]`;
+  const after = options.after !== undefined && Number.isInteger(options.after) ? `, ${options.after}` : '';
   const check = jobsWaiting ? `, EXISTS (SELECT 1 FROM ${qs}.waiting_jobs WHERE semaphore_id = ANY (${ids})) AS jobs_waiting` : '';
-  return { text: `${commit ? 'COMMIT' : 'ROLLBACK'}; SELECT ${qs}.wake(${ids}) AS notified${check}` };
+  const wake = `SELECT ${qs}.wake(${ids}${after}) AS notified${check}`;
+  if (commit && options.early) return { text: `${wake}; COMMIT` };
+  return { text: `${commit ? 'COMMIT' : 'ROLLBACK'}; ${wake}` };
 }
 
 /** Sets the `application_name` status() shows for a holder, for the rest of its transaction. @internal */
@@ -108,9 +121,27 @@ export function relabel(label: string): Statement {
   return { text: `SELECT set_config('application_name', left('pg-semaphore:' || $1, 63), true)`, values: [label] };
 }
 
-/** The schema's advisory-lock namespace (the first key of every ticket lock). @internal */
+/**
+ * The schema's advisory-lock namespace (the first key of every ticket lock), and this
+ * session's backend pid (a NOTIFY naming it is meant for this listener). @internal
+ */
 export function namespace(qs: string): Statement {
-  return { text: `SELECT ${qs}._ns() AS ns` };
+  return { text: `SELECT ${qs}._ns() AS ns, pg_backend_pid() AS pid` };
+}
+
+/**
+ * A NOTIFY to one listener (`'<ns>:0:<pid>'`, semaphore id 0 is never used), sent from
+ * another connection: it arrives only where LISTEN really works (not through PgBouncer in
+ * transaction mode, which drops notifications for a client not linked to the server
+ * connection). @internal
+ */
+export function probe(ns: number, pid: number): Statement {
+  return { text: `SELECT pg_notify('pg_semaphore', $1)`, values: [`${ns}:0:${pid}`] };
+}
+
+/** Marks this LISTEN session as one that NOTIFYs reach (the releasers' wake-up names it). @internal */
+export function hears(qs: string): Statement {
+  return { text: `SELECT ${qs}.hears()` };
 }
 
 /** Marks this session as waiting on the semaphores named; the row's `ids` are their ids. @internal */

@@ -14,7 +14,7 @@ export class GateSet<H extends GateHold> {
 
   constructor(
     private readonly options: GateOptions,
-    private readonly ctx: Omit<GateContext<H>, 'onIdle' | 'kick' | 'groupSaturated'>,
+    private readonly ctx: Omit<GateContext<H>, 'onIdle' | 'kick' | 'groupSaturated' | 'leadsGroup'>,
   ) {}
 
   /** The gate of this semaphore set, created when none is in use. */
@@ -27,6 +27,7 @@ export class GateSet<H extends GateHold> {
         onIdle: (idle) => this.drop(idle),
         kick: (from) => this.kick(from),
         groupSaturated: (of) => this.groupSaturated(of),
+        leadsGroup: (of) => this.leadsGroup(of),
       });
       this.gates.set(key, gate);
     }
@@ -76,11 +77,28 @@ export class GateSet<H extends GateHold> {
     let order = Infinity;
     for (const g of this.related(from)) {
       // one try at a time: a release's NOTIFYs (one per semaphore) and a local kick coalesce
-      if (g.trying) return;
+      // into one more try by the waiter in flight, made when its call comes back busy
+      if (g.trying) {
+        g.holdBackWakeUp();
+        return;
+      }
       const o = g.headOrder;
       if (o !== undefined && o < order) [first, order] = [g, o];
     }
     first?.wakeHead();
+  }
+
+  /** `gate`'s head is the oldest idle waiter of its group and no gate of the group is trying (see `GateContext.leadsGroup`). */
+  leadsGroup(gate: Gate<H>): boolean {
+    const mine = gate.headOrder;
+    if (mine === undefined) return false;
+    for (const g of this.related(gate)) {
+      if (g === gate) continue;
+      if (g.trying) return false;
+      const o = g.headOrder;
+      if (o !== undefined && o < mine) return false;
+    }
+    return true;
   }
 
   /** Another gate sharing a semaphore with `gate` has waiters and found a semaphore of `gate`'s short on its last try. */

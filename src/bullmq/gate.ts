@@ -1,14 +1,14 @@
 import type { NormalizedRequest } from '../request.js';
 import { backoff, sleep } from '../timing.js';
 
-
 /**
- * After a chain of hand-offs ends, how long the releasing process's head waits before it
- * tries, so that the other processes, told by NOTIFY, get the first chance at the ticket
- * (about a NOTIFY's delivery plus an acquire on this machine). A wake-up that does come in
- * the meantime ends the wait earlier.
+ * A hold is handed on for at most this long after it was acquired (besides `maxHandoffs`
+ * hand-offs), then released so that the next waiting process gets its turn: with long jobs
+ * or short runs, a count alone leaves so few chain ends that which host held the tickets
+ * first decides how the work spreads (the demo's 400 jobs of ~35 ms: 5.27 → 1.4-2.8 with
+ * chains of 33). 250 ms keeps a chain of 10 ms jobs about 25 long.
  */
-const FAIR_TURN_DELAY_MS = 10;
+const MAX_CHAIN_MS = 250;
 
 /**
  * A gate is the shared scheduling state of one semaphore set (one normalized request) in one
@@ -50,6 +50,8 @@ export interface GateContext<H extends GateHold> {
   tryHold(req: NormalizedRequest, label: string, onShort?: (names: readonly string[]) => void): Promise<Attempt<H>>;
   /** Calls `onRelease` when another process releases tickets of these semaphores; resolves to a function that stops it. */
   watch(names: string[], onRelease: () => void): Promise<() => Promise<void>>;
+  /** NOTIFYs from other processes' releases reach this process (the LISTEN connection is confirmed). */
+  hearsReleases(): boolean;
   /** After a release that found no local waiter while jobs are recorded as waiting. */
   promote(hold: H): Promise<void>;
   /** Whether anything here could promote put-back jobs (so a release should ask whether some are recorded). */
@@ -62,6 +64,11 @@ export interface GateContext<H extends GateHold> {
   kick(gate: Gate<H>): void;
   /** Another gate sharing a semaphore with this one has waiters and found no ticket last: queue behind them. */
   groupSaturated(gate: Gate<H>): boolean;
+  /**
+   * This gate's head is the oldest idle waiter among the gates sharing a semaphore with it and
+   * none of them is trying: the one whose fallback poll may try (one poller per group).
+   */
+  leadsGroup(gate: Gate<H>): boolean;
   /** The gate is not used any more (no job, no waiter, no hold, not watching). */
   onIdle(gate: Gate<H>): void;
 }
@@ -127,6 +134,11 @@ export class Waiter<H> {
     this.alarm?.abort();
   }
 
+  /** A wake-up it could not use (it was not the head) was taken back by the head: waiting again. */
+  sleepAgain(): void {
+    if (this.current === 'woken') this.current = 'waiting';
+  }
+
   /** Gives this waiter a hold (it must be idle). */
   handOver(hold: H): void {
     this.expectIdle('be handed a hold');
@@ -183,16 +195,19 @@ export class Gate<H extends GateHold> {
   private arriving = 0;
   /** The last acquire call that reached Postgres found no ticket (cleared by the next success). */
   private saturated = false;
+  /**
+   * A wake-up came while a waiter of this gate was trying and was held back (one try at a
+   * time per group); the trying waiter takes it when its call comes back busy. False otherwise.
+   */
+  private heldBackWakeUp = false;
   /** The semaphores that last busy try found short; undefined: not known (any of the set's). */
   private short: readonly string[] | undefined;
   /** Mean time a job held its tickets, in ms: an exponential average (weight 0.1), 0 until the first job ends. */
   private meanHold = 0;
   /** Times each hold in use was handed on; a hold enters when acquired and leaves when released. */
-  private readonly handoffs = new Map<H, number>();
+  private readonly handoffs = new Map<H, { count: number; since: number }>();
   /** The watch on releases by other processes, while anyone waits (its stop function once it resolves). */
   private watching: Promise<() => Promise<void>> | undefined;
-  /** The watch is in place: a release of the set, ours included, sends this process a NOTIFY. */
-  private hearsReleases = false;
 
   constructor(
     /** The set's identity within its processor. */
@@ -295,7 +310,9 @@ export class Gate<H extends GateHold> {
         const now = Date.now();
         if (now >= deadline) return null;
         const isHead = this.head() === me;
-        if (isHead && (me.state === 'woken' || polls > 0)) {
+        // the poll is the fallback for a lost wake-up: one per group of gates sharing a
+        // semaphore (the waiter a kick would wake), not one per gate
+        if (isHead && (me.state === 'woken' || (polls > 0 && this.ctx.leadsGroup(this)))) {
           me.startTrying();
           let got: { hold: H | null; more: boolean };
           try {
@@ -307,6 +324,14 @@ export class Gate<H extends GateHold> {
           if (got.hold) {
             if (got.more) queueMicrotask(() => this.wakeHead());
             return { hold: got.hold, handoff: false };
+          }
+          // A wake-up that came while this call was in flight may announce a ticket the call
+          // did not see: one held back by the group (one try at a time), or one that went to
+          // the waiter behind us and is of no use to it while we are the head again. Take it
+          // and try once more at once, instead of leaving the ticket to the next poll.
+          if (this.takeMissedWakeUp(me)) {
+            me.wake();
+            continue;
           }
         }
         // Wake-ups come from local releases and NOTIFY; the head's poll is only the fallback
@@ -336,12 +361,12 @@ export class Gate<H extends GateHold> {
   async free(hold: H, end: HoldEnd): Promise<boolean> {
     const next = this.mayHandOn(hold, end) ? this.head() : undefined;
     if (next) {
-      this.handoffs.set(hold, (this.handoffs.get(hold) ?? 0) + 1);
+      const chain = this.handoffs.get(hold) ?? { count: 0, since: Date.now() };
+      this.handoffs.set(hold, { count: chain.count + 1, since: chain.since });
       this.waiters.splice(this.waiters.indexOf(next), 1);
       next.handOver(hold);
       return true;
     }
-    const chainEnded = this.waiters.length > 0 && (this.handoffs.get(hold) ?? 0) >= this.options.maxHandoffs;
     this.holdCount--;
     this.handoffs.delete(hold);
     // only a release that finds nobody waiting here promotes, so only then is it worth asking
@@ -351,20 +376,18 @@ export class Gate<H extends GateHold> {
       released = await hold.release({ commit: end.commit, checkJobsWaiting });
     } finally {
       // also when the release rejects (statements on tx whose commit went unconfirmed): the
-      // tickets are gone either way, so the next waiter must hear of it
-      if (this.options.wakeOnRelease && this.waiters.length > 0) {
-        // A chain of hand-offs ended so that other processes get a turn: while the watch is in
-        // place, the release's NOTIFY reaches this process's waiters too, at about the time it
-        // reaches the others', so they compete on equal terms instead of this process's head
-        // trying first (which kept the tickets on the host that held them).
-        // The NOTIFY can also never come (LISTEN through PgBouncer in transaction mode drops
-        // it, and with `listen: false` the watch is a no-op), so the local head is still woken,
-        // just a little later than the others hear of the release, never only by its poll.
-        const heard = chainEnded && this.hearsReleases && released.notified !== false;
-        if (!heard) this.wakeHead();
-        else setTimeout(() => this.wakeHead(), FAIR_TURN_DELAY_MS).unref();
+      // tickets are gone either way, so the next waiter must hear of it.
+      // A release that found processes waiting sent one NOTIFY per semaphore to the next of
+      // them after this one (this one only when no other waits), so the processes take turns
+      // and only one tries per freed semaphore: the local waiters wait for their turn. A
+      // release that sent none (nobody listens: `listen: false`), or one from a process whose
+      // LISTEN gets no NOTIFYs (PgBouncer in transaction mode drops them) wakes them here, or
+      // nobody would.
+      if (this.options.wakeOnRelease && (released.notified !== true || !this.ctx.hearsReleases())) {
+        if (this.waiters.length > 0) this.wakeHead();
         // nobody here waits for this set: a waiter of a set sharing a semaphore may use what came free
-      } else if (this.options.wakeOnRelease) this.ctx.kick(this);
+        else this.ctx.kick(this);
+      }
     }
     const { jobsWaiting } = released;
     if (!this.options.wakeOnRelease || this.waiters.length > 0) return false;
@@ -380,7 +403,8 @@ export class Gate<H extends GateHold> {
       !hold.lost &&
       hold.released !== true &&
       hold.tickets.length > 0 &&
-      (this.handoffs.get(hold) ?? 0) < this.options.maxHandoffs
+      (this.handoffs.get(hold)?.count ?? 0) < this.options.maxHandoffs &&
+      Date.now() - (this.handoffs.get(hold)?.since ?? Date.now()) < MAX_CHAIN_MS
     );
   }
 
@@ -392,6 +416,28 @@ export class Gate<H extends GateHold> {
   /** Wakes the oldest idle waiter: it tries as soon as it is the head (see `Waiter.wake`). */
   wakeHead(): void {
     this.head()?.wake();
+  }
+
+  /** A wake-up for this gate was held back because one of its waiters was trying (see GateSet.kick). */
+  holdBackWakeUp(): void {
+    this.heldBackWakeUp = true;
+  }
+
+  /**
+   * After `head`'s busy try: takes a wake-up that arrived meanwhile, held back for this gate
+   * or given to a waiter behind `head` (which then waits again).
+   * @returns whether there was one.
+   */
+  private takeMissedWakeUp(head: Waiter<H>): boolean {
+    let missed = this.heldBackWakeUp;
+    this.heldBackWakeUp = false;
+    for (const w of this.waiters) {
+      if (w !== head && w.state === 'woken') {
+        w.sleepAgain();
+        missed = true;
+      }
+    }
+    return missed;
   }
 
   /**
@@ -410,19 +456,13 @@ export class Gate<H extends GateHold> {
     this.short = short;
     if (got === 'busy') return { hold: null, more: false };
     this.holdCount++;
-    this.handoffs.set(got, 0);
+    this.handoffs.set(got, { count: 0, since: Date.now() });
     return { hold: got, more: plenty };
   }
 
   private startWatching(): void {
     if (this.watching) return;
-    const watching = this.ctx.watch(this.req.names, () => this.ctx.kick(this)).then(
-      (unwatch) => {
-        if (this.watching === watching) this.hearsReleases = true;
-        return unwatch;
-      },
-      () => async () => undefined,
-    );
+    const watching = this.ctx.watch(this.req.names, () => this.ctx.kick(this)).catch(() => async () => undefined);
     this.watching = watching;
   }
 
@@ -430,7 +470,6 @@ export class Gate<H extends GateHold> {
     const pending = this.watching;
     if (!pending || this.waiters.length > 0) return;
     this.watching = undefined;
-    this.hearsReleases = false;
     const unwatch = await pending;
     await unwatch().catch(() => undefined);
     this.dropIfIdle();

@@ -149,7 +149,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
   const slots = new WorkerSlots();
   const gates = new GateSet<Hold>(
     { wakeOnRelease: opts.wakeOnRelease, maxHandoffs: opts.maxHandoffs },
-    { tryHold, watch: (names, onRelease) => sem.watch(names, onRelease), promote: (hold) => promotion.promoteWaiting(hold), mayPromote: () => promotion.active },
+    { tryHold, watch: (names, onRelease) => sem.watch(names, onRelease), hearsReleases: () => sem.hearsWakeUps, promote: (hold) => promotion.promoteWaiting(hold), mayPromote: () => promotion.active },
   );
 
   /** Try on arrival; else wait in this process if there is room; null: put the job back. */

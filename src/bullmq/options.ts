@@ -56,8 +56,8 @@ export interface LimitOptions<D = unknown, R = unknown, N extends string = strin
    */
   maxLocalWaiters?: number;
   /**
-   * A holding transaction is handed from job to job at most this many times before it is
-   * committed, so other processes get a turn.
+   * A holding transaction is handed from job to job at most this many times (and for at most
+   * 250 ms after it was acquired) before it is committed, so other processes get a turn.
    * @default 32
    */
   maxHandoffs?: number;

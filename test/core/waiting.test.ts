@@ -110,6 +110,47 @@ describe('waiting for a ticket', () => {
     }
   });
 
+  it('a release wakes one waiting process, not each: its NOTIFY names the LISTEN pid of one of them', async () => {
+    const second = ctx.another({ maxPollInterval: 10_000 });
+    const listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
+    await listen.connect();
+    const notes: string[] = [];
+    listen.on('notification', (n) => notes.push(n.payload ?? ''));
+    await listen.query('LISTEN pg_semaphore');
+    try {
+      const hold = await holder.hold(name);
+      stray.push(hold);
+      const id = hold.semaphoreIds[0]!;
+      const a = track(attempt(waiter.hold(name, { wait: 20_000 })));
+      const b = track(attempt(second.hold(name, { wait: 20_000 })));
+      await waitFor(async () => (await watchers()) === 2 && waiter.hearsWakeUps && second.hearsWakeUps, {
+        timeout: 5_000,
+        what: 'both waiters to register, and their probes to arrive',
+      });
+      const { rows } = await ctx.admin.query<{ pid: number }>(
+        `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = $1::bigint AND objid = $2 AND objsubid = 2`,
+        [classidOf(ns ^ 2), id],
+      );
+      const listeners = rows.map((r) => r.pid);
+      const mine = () => notes.filter((n) => n.startsWith(`${ns}:${id}`));
+      await hold.release();
+      await within(Promise.race([a.promise, b.promise]), 5_000, 'one waiter to get the ticket');
+      await waitFor(() => mine().length > 0, { timeout: 2_000, what: 'the NOTIFY' });
+      // one NOTIFY, naming one of the two listeners
+      expect(mine()).toHaveLength(1);
+      const [, , pid] = mine()[0]!.split(':');
+      expect(listeners).toContain(Number(pid));
+      expect([a.settled, b.settled].filter(Boolean)).toHaveLength(1);
+      // the ticket's next release wakes the other one
+      const first = await (a.settled ? a.promise : b.promise);
+      await first.release();
+      await within(a.settled ? b.promise : a.promise, 5_000, 'the other waiter to get the ticket');
+    } finally {
+      await listen.end();
+      await within(second.close(), 5_000, 'second.close()');
+    }
+  });
+
   it('several waiters in one process are all served, one at a time, as tickets return', async () => {
     const first = await holder.hold(name);
     stray.push(first);

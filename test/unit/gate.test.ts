@@ -28,8 +28,10 @@ function setup(options: Partial<GateOptions> = {}) {
     }),
     promote: vi.fn(async () => undefined),
     mayPromote: () => true,
+    hearsReleases: () => true,
     kick: (g) => g.wakeHead(),
     groupSaturated: () => false,
+    leadsGroup: () => true,
     onIdle: vi.fn(),
   };
   const gate = new Gate<FakeHold>('k', { names: ['api'], counts: [1] }, { wakeOnRelease: true, maxHandoffs: 32, ...options }, ctx);
@@ -158,10 +160,11 @@ describe('Gate: the choice of the next waiter', () => {
     expect(w1.settled).toBeUndefined();
   });
 
-  it('when a chain of hand-offs ends while the watch is in place, gives the NOTIFY every process hears a head start over the local waiters', async () => {
+  it('a release whose wake-up sent a NOTIFY (to the next waiting process in turn) leaves the local waiters to it', async () => {
     const t = setup({ maxHandoffs: 1 });
     cleanup = t.stop;
     const a = hold('a');
+    a.release.mockResolvedValue({ jobsWaiting: false, notified: true } as { jobsWaiting: boolean });
     t.results.push(a);
     await t.gate.arrive('job-0');
     const [w1, w2] = [t.waiter('w1'), t.waiter('w2')];
@@ -171,18 +174,20 @@ describe('Gate: the choice of the next waiter', () => {
     expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(false);
     await tick();
     expect(w1.settled).toEqual({ hold: a, handoff: true });
-    // no local kick at once: w2 has not tried
+    // no local kick: w2 has not tried
+    await new Promise((r) => setTimeout(r, 30));
     expect(t.ctx.tryHold).toHaveBeenCalledTimes(1);
-    // the release's NOTIFY (heard by every waiting process, this one too) wakes it
+    // the NOTIFY, when this process is the one it names, wakes it
     t.notify();
     await vi.waitFor(() => expect(vi.mocked(t.ctx.tryHold).mock.calls.length).toBeGreaterThanOrEqual(2));
     expect(w2.settled).toBeUndefined();
   });
 
-  it('when the NOTIFY of a chain end never comes (PgBouncer, listen: false), the local head tries shortly after, not at its poll', async () => {
+  it('when the release sent no NOTIFY (nobody listens: PgBouncer, listen: false), the local head tries at once, not at its poll', async () => {
     const t = setup({ maxHandoffs: 1 });
     cleanup = t.stop;
     const a = hold('a');
+    a.release.mockResolvedValue({ jobsWaiting: false, notified: false } as { jobsWaiting: boolean });
     t.results.push(a);
     await t.gate.arrive('job-0');
     const [w1] = [t.waiter('w1'), t.waiter('w2')];
@@ -193,8 +198,7 @@ describe('Gate: the choice of the next waiter', () => {
     expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(false);
     await tick();
     expect(w1.settled).toEqual({ hold: a, handoff: true });
-    expect(t.ctx.tryHold).toHaveBeenCalledTimes(1);
-    // no NOTIFY: w2 still tries, well before the head's first fallback poll (>= 125 ms)
+    // w2 tries well before the head's first fallback poll (>= 125 ms)
     await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(2), { timeout: 100, interval: 2 });
     expect(performance.now() - started).toBeLessThan(100);
   });
@@ -325,7 +329,7 @@ describe('Gate: arrivals', () => {
   });
 
   it('is dropped from its set once nothing uses it', async () => {
-    const ctx = { tryHold: vi.fn(async () => 'busy' as const), watch: vi.fn(), promote: vi.fn(), mayPromote: () => true };
+    const ctx = { tryHold: vi.fn(async () => 'busy' as const), watch: vi.fn(), promote: vi.fn(), mayPromote: () => true, hearsReleases: () => true };
     const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
     const req = { names: ['api'], counts: [1] };
     const g = set.gateFor(req);
@@ -338,7 +342,7 @@ describe('Gate: arrivals', () => {
 
   it('groups the active gates that share a semaphore for the fair share; others count one group each', async () => {
     const results: Array<Attempt<FakeHold>> = [hold('t1'), hold('t2')];
-    const ctx = { tryHold: vi.fn(async () => results.shift() ?? 'busy'), watch: vi.fn(async () => async () => undefined), promote: vi.fn(), mayPromote: () => true };
+    const ctx = { tryHold: vi.fn(async () => results.shift() ?? 'busy'), watch: vi.fn(async () => async () => undefined), promote: vi.fn(), mayPromote: () => true, hearsReleases: () => true };
     const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
     const t1 = set.gateFor({ names: ['api', 'tenant:1'], counts: [1, 1] });
     const t2 = set.gateFor({ names: ['api', 'tenant:2'], counts: [2, 1] });
@@ -375,6 +379,7 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
       }),
       promote: vi.fn(async () => undefined),
       mayPromote: () => false,
+      hearsReleases: () => true,
     };
     const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
     const aborts: AbortController[] = [];
@@ -421,6 +426,28 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
     expect(g.ctx.tryHold).toHaveBeenCalledTimes(3); // d queued without a try
   });
 
+  it('a wake-up that comes while a waiter tries is held back, not lost: the waiter tries again at once when its call comes back busy', async () => {
+    const g = group();
+    const g1 = g.set.gateFor(tenant(1));
+    await g1.arrive('a'); // busy
+    const w1 = g.wait(g1, 'w1');
+    await vi.waitFor(() => expect(g.notify.size).toBe(1));
+    let answer!: (a: Attempt<FakeHold>) => void;
+    g.results.push(new Promise<Attempt<FakeHold>>((r) => (answer = r)) as unknown as Attempt<FakeHold>);
+    g.notify.get('api,tenant:1')!(); // a release elsewhere: w1 tries
+    await vi.waitFor(() => expect(g.ctx.tryHold).toHaveBeenCalledTimes(2));
+    g.notify.get('api,tenant:1')!(); // another release while w1's call is in flight: held back
+    await tick();
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(2);
+    const h = hold('h');
+    g.results.push(h);
+    answer('busy'); // w1's call read the state before the second release
+    // within a few turns of the event loop, far below the head's first fallback poll (>= 125 ms)
+    for (let i = 0; i < 10 && w1.settled === undefined; i++) await tick();
+    expect(w1.settled).toEqual({ hold: h, handoff: false });
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(3);
+  });
+
   it('a NOTIFY or a release nobody of its own set waits for wakes the oldest waiter across those gates, one at a time', async () => {
     const g = group();
     const [g1, g2] = [g.set.gateFor(tenant(1)), g.set.gateFor(tenant(2))];
@@ -458,6 +485,7 @@ describe('GateSet: kicks coalesce', () => {
       }),
       promote: vi.fn(async () => undefined),
       mayPromote: () => false,
+      hearsReleases: () => true,
     };
     const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
     const [g1, g2] = [1, 2].map((t) => set.gateFor({ names: ['api', `tenant:${t}`], counts: [1, 1] }));
@@ -472,6 +500,35 @@ describe('GateSet: kicks coalesce', () => {
     notify.get('api,tenant:2')!(); // ... and for 'tenant:2', while w1 tries
     await tick();
     await tick();
+    expect(ctx.tryHold).toHaveBeenCalledTimes(1);
+    answer('busy');
+    abort.abort();
+    await Promise.all(waits);
+  });
+});
+
+describe('GateSet: one fallback poller per group', () => {
+  it("only the group's oldest idle head polls, and nobody of the group while one of its gates tries", async () => {
+    let answer!: (a: Attempt<FakeHold>) => void;
+    const ctx = {
+      tryHold: vi.fn(() => new Promise<Attempt<FakeHold>>((r) => (answer = r))),
+      watch: vi.fn(async () => async () => undefined),
+      promote: vi.fn(async () => undefined),
+      mayPromote: () => false,
+      hearsReleases: () => true,
+    };
+    const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
+    const [g1, g2] = [1, 2].map((t) => set.gateFor({ names: ['api', `tenant:${t}`], counts: [1, 1] }));
+    const abort = new AbortController();
+    cleanup = () => abort.abort();
+    const waits = [g2!.wait('older', abort.signal, 60_000), g1!.wait('younger', abort.signal, 60_000)].map((p) => p.catch(() => null));
+    await tick();
+    expect([set.leadsGroup(g1!), set.leadsGroup(g2!)]).toEqual([false, true]);
+    // the older head's poll comes round; while its call is in flight the younger head is the
+    // oldest idle one, and still neither leads nor polls (its own poll is due by then)
+    await vi.waitFor(() => expect(ctx.tryHold).toHaveBeenCalledTimes(1), { timeout: 2_000 });
+    expect(set.leadsGroup(g1!)).toBe(false);
+    await new Promise((r) => setTimeout(r, 600));
     expect(ctx.tryHold).toHaveBeenCalledTimes(1);
     answer('busy');
     abort.abort();
