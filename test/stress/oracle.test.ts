@@ -83,8 +83,12 @@ interface RunResult {
   ms: number;
 }
 
-/** One run: a fresh queue, a fresh fleet, `jobs` jobs; checks everything the oracle saw. */
-async function run(mode: Mode, jobs: number): Promise<RunResult> {
+/**
+ * One run: a fresh queue, a fresh fleet, `jobs` jobs; checks everything the oracle saw.
+ * `control`: the semaphores get 2K tickets while the oracle still checks K (a cap broken on
+ * purpose): the run only reports, and the caller expects violations.
+ */
+async function run(mode: Mode, jobs: number, control = false): Promise<RunResult> {
   oracle.reset();
   const started = Date.now();
   const bq = await bullmqQueues(mode.backend, ['oracle']);
@@ -101,7 +105,7 @@ async function run(mode: Mode, jobs: number): Promise<RunResult> {
           ORACLE_PORT: oracle.port,
           WAKE_ON_RELEASE: mode.handoff ? 1 : 0,
           SEM_MODE: mode.perKey ? 'tenant' : 'single',
-          CREATE_WITH: K,
+          CREATE_WITH: control ? 2 * K : K,
         }),
       );
     }
@@ -128,6 +132,7 @@ async function run(mode: Mode, jobs: number): Promise<RunResult> {
       reschedules: stats.reduce((a, s) => a + s.stats.reschedules!, 0),
       ms: Date.now() - started,
     };
+    if (control) return result;
     if (process.env.STRESS_OUT) appendFileSync(process.env.STRESS_OUT, `${JSON.stringify({ ...mode, ...result, violationList: oracle.violations.slice(0, 5) })}\n`);
 
     // The oracle: never more than K holders of a key at once, and nothing odd on its wire.
@@ -149,6 +154,24 @@ async function run(mode: Mode, jobs: number): Promise<RunResult> {
     await bq.cleanup();
   }
 }
+
+describe('a cap broken on purpose', () => {
+  it('the oracle reports it, naming the jobs and the processes in flight', async () => {
+    // per key, so the semaphores are made by the workers with 2K tickets each; the oracle checks K
+    const result = await run({ backend: 'redis', handoff: true, perKey: true }, 400, true);
+    console.log(`[oracle] control (2K tickets, oracle checks K): ${result.jobs} jobs, oracle max ${result.max}, violations ${result.violations}`);
+    expect(result.violations).toBeGreaterThan(0);
+    expect(result.max).toBeGreaterThan(K);
+    const v = oracle.violations[0]!;
+    expect(v.key).toMatch(/^tenant:\d$/);
+    expect(v.holders).toHaveLength(v.inflight);
+    expect(new Set(v.holders.map((h) => h.job)).size).toBe(v.inflight);
+    expect(v.holders.every((h) => h.pid > 0)).toBe(true);
+    oracle.reset();
+    // the per-key runs below make these semaphores again, with K tickets
+    for (let t = 0; t < TENANTS; t++) await ctx.sem.destroy(`tenant:${t}`);
+  }, 180_000);
+});
 
 const label = (m: Mode) => `${m.perKey ? 'per key' : 'one semaphore'}, BullMQ ${m.backend}, hand-off ${m.handoff ? 'on' : 'off'}`;
 const modes: Mode[] = [];
