@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { databaseUrl, setupSchema } from '../helpers/db.js';
 import { killAll, within } from '../helpers/core.js';
 import { startChild, type Child } from '../helpers/processes.js';
-import { startOracle, type Oracle } from '../helpers/oracle.js';
+import { clockOverlap, startOracle, type Oracle } from '../helpers/oracle.js';
 
 const K = 3;
 const CHILDREN = 4;
@@ -33,22 +33,7 @@ interface Interval {
 }
 
 /** Largest number of tickets held at one instant, from [start, end] intervals. */
-function maxOverlap(intervals: Interval[]): number {
-  // Ends sort before starts at the same instant: a release that happens-before an acquire
-  // is recorded no later than it.
-  const events = intervals.flatMap((i) => [
-    { t: i.start, d: i.tickets.length },
-    { t: i.end, d: -i.tickets.length },
-  ]);
-  events.sort((a, b) => a.t - b.t || a.d - b.d);
-  let now = 0;
-  let max = 0;
-  for (const e of events) {
-    now += e.d;
-    max = Math.max(max, now);
-  }
-  return max;
-}
+const maxOverlap = (intervals: Interval[]) => clockOverlap(intervals.map((i) => ({ start: i.start, end: i.end, weight: i.tickets.length })));
 
 describe('the cap holds across processes', () => {
   it(`${CHILDREN} processes never hold more than K=${K} tickets at once`, async () => {

@@ -217,3 +217,24 @@ export async function connectOracle(port: number): Promise<OracleClient> {
     close: () => socket.destroy(),
   };
 }
+
+/**
+ * What clock stamps say instead: the most [start, end] intervals (weighted) that overlap at
+ * one instant. Ends sort before starts at the same instant (a release that happens-before an
+ * acquire is stamped no later than it). Only as good as the clocks: stamps from different
+ * processes can invent overlaps or hide them (see docs/RELIABILITY.md, "The overlap oracle").
+ */
+export function clockOverlap(intervals: ReadonlyArray<{ start: number; end: number; weight?: number }>): number {
+  const events = intervals.flatMap((i) => [
+    { t: i.start, d: i.weight ?? 1 },
+    { t: i.end, d: -(i.weight ?? 1) },
+  ]);
+  events.sort((a, b) => a.t - b.t || a.d - b.d);
+  let now = 0;
+  let max = 0;
+  for (const e of events) {
+    now += e.d;
+    max = Math.max(max, now);
+  }
+  return max;
+}
