@@ -1,4 +1,5 @@
 import { Job, PostgresQueueBackend } from 'bullmq';
+import { isUnavailable } from '../sqlstate.js';
 import type { WaitingList } from './waiting-list.js';
 
 /**
@@ -73,12 +74,19 @@ export class Promotion {
 
   /**
    * Records a job that is being put back, unless nothing could promote it (promotion off, no
-   * id, a backend that does not promote) or Postgres is unreachable.
+   * id, a backend that does not promote) or Postgres is unreachable: known so from the last
+   * acquire call, or found so by this call (e.g. "too many clients" for a new connection right
+   * after an acquire went through): the job is then put back unrecorded, not failed.
    * @returns its place in the waiting list, for the delay estimate; undefined when not recorded.
    */
   async record(job: QueuedJob, names: readonly string[], unavailable: boolean): Promise<{ ahead: number; capacity: number } | undefined> {
     if (!this.enabled || job.id === undefined || unavailable || !this.promotes(job)) return undefined;
-    return this.waitingList.enqueue(names, queueKey(job), job.id);
+    try {
+      return await this.waitingList.enqueue(names, queueKey(job), job.id);
+    } catch (err) {
+      if (isUnavailable(err)) return undefined;
+      throw err;
+    }
   }
 
   /** Forgets a job that was put back before and now got its tickets (in the background). */

@@ -3,9 +3,11 @@ import { setupSchema, waitFor } from '../helpers/db.js';
 import { bullmqQueues, type Backend } from '../helpers/bullmq.js';
 import { startFakeApi } from '../helpers/fake-api.js';
 import { startChild, type Child } from '../helpers/processes.js';
+import { startOracle } from '../helpers/oracle.js';
 
 // A fleet: 4 worker OS processes, each with concurrency far above the cap, 2 queues sharing
-// one semaphore. A loopback HTTP server stands in for the capped external API.
+// one semaphore. A loopback HTTP server stands in for the capped external API; each job also
+// tells the exact overlap oracle (test/helpers/oracle.ts) "enter" before its call and "exit" after.
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
 beforeAll(async () => {
@@ -25,6 +27,7 @@ describe.each<[Backend, number]>([
   it(`never exceeds the cap; all ${jobs} jobs complete once without using an attempt; no ticket left`, async () => {
     await ctx.sem.make('api', CAP);
     const api = await startFakeApi(5);
+    const oracle = await startOracle(() => CAP);
     const bq = await bullmqQueues(backend, ['fleet-a', 'fleet-b']);
     const children: Child[] = [];
     try {
@@ -36,6 +39,7 @@ describe.each<[Backend, number]>([
             QUEUES: 'fleet-a,fleet-b',
             API_URL: api.url,
             CONCURRENCY: 16,
+            ORACLE_PORT: oracle.port,
           }),
         );
       }
@@ -64,6 +68,11 @@ describe.each<[Backend, number]>([
       expect(api.max).toBeLessThanOrEqual(CAP);
       expect(api.max).toBe(CAP);
       expect(peakHeld).toBeLessThanOrEqual(CAP);
+      // The oracle (whose intervals contain every call and lie inside the ticket holds) agrees.
+      expect(oracle.violations, JSON.stringify(oracle.violations.slice(0, 3))).toEqual([]);
+      expect(oracle.errors).toEqual([]);
+      expect(oracle.max.get('api')).toBe(CAP);
+      expect(oracle.enters.get('api')).toBe(jobs);
       // Every job called the API exactly once, and none used an attempt while waiting.
       expect(api.calls.size).toBe(jobs);
       expect([...api.calls.values()].every((n) => n === 1)).toBe(true);
@@ -83,7 +92,7 @@ describe.each<[Backend, number]>([
         (acc, { stats: s }) => ({ attempts: acc.attempts + s.attempts!, handoffs: acc.handoffs + s.handoffs!, reschedules: acc.reschedules + s.reschedules! }),
         { attempts: 0, handoffs: 0, reschedules: 0 },
       );
-      console.log(`[${backend}] ${jobs} jobs, cap ${CAP}: api max ${api.max}, acquire calls ${total.attempts} (${(total.attempts / jobs).toFixed(2)}/job), hand-offs ${total.handoffs}, reschedules ${total.reschedules}`);
+      console.log(`[${backend}] ${jobs} jobs, cap ${CAP}: api max ${api.max}, oracle max ${oracle.max.get('api')}, acquire calls ${total.attempts} (${(total.attempts / jobs).toFixed(2)}/job), hand-offs ${total.handoffs}, reschedules ${total.reschedules}`);
       // No ticket is held at the end.
       await waitFor(async () => (await ctx.sem.status('api')).held === 0, { timeout: 5_000, what: 'tickets to be returned' });
     } finally {
@@ -91,6 +100,7 @@ describe.each<[Backend, number]>([
       await Promise.all(children.map((c) => c.exited));
       await bq.cleanup();
       await api.close();
+      await oracle.close();
     }
   }, 240_000);
 });

@@ -1,8 +1,11 @@
 // The cap holds across OS processes: several children hammer one semaphore of capacity K.
+// Checked three ways: the children's clock stamps, Postgres's own view (status()), and the
+// exact overlap oracle (test/helpers/oracle.ts), which no clock can fool.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { databaseUrl, setupSchema } from '../helpers/db.js';
 import { killAll, within } from '../helpers/core.js';
 import { startChild, type Child } from '../helpers/processes.js';
+import { clockOverlap, startOracle, type Oracle } from '../helpers/oracle.js';
 
 const K = 3;
 const CHILDREN = 4;
@@ -10,12 +13,16 @@ const ITERATIONS = 25;
 const HOLD_MS = 12;
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
+let oracle: Oracle;
 const children: Child[] = [];
 beforeAll(async () => {
   ctx = await setupSchema('fleet');
+  // the semaphore's key may have K holders, each ticket (`ticket:<n>`) one
+  oracle = await startOracle((key) => (key.startsWith('ticket:') ? 1 : K));
 });
 afterAll(async () => {
   await killAll(children);
+  await oracle?.close();
   await ctx?.drop();
 });
 
@@ -26,22 +33,7 @@ interface Interval {
 }
 
 /** Largest number of tickets held at one instant, from [start, end] intervals. */
-function maxOverlap(intervals: Interval[]): number {
-  // Ends sort before starts at the same instant: a release that happens-before an acquire
-  // is recorded no later than it.
-  const events = intervals.flatMap((i) => [
-    { t: i.start, d: i.tickets.length },
-    { t: i.end, d: -i.tickets.length },
-  ]);
-  events.sort((a, b) => a.t - b.t || a.d - b.d);
-  let now = 0;
-  let max = 0;
-  for (const e of events) {
-    now += e.d;
-    max = Math.max(max, now);
-  }
-  return max;
-}
+const maxOverlap = (intervals: Interval[]) => clockOverlap(intervals.map((i) => ({ start: i.start, end: i.end, weight: i.tickets.length })));
 
 describe('the cap holds across processes', () => {
   it(`${CHILDREN} processes never hold more than K=${K} tickets at once`, async () => {
@@ -49,7 +41,7 @@ describe('the cap holds across processes', () => {
     await ctx.sem.make(name, K);
     for (let i = 0; i < CHILDREN; i++) {
       children.push(
-        startChild('core-hammer', { DATABASE_URL: databaseUrl(), SCHEMA: ctx.schema, SEM: name, ITERATIONS, HOLD_MS }),
+        startChild('core-hammer', { DATABASE_URL: databaseUrl(), SCHEMA: ctx.schema, SEM: name, ITERATIONS, HOLD_MS, ORACLE_PORT: oracle.port }),
       );
     }
     await within(Promise.all(children.map((c) => c.next((m: { type: string }) => m.type === 'ready', 60_000))), 60_000, 'children ready');
@@ -79,6 +71,14 @@ describe('the cap holds across processes', () => {
       expect(i.tickets).toHaveLength(1);
       expect(i.end).toBeGreaterThanOrEqual(i.start);
     }
+
+    // The oracle: never more than K holders at once, never one ticket twice, and K reached.
+    expect(oracle.violations, JSON.stringify(oracle.violations.slice(0, 3))).toEqual([]);
+    expect(oracle.errors).toEqual([]);
+    expect(oracle.enters.get(name)).toBe(CHILDREN * ITERATIONS);
+    expect(oracle.max.get(name)).toBe(K);
+    expect(oracle.maxOf('ticket:')).toBe(1);
+    expect(oracle.inflight).toBe(0);
 
     // No ticket id is held by two holders at overlapping times.
     const byTicket = new Map<number, Interval[]>();
