@@ -1,4 +1,4 @@
--- pg-semaphore 0002_functions
+-- pg-semaphore 0004_functions
 -- pg-semaphore SQL functions for schema "semaphore"
 CREATE OR REPLACE FUNCTION "semaphore"._ns() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -117,14 +117,15 @@ BEGIN
 END
 $$;
 
--- Upgrade from acquire without ticket_semaphores (pg-semaphore 0.1, whose tickets were
--- row ids): its OUT columns changed, which CREATE OR REPLACE cannot do, so move it aside
--- here; the block after the new acquire copies its privileges over and drops it.
+-- Upgrades. acquire's signature changed twice, and CREATE OR REPLACE can change neither its
+-- arguments nor its OUT columns: pg-semaphore 0.1's acquire returned row ids (no
+-- ticket_semaphores), and until 0003_functions it had no p_starts. Move any four-argument
+-- acquire aside here; the block after the new acquire copies its privileges over and drops it.
 DO $$
 DECLARE
   v_old regprocedure := to_regprocedure('"semaphore".acquire(text[], integer[], text, integer)');
 BEGIN
-  IF v_old IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = v_old AND 'ticket_semaphores' = ANY (p.proargnames)) THEN
+  IF v_old IS NOT NULL THEN
     ALTER FUNCTION "semaphore".acquire(text[], integer[], text, integer) RENAME TO _acquire_old;
   END IF;
 END
@@ -136,30 +137,95 @@ $$;
 --   status 'ok'      : tickets holds the numbers (1..capacity) of the tickets taken, in
 --                      request order, and ticket_semaphores the semaphore of each;
 --                      semaphore_ids the ids of the semaphores (for wake())
---   status 'busy'    : not enough free tickets; nothing was taken
+--   status 'busy'    : not enough free tickets; nothing was taken. names: the semaphore
+--                      found short (the first one checked, in id order); NULL when unknown
 --   status 'missing' : names lists the semaphores that do not exist; nothing was taken
 --   status 'exceeds' : names lists the semaphores asked for more tickets than they have
 -- p_count 0 means "every ticket" (an exclusive hold). Tickets this transaction already
 -- holds are never counted twice (nor returned again). On success the transaction's
 -- idle_in_transaction_session_timeout (p_idle_timeout_ms) and application_name
--- (p_label) are set locally when given.
+-- (p_label) are set locally when given. p_starts[i] (optional) is the ticket number where
+-- the search for free tickets of p_names[i] starts, going up and wrapping around; without it
+-- the search starts at 1 (the lowest free tickets are taken). Node holders pass the ticket
+-- they returned last, which is usually free again, so a nearly full semaphore costs about
+-- what an empty one does.
 CREATE OR REPLACE FUNCTION "semaphore".acquire(
   p_names text[], p_counts integer[], p_label text DEFAULT NULL, p_idle_timeout_ms integer DEFAULT NULL,
+  p_starts integer[] DEFAULT NULL,
   OUT status text, OUT tickets integer[], OUT ticket_semaphores text[], OUT semaphore_ids integer[], OUT names text[])
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_ns integer := "semaphore"._ns();
-  v_held integer[] := coalesce(nullif(current_setting('pg_semaphore.held_' || to_hex(v_ns), true), ''), '{}')::integer[];
-  v_got integer[] := '{}';
-  v_found integer;
-  v_sem record;
-  v_need integer;
+  -- every statement of the fast path counts (issue 11): it runs two queries, no subtransaction,
+  -- and no set_config of its own (the re-read sets them); the general path's variables live in
+  -- its own block
+  v_held integer[] := coalesce(nullif(current_setting('pg_semaphore.held_' || to_hex("semaphore"._ns()), true), ''), '{}')::integer[];
+  v_id integer;
+  v_name text;
   v_ticket integer;
-  v_exceeds text[] := '{}';
 BEGIN
+  IF cardinality(p_names) = 1 AND cardinality(p_counts) = 1 AND p_counts[1] = 1 THEN
+    -- The common case, one ticket of one semaphore: nothing to undo when no ticket is free,
+    -- so no subtransaction. One query finds the semaphore and locks the first free ticket
+    -- from the start position on: the ordered ticket list is a subquery of its own (ORDER BY
+    -- and OFFSET keep it from being merged, and Postgres never pushes a volatile condition
+    -- into it), so the lock is tried row by row in ticket order and LIMIT 1 stops at the
+    -- first success: it never locks a ticket it does not return.
+    SELECT m.id, m.name, c.id INTO v_id, v_name, v_ticket
+      FROM "semaphore".semaphores m
+      LEFT JOIN LATERAL (
+        SELECT f.id FROM (
+          SELECT t.id FROM "semaphore".tickets t
+           WHERE t.semaphore_id = m.id AND t.no >= coalesce(p_starts[1], 1) AND NOT (t.id = ANY (v_held))
+           ORDER BY t.no OFFSET 0) f
+         WHERE pg_try_advisory_xact_lock("semaphore"._ns(), f.id)
+         LIMIT 1) c ON true
+     WHERE m.name = p_names[1];
+    IF v_id IS NULL THEN
+      status := 'missing';
+      names := p_names;
+      RETURN;
+    END IF;
+    IF v_ticket IS NULL AND p_starts[1] > 1 THEN
+      -- wrap around: the tickets below the start position
+      SELECT f.id INTO v_ticket FROM (
+          SELECT t.id FROM "semaphore".tickets t
+           WHERE t.semaphore_id = v_id AND t.no < p_starts[1] AND NOT (t.id = ANY (v_held))
+           ORDER BY t.no OFFSET 0) f
+       WHERE pg_try_advisory_xact_lock("semaphore"._ns(), f.id)
+       LIMIT 1;
+    END IF;
+    IF v_ticket IS NOT NULL THEN
+      -- A concurrent shrink may have deleted the ticket between our read and our lock:
+      -- re-read it with a fresh snapshot (a statement of its own). If it is gone, the lock we
+      -- keep is on an id no ticket will ever have again, so it costs nobody anything. The
+      -- same read sets the transaction's settings, only when the ticket is there.
+      SELECT 'ok', ARRAY[t.no], ARRAY[v_name], ARRAY[v_id],
+             concat(set_config('pg_semaphore.held_' || to_hex("semaphore"._ns()), (v_held || v_ticket)::text, true),
+                    CASE WHEN p_idle_timeout_ms IS NOT NULL THEN set_config('idle_in_transaction_session_timeout', p_idle_timeout_ms::text, true) END,
+                    CASE WHEN p_label IS NOT NULL THEN set_config('application_name', left('pg-semaphore:' || p_label, 63), true) END)
+        INTO status, tickets, ticket_semaphores, semaphore_ids, v_name
+        FROM "semaphore".tickets t WHERE t.id = v_ticket;
+      IF FOUND THEN
+        RETURN;
+      END IF;
+    END IF;
+    status := 'busy'; -- no free ticket, or a paused semaphore (no tickets at all)
+    names := ARRAY[v_name];
+    RETURN;
+  END IF;
   IF p_names IS NULL OR p_counts IS NULL OR cardinality(p_names) <> cardinality(p_counts) OR cardinality(p_names) = 0 THEN
     RAISE EXCEPTION 'pg-semaphore: expected equal, non-empty arrays of names and counts' USING ERRCODE = '22023';
   END IF;
+  DECLARE
+    v_ns integer := "semaphore"._ns();
+    v_got integer[] := '{}';
+    v_found integer;
+    v_sem record;
+    v_need integer;
+    v_start integer;
+    v_exceeds text[] := '{}';
+    v_short text;
+  BEGIN
   SELECT array_agg(n.name ORDER BY n.ord) INTO names
     FROM unnest(p_names) WITH ORDINALITY AS n(name, ord)
     WHERE NOT EXISTS (SELECT 1 FROM "semaphore".semaphores m WHERE m.name = n.name);
@@ -170,8 +236,8 @@ BEGIN
   semaphore_ids := '{}';
   BEGIN
     FOR v_sem IN
-      SELECT m.id, m.name, m.tickets AS capacity, sum(r.cnt)::integer AS cnt
-        FROM unnest(p_names, p_counts) AS r(name, cnt)
+      SELECT m.id, m.name, m.tickets AS capacity, sum(r.cnt)::integer AS cnt, min(r.start) AS start
+        FROM unnest(p_names, p_counts, coalesce(p_starts, '{}')) AS r(name, cnt, start)
         JOIN "semaphore".semaphores m ON m.name = r.name
        GROUP BY m.id, m.name, m.tickets ORDER BY m.id
     LOOP
@@ -186,16 +252,20 @@ BEGIN
       END IF;
       IF v_sem.capacity = 0 THEN
         -- a semaphore with no tickets is paused: everyone waits until it grows
+        v_short := v_sem.name;
         RAISE EXCEPTION USING ERRCODE = 'PSB01';
       END IF;
       IF v_sem.cnt = 0 THEN
         -- exclusive: every ticket, including those this transaction already holds
         v_need := v_sem.capacity - (SELECT count(*) FROM "semaphore".tickets t WHERE t.semaphore_id = v_sem.id AND t.id = ANY (v_held))::integer;
       END IF;
+      v_start := coalesce(v_sem.start, 1);
       FOR v_ticket IN
-        SELECT t.id FROM "semaphore".tickets t
-         WHERE t.semaphore_id = v_sem.id AND NOT (t.id = ANY (v_held))
-         ORDER BY t.no
+        (SELECT t.id FROM "semaphore".tickets t
+          WHERE t.semaphore_id = v_sem.id AND t.no >= v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
+        UNION ALL
+        (SELECT t.id FROM "semaphore".tickets t
+          WHERE t.semaphore_id = v_sem.id AND t.no < v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
       LOOP
         EXIT WHEN v_need <= 0;
         IF pg_try_advisory_xact_lock(v_ns, v_ticket) THEN
@@ -204,6 +274,7 @@ BEGIN
         END IF;
       END LOOP;
       IF v_need > 0 THEN
+        v_short := v_sem.name;
         RAISE EXCEPTION USING ERRCODE = 'PSB01';
       END IF;
     END LOOP;
@@ -221,13 +292,14 @@ BEGIN
     END IF;
   EXCEPTION WHEN SQLSTATE 'PSB01' THEN
     status := CASE WHEN cardinality(v_exceeds) > 0 THEN 'exceeds' ELSE 'busy' END;
-    names := nullif(v_exceeds, '{}');
+    names := CASE WHEN cardinality(v_exceeds) > 0 THEN v_exceeds WHEN v_short IS NOT NULL THEN ARRAY[v_short] END;
     semaphore_ids := NULL;
     tickets := NULL;
     ticket_semaphores := NULL;
     RETURN;
   END;
   PERFORM set_config('pg_semaphore.held_' || to_hex(v_ns), (v_held || v_got)::text, true);
+  END;
   IF p_idle_timeout_ms IS NOT NULL THEN
     PERFORM set_config('idle_in_transaction_session_timeout', p_idle_timeout_ms::text, true);
   END IF;
@@ -245,7 +317,7 @@ $$;
 DO $$
 DECLARE
   v_old regprocedure := to_regprocedure('"semaphore"._acquire_old(text[], integer[], text, integer)');
-  v_new regprocedure := to_regprocedure('"semaphore".acquire(text[], integer[], text, integer)');
+  v_new regprocedure := to_regprocedure('"semaphore".acquire(text[], integer[], text, integer, integer[])');
   v_acl aclitem[];
   v_grant record;
 BEGIN
@@ -296,23 +368,54 @@ LANGUAGE sql AS $$
   SELECT count(pg_advisory_unlock_shared("semaphore"._ns() # 2, i)) FROM unnest(p_ids) i;
 $$;
 
--- Called after a holder commits: tells waiting processes (LISTEN pg_semaphore) that
--- tickets of these semaphores came free. Sends nothing, and so writes nothing, when no
--- process is waiting on them.
-CREATE OR REPLACE FUNCTION "semaphore".wake(p_ids integer[]) RETURNS integer
+-- Marks the session (a LISTEN connection) as one that NOTIFYs reach: its own probe,
+-- sent from another connection, arrived. wake() names only such sessions (a marker taken
+-- through PgBouncer in transaction mode stays on a server connection no listener hears).
+CREATE OR REPLACE FUNCTION "semaphore".hears() RETURNS void
+LANGUAGE sql AS $$
+  SELECT pg_advisory_lock_shared("semaphore"._ns() # 3, 0)
+$$;
+
+-- Called when a holder gives its tickets back: tells waiting processes (LISTEN
+-- pg_semaphore) that tickets of these semaphores came free. Sends nothing, and so writes
+-- nothing, when no process is waiting on them. Each NOTIFY names one waiting process, the
+-- backend pid of its LISTEN connection (payload 'ns:id:pid'; 'ns:id', for every waiting
+-- process, when none of them is known to hear NOTIFYs, see hears()), so that one process tries
+-- per freed semaphore instead of every waiting one: the first waiting pid after p_after
+-- (the releasing process's own LISTEN pid, so wake-ups go round the waiting processes in
+-- turn), or a random one when p_after is NULL. Run it in the holding transaction just
+-- before COMMIT (a NOTIFY is delivered after the commit, once the locks are gone; a
+-- waiter taking its marker meanwhile blocks on the exclusive check until then) or after
+-- the COMMIT/ROLLBACK.
+CREATE OR REPLACE FUNCTION "semaphore".wake(p_ids integer[], p_after integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
   v_id integer;
+  v_pid integer;
   v_sent integer := 0;
 BEGIN
   FOREACH v_id IN ARRAY coalesce(p_ids, '{}') LOOP
     IF NOT pg_try_advisory_xact_lock("semaphore"._ns() # 2, v_id) THEN
-      PERFORM pg_notify('pg_semaphore', "semaphore"._ns() || ':' || v_id);
+      -- the sessions holding both this semaphore's waiter marker and the "NOTIFYs reach me" mark
+      SELECT l.pid INTO v_pid FROM pg_locks l
+       WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted AND l.mode = 'ShareLock'
+         AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+         AND ((l.classid::bigint = (("semaphore"._ns() # 2)::bigint + 4294967296) % 4294967296 AND l.objid = v_id::oid)
+           OR (l.classid::bigint = (("semaphore"._ns() # 3)::bigint + 4294967296) % 4294967296 AND l.objid = 0))
+       GROUP BY l.pid HAVING count(*) = 2
+       ORDER BY CASE WHEN p_after IS NULL THEN random() END, l.pid <= p_after, l.pid
+       LIMIT 1;
+      PERFORM pg_notify('pg_semaphore', "semaphore"._ns() || ':' || v_id || coalesce(':' || v_pid, ''));
       v_sent := v_sent + 1;
     END IF;
   END LOOP;
   RETURN v_sent;
 END
+$$;
+
+CREATE OR REPLACE FUNCTION "semaphore".wake(p_ids integer[]) RETURNS integer
+LANGUAGE sql AS $$
+  SELECT "semaphore".wake(p_ids, NULL::integer)
 $$;
 
 -- The same by semaphore name, for holders in plain SQL: send it in one string with the
