@@ -4,12 +4,15 @@ import { bullmqQueues, type Backend } from '../helpers/bullmq.js';
 import { startFakeApi } from '../helpers/fake-api.js';
 import { startChild, type Child } from '../helpers/processes.js';
 import { startOracle } from '../helpers/oracle.js';
+import { oneFleetAtATime } from '../helpers/heavy.js';
 
 // A fleet: 4 worker OS processes, each with concurrency far above the cap, 2 queues sharing
 // one semaphore. A loopback HTTP server stands in for the capped external API; each job also
 // tells the exact overlap oracle (test/helpers/oracle.ts) "enter" before its call and "exit" after.
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
+oneFleetAtATime();
+
 beforeAll(async () => {
   ctx = await setupSchema('fleet');
 });

@@ -5,6 +5,7 @@ import { bullmqQueues, type Backend } from '../helpers/bullmq.js';
 import { setupSchema, waitFor } from '../helpers/db.js';
 import { startFakeApi } from '../helpers/fake-api.js';
 import { startChild, type Child } from '../helpers/processes.js';
+import { oneFleetAtATime } from '../helpers/heavy.js';
 
 // Shutting workers down while jobs wait in them for a ticket (issue 13, part 3): close()
 // returns promptly without starting the waiting jobs, which go back to the queue without
@@ -20,6 +21,8 @@ const LOCAL_WAIT = 10_000; // "promptly" is measured against this
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
 let api: Awaited<ReturnType<typeof startFakeApi>>;
+oneFleetAtATime();
+
 beforeAll(async () => {
   ctx = await setupSchema('lifeclose');
   api = await startFakeApi(5);

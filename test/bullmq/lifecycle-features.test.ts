@@ -5,6 +5,7 @@ import { limitProcessor, WaitCancelledError } from '../../src/bullmq/index.js';
 import { bullmqQueues, type Backend } from '../helpers/bullmq.js';
 import { setupSchema, waitFor } from '../helpers/db.js';
 import { startFakeApi } from '../helpers/fake-api.js';
+import { oneFleetAtATime } from '../helpers/heavy.js';
 
 // BullMQ's own features under the wrapper (issue 13, part 3): cancel, pause, sandboxed
 // processors, priorities, flows, job schedulers, job removal and lock renewal. Each test
@@ -15,6 +16,8 @@ type Bq = Awaited<ReturnType<typeof bullmqQueues>>;
 type Queue = Bq['queues'][number];
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
+oneFleetAtATime();
+
 beforeAll(async () => {
   ctx = await setupSchema('lifefeat');
 });

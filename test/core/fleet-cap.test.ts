@@ -6,6 +6,7 @@ import { databaseUrl, setupSchema } from '../helpers/db.js';
 import { killAll, within } from '../helpers/core.js';
 import { startChild, type Child } from '../helpers/processes.js';
 import { clockOverlap, startOracle, type Oracle } from '../helpers/oracle.js';
+import { oneFleetAtATime } from '../helpers/heavy.js';
 
 const K = 3;
 const CHILDREN = 4;
@@ -15,6 +16,8 @@ const HOLD_MS = 12;
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
 let oracle: Oracle;
 const children: Child[] = [];
+oneFleetAtATime();
+
 beforeAll(async () => {
   ctx = await setupSchema('fleet');
   // the semaphore's key may have K holders, each ticket (`ticket:<n>`) one

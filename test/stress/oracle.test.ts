@@ -14,6 +14,7 @@ import { setupSchema, waitFor } from '../helpers/db.js';
 import { bullmqQueues, type Backend } from '../helpers/bullmq.js';
 import { clockOverlap, connectOracle, startOracle, type Oracle } from '../helpers/oracle.js';
 import { startChild, type Child } from '../helpers/processes.js';
+import { oneFleetAtATime } from '../helpers/heavy.js';
 
 const K = 5;
 const PROCESSES = 4;
@@ -25,6 +26,8 @@ const KEY_RUNS = Number(process.env.STRESS_RUNS ?? 10);
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
 let oracle: Oracle;
+oneFleetAtATime();
+
 beforeAll(async () => {
   ctx = await setupSchema('oracle');
   await ctx.sem.make('api', K);
