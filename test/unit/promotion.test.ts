@@ -10,7 +10,9 @@ function failingList(err: Error) {
   };
 }
 
-const job = { id: '1', queueName: 'q' };
+// A job fetched by a Redis-backed Worker (any handle that is not BullMQ's Postgres backend): its
+// put-backs are recorded. A job without a handle (a sandboxed child's) is never recorded.
+const job = { id: '1', queueName: 'q', queue: {} };
 
 describe('Promotion.record', () => {
   // Seen in the oracle stress test (test/stress/oracle.test.ts) with the shared server full:
@@ -26,5 +28,11 @@ describe('Promotion.record', () => {
     const wrong = Object.assign(new Error('invalid parameter value'), { code: '22023' });
     const promotion = new Promotion(failingList(wrong), true, () => undefined);
     await expect(promotion.record(job, ['api'], false)).rejects.toThrow('invalid parameter value');
+  });
+
+  it('records nothing for a job without a queue handle (a sandboxed child), whatever the list does', async () => {
+    const wrong = Object.assign(new Error('invalid parameter value'), { code: '22023' });
+    const promotion = new Promotion(failingList(wrong), true, () => undefined);
+    await expect(promotion.record({ id: '1', queueName: 'q' }, ['api'], false)).resolves.toBeUndefined();
   });
 });
