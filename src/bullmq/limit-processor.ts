@@ -186,8 +186,9 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     try {
       got = await acquire(gate, label, both?.signal ?? signal ?? stopSignal);
     } catch (err) {
+      // the stop first (read live): `cancelAllJobs(); close()` is a shutdown, not a cancel
+      if (stop?.stopping || stopSignal?.aborted) return 'stopping' as const;
       if (signal?.aborted) throw new WaitCancelledError(gate.req.names, signal.reason);
-      if (stopSignal?.aborted) return 'stopping' as const;
       throw err;
     } finally {
       both?.dispose();
