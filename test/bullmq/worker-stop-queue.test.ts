@@ -1,0 +1,47 @@
+import { Job } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { limitProcessor } from '../../src/bullmq/index.js';
+import { WorkerStop } from '../../src/bullmq/worker-stop.js';
+import { bullmqQueues } from '../helpers/bullmq.js';
+import { setupSchema } from '../helpers/db.js';
+
+// A job built from a Queue (queue.add()'s result, Job.fromId(queue, id)) carries the Queue as
+// its handle. A Queue has on() and an async isPaused() too: it must not count as a stopping
+// Worker (a pending Promise is truthy), or such a job would be put back forever.
+
+let ctx: Awaited<ReturnType<typeof setupSchema>>;
+let bq: Awaited<ReturnType<typeof bullmqQueues>>;
+beforeAll(async () => {
+  ctx = await setupSchema('wstopq');
+  bq = await bullmqQueues('redis', ['wstopq']);
+});
+afterAll(async () => {
+  await bq?.cleanup();
+  await ctx?.drop();
+});
+
+describe('WorkerStop with a real BullMQ Queue', () => {
+  it('is no Worker: a job made from a Queue is not stopping and runs when a ticket is free', async () => {
+    const q = bq.queues[0]!;
+    expect(WorkerStop.of(q)).toBeUndefined();
+    await ctx.sem.make('wstopq', 1);
+    const processor = limitProcessor(ctx.sem, async () => 'ran', { semaphore: 'wstopq' });
+    const added = await q.add('x', {});
+    expect(await processor(added, undefined, undefined)).toBe('ran');
+    const fetched = (await Job.fromId(q, added.id!))!;
+    expect(await processor(fetched, undefined, undefined)).toBe('ran');
+    expect(processor.stats).toMatchObject({ ran: 2, reschedules: 0 });
+  });
+
+  it('is a Worker for a real Worker, with `stopping` a boolean', async () => {
+    const w = bq.worker('wstopq-w', async () => undefined, { autorun: false });
+    try {
+      const stop = WorkerStop.of(w)!;
+      expect(stop).toBeDefined();
+      expect(stop.stopping).toBe(false);
+    } finally {
+      await w.close();
+    }
+    expect(WorkerStop.of(w)!.stopping).toBe(true);
+  });
+});
