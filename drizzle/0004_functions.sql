@@ -162,6 +162,12 @@ DECLARE
   v_name text;
   v_ticket integer;
 BEGIN
+  -- the re-read below guards against a concurrent shrink only with a fresh snapshot per
+  -- statement, which only READ COMMITTED gives
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'pg-semaphore: acquire needs a READ COMMITTED transaction, got %', current_setting('transaction_isolation')
+      USING ERRCODE = 'PSB02', HINT = 'BEGIN ISOLATION LEVEL READ COMMITTED';
+  END IF;
   IF cardinality(p_names) = 1 AND cardinality(p_counts) = 1 AND p_counts[1] = 1 THEN
     -- The common case, one ticket of one semaphore: nothing to undo when no ticket is free,
     -- so no subtransaction. One query finds the semaphore and locks the first free ticket
