@@ -181,14 +181,16 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     if (stop?.stopping) return 'stopping' as const;
     const stopSignal = stop?.signal;
     const both = signal && stopSignal ? anySignal(signal, stopSignal) : undefined;
+    const passed = both?.signal ?? signal ?? stopSignal;
     const done = stop?.use();
     let got: Awaited<ReturnType<typeof acquire>>;
     try {
-      got = await acquire(gate, label, both?.signal ?? signal ?? stopSignal);
+      got = await acquire(gate, label, passed);
     } catch (err) {
       // the stop first (read live): `cancelAllJobs(); close()` is a shutdown, not a cancel
       if (stop?.stopping || stopSignal?.aborted) return 'stopping' as const;
-      if (signal?.aborted) throw new WaitCancelledError(gate.req.names, signal.reason);
+      // only the abort itself is a cancel: a real error is not hidden behind one
+      if (signal?.aborted && passed?.aborted && err === passed.reason) throw new WaitCancelledError(gate.req.names, signal.reason);
       throw err;
     } finally {
       both?.dispose();
@@ -197,6 +199,11 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     if (got && stopSignal?.aborted) {
       await gate.free(got.hold, { commit: true, reusable: true });
       return 'stopping' as const;
+    }
+    if (got && signal?.aborted) {
+      // cancelled while the acquire was in flight: the processor never starts with an aborted signal
+      await gate.free(got.hold, { commit: true, reusable: true });
+      throw new WaitCancelledError(gate.req.names, signal.reason);
     }
     return got;
   };
