@@ -197,7 +197,8 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       done?.();
     }
     if (got && stopSignal?.aborted) {
-      await gate.free(got.hold, { commit: true, reusable: true });
+      // a release that fails (other than a lost connection) must not fail the job: it goes back all the same
+      await gate.free(got.hold, { commit: true, reusable: true }).catch(() => undefined);
       return 'stopping' as const;
     }
     if (got && signal?.aborted) {
@@ -211,13 +212,14 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
   /**
    * Fails the job past its budget, or moves it to delayed and throws BullMQ's DelayedError.
    * `stopping` (its worker is closing or paused): no budget check, no record, the shortest
-   * delay, so it is back in the queue at once for another worker.
+   * delay (±25 %, so a rolling restart does not send them back in one burst), so it is back
+   * in the queue at once for another worker.
    */
   const reschedule = async (job: Job<D, R, N>, token: string | undefined, gate: Gate<Hold>, reschedules: number, stopping = false): Promise<never> => {
     const names = gate.req.names;
     if (!stopping) putBack.checkReschedule(names, job.timestamp, reschedules);
     const queued = stopping ? undefined : await promotion.record(job, names, unavailable);
-    const delay = stopping ? opts.minDelay : putBack.delay({
+    const delay = stopping ? putBack.stoppingDelay() : putBack.delay({
       reschedules,
       timestamp: job.timestamp,
       queued,
@@ -240,9 +242,10 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     const reschedules = reschedulesOf(job);
     putBack.checkArrival(names, job.timestamp, reschedules);
 
-    const got = await acquireUnlessStopping(gate, label, signal, WorkerStop.of(queueHandleOf(job)));
+    const stop = WorkerStop.of(queueHandleOf(job));
+    const got = await acquireUnlessStopping(gate, label, signal, stop);
     if (got === 'stopping') return reschedule(job, token, gate, reschedules, true);
-    if (!got) return reschedule(job, token, gate, reschedules);
+    if (!got) return reschedule(job, token, gate, reschedules, stop?.stopping === true);
     const { hold, handoff } = got;
     if (handoff) {
       stats.handoffs++;

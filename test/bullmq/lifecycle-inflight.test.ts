@@ -13,7 +13,7 @@ let bq: Awaited<ReturnType<typeof bullmqQueues>>;
 const workers: Worker[] = [];
 beforeAll(async () => {
   ctx = await setupSchema('inflight');
-  bq = await bullmqQueues('redis', ['inflight-cancel']);
+  bq = await bullmqQueues('redis', ['inflight-cancel', 'inflight-close']);
 });
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.close(true).catch(() => undefined)));
@@ -66,3 +66,36 @@ describe('a cancel while the acquire is in flight', () => {
     }
   });
 });
+
+describe('a close while the acquire is in flight and the ticket is busy', () => {
+  it('puts the job back as stopping (no budget check, no attempt), not as an ordinary put-back', async () => {
+    // paused (0 tickets): the acquire answers busy (a held ticket would keep the table lock waiting)
+    await ctx.sem.make('inflight-close', 0);
+    const q = bq.queues[1]!;
+    // maxReschedules 0: an ordinary put-back would fail the job at once
+    const processor = limitProcessor(ctx.sem, async () => undefined, { semaphore: 'inflight-close', localWait: 0, maxReschedules: 0 });
+    const w = bq.worker(q.name, processor, { concurrency: 2 });
+    workers.push(w);
+    const unblock = await blockAcquires();
+    let unblocked = false;
+    try {
+      await q.add('x', {}, { attempts: 3 });
+      await waitFor(acquireWaiting, { what: 'the acquire to wait on the table lock' });
+      const closing = w.close();
+      await unblock();
+      unblocked = true;
+      await closing;
+      const c = await q.getJobCounts('failed', 'delayed', 'wait', 'active');
+      expect(c).toMatchObject({ failed: 0, active: 0 });
+      expect((c.delayed ?? 0) + (c.wait ?? 0)).toBe(1);
+      expect(processor.stats).toMatchObject({ ran: 0, reschedules: 1 });
+      expect(await waitingRows()).toBe(0);
+    } finally {
+      if (!unblocked) await unblock();
+    }
+  });
+});
+
+async function waitingRows(): Promise<number> {
+  return Number((await ctx.admin.query(`SELECT count(*) AS n FROM "${ctx.schema}".waiting_jobs`)).rows[0].n);
+}
