@@ -152,8 +152,12 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     { tryHold, watch: (names, onRelease) => sem.watch(names, onRelease), promote: (hold) => promotion.promoteWaiting(hold), mayPromote: () => promotion.active },
   );
 
-  /** Try on arrival; else wait in this process if there is room; null: put the job back. */
-  const acquire = async (gate: Gate<Hold>, label: string, signal: AbortSignal | undefined) => {
+  /**
+   * Try on arrival; else wait in this process if there is room; null: put the job back.
+   * `waitSignal` is called only when the job is about to wait (a job served on arrival pays
+   * for no signal); its `done` runs when the wait ends.
+   */
+  const acquire = async (gate: Gate<Hold>, label: string, waitSignal: () => { signal: AbortSignal | undefined; done: () => void }) => {
     const hold = await gate.arrive(label);
     if (hold) return { hold, handoff: false };
     if (!opts.wakeOnRelease || opts.localWait === 0 || unavailable) return null;
@@ -169,7 +173,12 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       maxLocalWaiters: opts.maxLocalWaiters,
     });
     if (!admitted) return null;
-    return gate.wait(label, signal, opts.localWait);
+    const w = waitSignal();
+    try {
+      return await gate.wait(label, w.signal, opts.localWait);
+    } finally {
+      w.done();
+    }
   };
 
   /**
@@ -179,24 +188,33 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
    */
   const acquireUnlessStopping = async (gate: Gate<Hold>, label: string, signal: AbortSignal | undefined, stop: WorkerStop | undefined) => {
     if (stop?.stopping) return 'stopping' as const;
-    const stopSignal = stop?.signal;
-    const both = signal && stopSignal ? anySignal(signal, stopSignal) : undefined;
-    const passed = both?.signal ?? signal ?? stopSignal;
-    const done = stop?.use();
+    let stopSignal: AbortSignal | undefined;
+    let passed: AbortSignal | undefined;
+    // the combined signal and the pause check only for a job that waits
+    const waitSignal = () => {
+      stopSignal = stop?.signal;
+      const both = signal && stopSignal ? anySignal(signal, stopSignal) : undefined;
+      passed = both?.signal ?? signal ?? stopSignal;
+      const done = stop?.use();
+      return {
+        signal: passed,
+        done: () => {
+          both?.dispose();
+          done?.();
+        },
+      };
+    };
     let got: Awaited<ReturnType<typeof acquire>>;
     try {
-      got = await acquire(gate, label, passed);
+      got = await acquire(gate, label, waitSignal);
     } catch (err) {
       // the stop first (read live): `cancelAllJobs(); close()` is a shutdown, not a cancel
       if (stop?.stopping || stopSignal?.aborted) return 'stopping' as const;
       // only the abort itself is a cancel: a real error is not hidden behind one
       if (signal?.aborted && passed?.aborted && err === passed.reason) throw new WaitCancelledError(gate.req.names, signal.reason);
       throw err;
-    } finally {
-      both?.dispose();
-      done?.();
     }
-    if (got && stopSignal?.aborted) {
+    if (got && (stop?.stopping || stopSignal?.aborted)) {
       // a release that fails (other than a lost connection) must not fail the job: it goes back all the same
       await gate.free(got.hold, { commit: true, reusable: true }).catch(() => undefined);
       return 'stopping' as const;

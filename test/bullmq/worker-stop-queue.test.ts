@@ -1,9 +1,9 @@
 import { Job } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { limitProcessor } from '../../src/bullmq/index.js';
 import { WorkerStop } from '../../src/bullmq/worker-stop.js';
 import { bullmqQueues } from '../helpers/bullmq.js';
-import { setupSchema } from '../helpers/db.js';
+import { setupSchema, waitFor } from '../helpers/db.js';
 
 // A job built from a Queue (queue.add()'s result, Job.fromId(queue, id)) carries the Queue as
 // its handle. A Queue has on() and an async isPaused() too: it must not count as a stopping
@@ -13,7 +13,7 @@ let ctx: Awaited<ReturnType<typeof setupSchema>>;
 let bq: Awaited<ReturnType<typeof bullmqQueues>>;
 beforeAll(async () => {
   ctx = await setupSchema('wstopq');
-  bq = await bullmqQueues('redis', ['wstopq']);
+  bq = await bullmqQueues('redis', ['wstopq', 'wstopq-served']);
 });
 afterAll(async () => {
   await bq?.cleanup();
@@ -43,5 +43,24 @@ describe('WorkerStop with a real BullMQ Queue', () => {
       await w.close();
     }
     expect(WorkerStop.of(w)!.stopping).toBe(true);
+  });
+});
+
+describe('a job served on arrival', () => {
+  it('starts no pause check and makes no combined signal (only a job that waits does)', async () => {
+    await ctx.sem.make('wstopq-served', 5);
+    const q = bq.queues[1]!;
+    const use = vi.spyOn(WorkerStop.prototype, 'use');
+    const processor = limitProcessor(ctx.sem, async () => 'ran', { semaphore: 'wstopq-served' });
+    const w = bq.worker(q.name, processor, { concurrency: 2 });
+    try {
+      await q.addBulk(Array.from({ length: 6 }, () => ({ name: 'x', data: {} })));
+      await waitFor(async () => (await q.getJobCounts('completed')).completed === 6, { what: '6 jobs to complete' });
+      expect(processor.stats.ran).toBe(6);
+      expect(use).not.toHaveBeenCalled();
+    } finally {
+      use.mockRestore();
+      await w.close();
+    }
   });
 });
