@@ -227,6 +227,16 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     return got;
   };
 
+  /** Runs a budget check; a job that fails it is forgotten in the waiting list (it will not come back). */
+  const forgetIfThrows = (job: Job<D, R, N>, reschedules: number, check: () => void): void => {
+    try {
+      check();
+    } catch (err) {
+      promotion.forget(job, reschedules);
+      throw err;
+    }
+  };
+
   /**
    * Fails the job past its budget, or moves it to delayed and throws BullMQ's DelayedError.
    * `stopping` (its worker is closing or paused): no budget check, no record, the shortest
@@ -235,7 +245,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
    */
   const reschedule = async (job: Job<D, R, N>, token: string | undefined, gate: Gate<Hold>, reschedules: number, stopping = false): Promise<never> => {
     const names = gate.req.names;
-    if (!stopping) putBack.checkReschedule(names, job.timestamp, reschedules);
+    if (!stopping) forgetIfThrows(job, reschedules, () => putBack.checkReschedule(names, job.timestamp, reschedules));
     const queued = stopping ? undefined : await promotion.record(job, names, unavailable);
     const delay = stopping ? putBack.stoppingDelay() : putBack.delay({
       reschedules,
@@ -258,10 +268,16 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     slots.add(queueHandleOf(job));
     const label = options.label ? options.label(job) : `${job.queueName}:${job.id}`;
     const reschedules = reschedulesOf(job);
-    putBack.checkArrival(names, job.timestamp, reschedules);
+    forgetIfThrows(job, reschedules, () => putBack.checkArrival(names, job.timestamp, reschedules));
 
     const stop = WorkerStop.of(queueHandleOf(job));
-    const got = await acquireUnlessStopping(gate, label, signal, stop);
+    let got: Awaited<ReturnType<typeof acquireUnlessStopping>>;
+    try {
+      got = await acquireUnlessStopping(gate, label, signal, stop);
+    } catch (err) {
+      if (err instanceof WaitCancelledError) promotion.forget(job, reschedules);
+      throw err;
+    }
     if (got === 'stopping') return reschedule(job, token, gate, reschedules, true);
     if (!got) return reschedule(job, token, gate, reschedules, stop?.stopping === true);
     const { hold, handoff } = got;

@@ -13,7 +13,7 @@ let ctx: Awaited<ReturnType<typeof setupSchema>>;
 let bq: Awaited<ReturnType<typeof bullmqQueues>>;
 beforeAll(async () => {
   ctx = await setupSchema('wstopq');
-  bq = await bullmqQueues('redis', ['wstopq', 'wstopq-served']);
+  bq = await bullmqQueues('redis', ['wstopq', 'wstopq-served', 'wstopq-budget']);
 });
 afterAll(async () => {
   await bq?.cleanup();
@@ -61,6 +61,27 @@ describe('a job served on arrival', () => {
     } finally {
       use.mockRestore();
       await w.close();
+    }
+  });
+});
+
+describe('a job that fails its reschedule budget', () => {
+  it('is forgotten in the waiting list it was recorded in', async () => {
+    await ctx.sem.make('wstopq-budget', 1);
+    const q = bq.queues[2]!;
+    const blocker = await ctx.sem.hold('wstopq-budget');
+    const processor = limitProcessor(ctx.sem, async () => 'ran', { semaphore: 'wstopq-budget', localWait: 0, maxReschedules: 1, backoff: { delay: 20, maxDelay: 50 } });
+    const w = bq.worker(q.name, processor, { concurrency: 1 });
+    const waitingRows = async () => Number((await ctx.admin.query(`SELECT count(*) AS n FROM "${ctx.schema}".waiting_jobs`)).rows[0].n);
+    try {
+      await q.add('x', {});
+      await waitFor(async () => (await q.getJobCounts('failed')).failed === 1, { what: 'the job to fail its budget' });
+      expect((await q.getFailed())[0]!.failedReason).toMatch(/put back|reschedul/i);
+      expect(processor.stats.reschedules).toBe(1);
+      await waitFor(async () => (await waitingRows()) === 0, { timeout: 5_000, what: 'the waiting list to be empty' });
+    } finally {
+      await w.close();
+      await blocker.release();
     }
   });
 });
