@@ -15,7 +15,7 @@ import { normalizeRequest, type NormalizedRequest, type TicketRequest } from './
 import { DEFAULT_SCHEMA, MAX_TICKETS, quoteSchema, validateInt, validateName, validateSchemaName, validateTimeout } from './validate.js';
 import { raceLoss } from './race-loss.js';
 import { explainMigrateConflict, explainNotInstalled } from './not-installed.js';
-import { isLibraryLockTimeout, SQLSTATE } from './sqlstate.js';
+import { errorCode, isLibraryLockTimeout, SQLSTATE } from './sqlstate.js';
 import * as statements from './statements.js';
 import { heldTickets, type HeldTicket } from './tickets.js';
 import type { AcquireRow, Statement } from './statements.js';
@@ -379,6 +379,10 @@ export class PgSemaphore {
         return { names: req.names, tickets: heldTickets(row, this.schema) };
       }
     } catch (err) {
+      if (errorCode(err) === SQLSTATE.notReadCommitted) {
+        const level = /got (.+)$/.exec((err as Error).message)?.[1] ?? 'another isolation level';
+        throw new InvalidArgumentError('tx', 'a transaction at isolation level READ COMMITTED (BEGIN ISOLATION LEVEL READ COMMITTED)', level);
+      }
       throw explainNotInstalled(err, this.schema);
     }
   }

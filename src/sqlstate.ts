@@ -39,6 +39,8 @@ export const SQLSTATE = {
   invalidParameterValue: '22023',
   /** `lock_timeout` expired (a resize or destroy waiting for held tickets). */
   lockNotAvailable: '55P03',
+  /** pg-semaphore's own: acquire called in a transaction that is not READ COMMITTED. */
+  notReadCommitted: 'PSB02',
   /** Permission denied. */
   insufficientPrivilege: '42501',
 } as const;

@@ -25,8 +25,11 @@ export interface AcquireRow {
   capacity?: number | null;
 }
 
-/** Opens the holding transaction. @internal */
-export const BEGIN = 'BEGIN';
+/**
+ * Opens the holding transaction, READ COMMITTED whatever the database's or role's default:
+ * acquire's re-read against a concurrent shrink needs a fresh snapshot per statement. @internal
+ */
+export const BEGIN = 'BEGIN ISOLATION LEVEL READ COMMITTED';
 /** {@link BEGIN} as a statement of a pipeline. @internal */
 export const BEGIN_STATEMENT: Statement = { text: BEGIN };
 /** Gives tickets back without waking anyone (nothing was held long enough to matter). @internal */

@@ -152,8 +152,12 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     { tryHold, watch: (names, onRelease) => sem.watch(names, onRelease), hearsReleases: () => sem.hearsWakeUps, promote: (hold) => promotion.promoteWaiting(hold), mayPromote: () => promotion.active },
   );
 
-  /** Try on arrival; else wait in this process if there is room; null: put the job back. */
-  const acquire = async (gate: Gate<Hold>, label: string, signal: AbortSignal | undefined) => {
+  /**
+   * Try on arrival; else wait in this process if there is room; null: put the job back.
+   * `waitSignal` is called only when the job is about to wait (a job served on arrival pays
+   * for no signal); its `done` runs when the wait ends.
+   */
+  const acquire = async (gate: Gate<Hold>, label: string, waitSignal: () => { signal: AbortSignal | undefined; done: () => void }) => {
     const hold = await gate.arrive(label);
     if (hold) return { hold, handoff: false };
     if (!opts.wakeOnRelease || opts.localWait === 0 || unavailable) return null;
@@ -169,7 +173,12 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       maxLocalWaiters: opts.maxLocalWaiters,
     });
     if (!admitted) return null;
-    return gate.wait(label, signal, opts.localWait);
+    const w = waitSignal();
+    try {
+      return await gate.wait(label, w.signal, opts.localWait);
+    } finally {
+      w.done();
+    }
   };
 
   /**
@@ -179,37 +188,66 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
    */
   const acquireUnlessStopping = async (gate: Gate<Hold>, label: string, signal: AbortSignal | undefined, stop: WorkerStop | undefined) => {
     if (stop?.stopping) return 'stopping' as const;
-    const stopSignal = stop?.signal;
-    const both = signal && stopSignal ? anySignal(signal, stopSignal) : undefined;
-    const done = stop?.use();
+    let stopSignal: AbortSignal | undefined;
+    let passed: AbortSignal | undefined;
+    // the combined signal and the pause check only for a job that waits
+    const waitSignal = () => {
+      stopSignal = stop?.signal;
+      const both = signal && stopSignal ? anySignal(signal, stopSignal) : undefined;
+      passed = both?.signal ?? signal ?? stopSignal;
+      const done = stop?.use();
+      return {
+        signal: passed,
+        done: () => {
+          both?.dispose();
+          done?.();
+        },
+      };
+    };
     let got: Awaited<ReturnType<typeof acquire>>;
     try {
-      got = await acquire(gate, label, both?.signal ?? signal ?? stopSignal);
+      got = await acquire(gate, label, waitSignal);
     } catch (err) {
-      if (signal?.aborted) throw new WaitCancelledError(gate.req.names, signal.reason);
-      if (stopSignal?.aborted) return 'stopping' as const;
+      // the stop first (read live): `cancelAllJobs(); close()` is a shutdown, not a cancel
+      if (stop?.stopping || stopSignal?.aborted) return 'stopping' as const;
+      // only the abort itself is a cancel: a real error is not hidden behind one
+      if (signal?.aborted && passed?.aborted && err === passed.reason) throw new WaitCancelledError(gate.req.names, signal.reason);
       throw err;
-    } finally {
-      both?.dispose();
-      done?.();
     }
-    if (got && stopSignal?.aborted) {
-      await gate.free(got.hold, { commit: true, reusable: true });
+    if (got && (stop?.stopping || stopSignal?.aborted)) {
+      // a release that fails (other than a lost connection) must not fail the job: it goes back all the same
+      await gate.free(got.hold, { commit: true, reusable: true }).catch(() => undefined);
       return 'stopping' as const;
     }
+    if (got && signal?.aborted) {
+      // cancelled while the acquire was in flight: the processor never starts with an aborted signal
+      await gate.free(got.hold, { commit: true, reusable: true });
+      throw new WaitCancelledError(gate.req.names, signal.reason);
+    }
     return got;
+  };
+
+  /** Runs a budget check; a job that fails it is forgotten in the waiting list (it will not come back). */
+  const forgetIfThrows = (job: Job<D, R, N>, reschedules: number, check: () => void): void => {
+    try {
+      check();
+    } catch (err) {
+      promotion.forget(job, reschedules);
+      throw err;
+    }
   };
 
   /**
    * Fails the job past its budget, or moves it to delayed and throws BullMQ's DelayedError.
    * `stopping` (its worker is closing or paused): no budget check, no record, the shortest
-   * delay, so it is back in the queue at once for another worker.
+   * delay (±25 %, so a rolling restart does not send them back in one burst), so it is back
+   * in the queue at once for another worker.
    */
   const reschedule = async (job: Job<D, R, N>, token: string | undefined, gate: Gate<Hold>, reschedules: number, stopping = false): Promise<never> => {
     const names = gate.req.names;
-    if (!stopping) putBack.checkReschedule(names, job.timestamp, reschedules);
+    if (!stopping) forgetIfThrows(job, reschedules, () => putBack.checkReschedule(names, job.timestamp, reschedules));
     const queued = stopping ? undefined : await promotion.record(job, names, unavailable);
-    const delay = stopping ? opts.minDelay : putBack.delay({
+    const delay = stopping ? putBack.stoppingDelay() : putBack.delay({
       reschedules,
       timestamp: job.timestamp,
       queued,
@@ -230,11 +268,18 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     slots.add(queueHandleOf(job));
     const label = options.label ? options.label(job) : `${job.queueName}:${job.id}`;
     const reschedules = reschedulesOf(job);
-    putBack.checkArrival(names, job.timestamp, reschedules);
+    forgetIfThrows(job, reschedules, () => putBack.checkArrival(names, job.timestamp, reschedules));
 
-    const got = await acquireUnlessStopping(gate, label, signal, WorkerStop.of(queueHandleOf(job)));
+    const stop = WorkerStop.of(queueHandleOf(job));
+    let got: Awaited<ReturnType<typeof acquireUnlessStopping>>;
+    try {
+      got = await acquireUnlessStopping(gate, label, signal, stop);
+    } catch (err) {
+      if (err instanceof WaitCancelledError) promotion.forget(job, reschedules);
+      throw err;
+    }
     if (got === 'stopping') return reschedule(job, token, gate, reschedules, true);
-    if (!got) return reschedule(job, token, gate, reschedules);
+    if (!got) return reschedule(job, token, gate, reschedules, stop?.stopping === true);
     const { hold, handoff } = got;
     if (handoff) {
       stats.handoffs++;

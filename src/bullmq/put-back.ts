@@ -97,6 +97,15 @@ export class PutBackPolicy {
    * 3. while Postgres is unreachable, or where nothing promotes, at most {@link SHORT_PUT_BACK_MS};
    * 4. jittered by ±25 %, and never past the job's `maxWaitTime` (at least 1 ms).
    */
+  /**
+   * The delay of a job put back because its worker is stopping: `minDelay` jittered by
+   * ±25 %, so the jobs of a worker that stops (a rolling restart) do not all come back at
+   * the same moment.
+   */
+  stoppingDelay(): number {
+    return Math.max(1, Math.round(this.options.minDelay * (0.75 + this.random() / 2)));
+  }
+
   delay(input: PutBackInput, now = Date.now()): number {
     const { minDelay, maxDelay, maxWaitTime } = this.options;
     let delay = backoff(Math.min(input.reschedules, 20), { min: minDelay, max: maxDelay, jitter: 0 });

@@ -22,11 +22,18 @@ interface WorkerLike {
   on(event: 'closing', listener: () => void): unknown;
   closing?: unknown;
   isPaused(): boolean;
+  cancelJob(jobId: string, reason?: string): boolean;
+  isRunning(): boolean;
 }
 
+/**
+ * A BullMQ Worker, told apart by methods only a Worker has (`cancelJob`, `isRunning`): a
+ * Queue has `on()` and an async `isPaused()` too, and a job built from a Queue
+ * (`queue.add()`'s result, `Job.fromId(queue, id)`) must not look like one that is stopping.
+ */
 function isWorker(handle: unknown): handle is WorkerLike {
   const w = handle as Partial<WorkerLike> | null | undefined;
-  return typeof w?.on === 'function' && typeof w?.isPaused === 'function';
+  return typeof w?.on === 'function' && typeof w?.isPaused === 'function' && typeof w?.cancelJob === 'function' && typeof w?.isRunning === 'function';
 }
 
 /** The stop state of one Worker, shared by every limited processor in the process. @internal */
@@ -57,7 +64,7 @@ export class WorkerStop {
 
   /** The worker is closing or paused right now. */
   get stopping(): boolean {
-    return this.closeHeard || Boolean(this.worker.closing) || this.worker.isPaused();
+    return this.closeHeard || Boolean(this.worker.closing) || this.worker.isPaused() === true;
   }
 
   /** Aborts when the worker starts stopping (already aborted if it is). */

@@ -64,7 +64,7 @@ describe.each<Backend>(['redis', 'postgres'])('worker.close() on BullMQ %s while
   let bq: Awaited<ReturnType<typeof bullmqQueues>>;
   const workers: Worker[] = [];
   beforeAll(async () => {
-    bq = await bullmqQueues(backend, ['close-elsewhere', 'close-here', 'close-force'].map((n) => `${backend}-${n}`));
+    bq = await bullmqQueues(backend, ['close-elsewhere', 'close-here', 'close-force', 'close-cancel'].map((n) => `${backend}-${n}`));
   });
   afterAll(async () => {
     await Promise.all(workers.map((w) => w.close(true).catch(() => undefined)));
@@ -133,6 +133,26 @@ describe.each<Backend>(['redis', 'postgres'])('worker.close() on BullMQ %s while
     expect(await counts(q)).toEqual({ active: 0, queued: N - 1, completed: 1, failed: 0 });
     expect((await ctx.sem.status(sem)).held).toBe(0);
 
+    await completeWithNewWorker(bq, q, sem, N);
+  });
+
+  it('cancelAllJobs() then close() (the shutdown of BullMQ\'s cancellation guide) puts the waiting jobs back; none fails', async () => {
+    const sem = `close-cancel-${backend}`;
+    await ctx.sem.make(sem, 1);
+    const q = queue('close-cancel');
+    const blocker = await ctx.sem.hold(sem);
+    const processor = limitProcessor(ctx.sem, callApi, { semaphore: sem, localWait: LOCAL_WAIT });
+    const w = bq.worker(q.name, processor, { concurrency: 16 });
+    workers.push(w);
+    await q.addBulk(Array.from({ length: N }, (_, i) => ({ name: 'x', data: { i }, opts: { attempts: 3 } })));
+    await waitFor(async () => (await counts(q)).active === N, { timeout: 15_000, what: `${N} jobs to wait in the worker` });
+
+    w.cancelAllJobs('shutdown');
+    await w.close();
+    expect(processor.stats.ran).toBe(0);
+    expect(await counts(q)).toEqual({ active: 0, queued: N, completed: 0, failed: 0 });
+
+    await blocker.release();
     await completeWithNewWorker(bq, q, sem, N);
   });
 

@@ -109,3 +109,12 @@ describe('the reschedule budget', () => {
     expect(() => p.checkReschedule(['api'], 0, 1e6, T0)).not.toThrow();
   });
 });
+
+describe('PutBackPolicy.stoppingDelay', () => {
+  it('is minDelay jittered by ±25 %, so a stopping worker does not send its jobs back in one burst', () => {
+    expect(policy({}, () => 0).stoppingDelay()).toBe(150);
+    expect(policy({}, () => 0.5).stoppingDelay()).toBe(200);
+    expect(policy({}, () => 0.999_999).stoppingDelay()).toBe(250);
+    expect(policy({ minDelay: 1 }, () => 0).stoppingDelay()).toBe(1);
+  });
+});

@@ -11,6 +11,12 @@ class FakeWorker extends EventEmitter {
   isPaused() {
     return this.paused;
   }
+  isRunning() {
+    return !this.closing;
+  }
+  cancelJob() {
+    return false;
+  }
   close() {
     this.emit('closing', 'closing queue');
     this.closing = Promise.resolve();
