@@ -112,6 +112,8 @@ export class Waiter<H> {
   private handed: H | undefined;
   /** Cuts the current pause short; set only while the waiter pauses. */
   private alarm: AbortController | undefined;
+  /** Its pause was cut short because it became the head (not a wake-up): poll on, do not try at once. */
+  private nudged = false;
 
   /** Where the waiter stands (see {@link WaiterState}). */
   get state(): WaiterState {
@@ -132,6 +134,23 @@ export class Waiter<H> {
   wake(): void {
     if (this.current === 'waiting') this.current = 'woken';
     this.alarm?.abort();
+  }
+
+  /**
+   * It became the head while asleep (until its deadline, as waiters behind the head sleep):
+   * cut the pause short so that it re-enters the head's backoff poll, without marking it woken.
+   */
+  nudge(): void {
+    if (!this.alarm) return;
+    this.nudged = true;
+    this.alarm.abort();
+  }
+
+  /** Whether the last pause ended by {@link Waiter.nudge} (and forgets it). */
+  takeNudge(): boolean {
+    const n = this.nudged;
+    this.nudged = false;
+    return n;
   }
 
   /** A wake-up it could not use (it was not the head) was taken back by the head: waiting again. */
@@ -310,26 +329,42 @@ export class Gate<H extends GateHold> {
         const now = Date.now();
         if (now >= deadline) return null;
         const isHead = this.head() === me;
+        // a head that was nudged (it just became the head) polls after its backoff, not at once
+        const nudged = me.takeNudge();
         // the poll is the fallback for a lost wake-up: one per group of gates sharing a
         // semaphore (the waiter a kick would wake), not one per gate
-        if (isHead && (me.state === 'woken' || (polls > 0 && this.ctx.leadsGroup(this)))) {
+        if (isHead && (me.state === 'woken' || (polls > 0 && !nudged && this.ctx.leadsGroup(this)))) {
           me.startTrying();
-          let got: { hold: H | null; more: boolean };
+          let got: { hold: H | null; more: boolean } | undefined;
+          let heldBack = false;
           try {
             got = await this.attempt(label);
           } finally {
             // no await between this and the return below: nothing can hand this waiter a hold meanwhile
             me.stopTrying();
+            // A wake-up held back by the group while this call was in flight announces a ticket
+            // this call may not have used (another release's): pass it on after any outcome.
+            heldBack = this.heldBackWakeUp;
+            this.heldBackWakeUp = false;
+            // the call threw: this waiter leaves, the next one of the group takes the wake-up
+            if (got === undefined && heldBack) queueMicrotask(() => this.ctx.kick(this));
           }
           if (got.hold) {
             if (got.more) queueMicrotask(() => this.wakeHead());
+            // after this waiter left the queue (the finally below): the group's next head tries
+            if (heldBack) queueMicrotask(() => this.ctx.kick(this));
             return { hold: got.hold, handoff: false };
           }
           // A wake-up that came while this call was in flight may announce a ticket the call
-          // did not see: one held back by the group (one try at a time), or one that went to
-          // the waiter behind us and is of no use to it while we are the head again. Take it
-          // and try once more at once, instead of leaving the ticket to the next poll.
-          if (this.takeMissedWakeUp(me)) {
+          // did not see: one held back by the group (one try at a time; the group's oldest
+          // idle waiter takes it, possibly of another gate), or one that went to the waiter
+          // behind us and is of no use to it while we are the head again. Take it and try once
+          // more at once, instead of leaving the ticket to the next poll.
+          if (heldBack) {
+            this.takeMissedWakeUp(me);
+            this.ctx.kick(this);
+            if (me.state === 'woken') continue;
+          } else if (this.takeMissedWakeUp(me)) {
             me.wake();
             continue;
           }
@@ -341,9 +376,17 @@ export class Gate<H extends GateHold> {
         await me.pause(Math.max(1, Math.min(pause, deadline - now)), signal);
       }
     } finally {
+      const wasHead = this.head() === me;
       const i = this.waiters.indexOf(me);
       if (i >= 0) this.waiters.splice(i, 1);
       if (this.waiters.length === 0) void this.stopWatching();
+      else if (me.state === 'woken') {
+        // it leaves (deadline, abort) with a wake-up it did not use: the next waiter takes it
+        this.ctx.kick(this);
+      } else if (wasHead) {
+        // the new head sleeps until its deadline (waiters behind the head do): make it poll
+        this.head()?.nudge();
+      }
     }
   }
 
@@ -363,8 +406,14 @@ export class Gate<H extends GateHold> {
     if (next) {
       const chain = this.handoffs.get(hold) ?? { count: 0, since: Date.now() };
       this.handoffs.set(hold, { count: chain.count + 1, since: chain.since });
+      const wasWoken = next.state === 'woken';
       this.waiters.splice(this.waiters.indexOf(next), 1);
       next.handOver(hold);
+      // it was told that a ticket came free (a NOTIFY, a kick) and takes a hold instead: the
+      // wake-up goes to the next waiter (of the group), or nobody would use that ticket
+      if (wasWoken) this.ctx.kick(this);
+      // the new head was asleep until its deadline: make it poll
+      else this.head()?.nudge();
       return true;
     }
     this.holdCount--;
@@ -462,7 +511,16 @@ export class Gate<H extends GateHold> {
 
   private startWatching(): void {
     if (this.watching) return;
-    const watching = this.ctx.watch(this.req.names, () => this.ctx.kick(this)).catch(() => async () => undefined);
+    const watching = this.ctx
+      .watch(this.req.names, () => this.ctx.kick(this))
+      .then((stop) => {
+        // A release between this gate's busy try and its waiter marker being granted found no
+        // marker and sent no NOTIFY: one try now covers it (only after a busy try: otherwise
+        // the gate's waiters came without trying, behind others whose markers were held).
+        if (this.saturated) this.ctx.kick(this);
+        return stop;
+      })
+      .catch(() => async () => undefined);
     this.watching = watching;
   }
 
