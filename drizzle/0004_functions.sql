@@ -386,7 +386,11 @@ $$;
 -- before COMMIT (a NOTIFY is delivered after the commit, once the locks are gone; a
 -- waiter taking its marker meanwhile blocks on the exclusive check until then) or after
 -- the COMMIT/ROLLBACK.
-CREATE OR REPLACE FUNCTION "semaphore".wake(p_ids integer[], p_after integer) RETURNS integer
+-- A process named by a NOTIFY that finds nothing to use it (its waiter just left, or its try
+-- came back busy on another semaphore of its request) relays it: wake(ids, own pid, origin),
+-- p_origin being the LISTEN pid of the first process that could not use it; the payload carries it ('ns:id:pid:origin'), and nothing is sent
+-- when the next pid would be the origin or p_after itself (the wake-up went round).
+CREATE OR REPLACE FUNCTION "semaphore".wake(p_ids integer[], p_after integer, p_origin integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
   v_id integer;
@@ -404,12 +408,22 @@ BEGIN
        GROUP BY l.pid HAVING count(*) = 2
        ORDER BY CASE WHEN p_after IS NULL THEN random() END, l.pid <= p_after, l.pid
        LIMIT 1;
-      PERFORM pg_notify('pg_semaphore', "semaphore"._ns() || ':' || v_id || coalesce(':' || v_pid, ''));
-      v_sent := v_sent + 1;
+      IF p_origin IS NULL THEN
+        PERFORM pg_notify('pg_semaphore', "semaphore"._ns() || ':' || v_id || coalesce(':' || v_pid, ''));
+        v_sent := v_sent + 1;
+      ELSIF v_pid IS NOT NULL AND v_pid <> p_origin AND v_pid IS DISTINCT FROM p_after THEN
+        PERFORM pg_notify('pg_semaphore', "semaphore"._ns() || ':' || v_id || ':' || v_pid || ':' || p_origin);
+        v_sent := v_sent + 1;
+      END IF;
     END IF;
   END LOOP;
   RETURN v_sent;
 END
+$$;
+
+CREATE OR REPLACE FUNCTION "semaphore".wake(p_ids integer[], p_after integer) RETURNS integer
+LANGUAGE sql AS $$
+  SELECT "semaphore".wake(p_ids, p_after, NULL::integer)
 $$;
 
 CREATE OR REPLACE FUNCTION "semaphore".wake(p_ids integer[]) RETURNS integer

@@ -649,3 +649,39 @@ describe('Gate: wake-ups that must not be lost (items of the cold review)', () =
     await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(2), { timeout: 100, interval: 5 });
   });
 });
+
+describe('Gate: a wake-up that named this process and is of no use here is relayed', () => {
+  it("the woken head's try is busy because another semaphore of its request is short: relay; the last waiter leaving with it: relay", async () => {
+    let onRelease!: (relay: () => void) => boolean | void;
+    const ctx = {
+      tryHold: vi.fn(async (_req: unknown, _label: string, onShort?: (names: readonly string[]) => void) => {
+        onShort?.(['t1']);
+        return 'busy' as const;
+      }),
+      watch: vi.fn(async (_names: string[], cb: (relay: () => void) => boolean | void) => {
+        onRelease = cb;
+        return async () => undefined;
+      }),
+      promote: vi.fn(async () => undefined),
+      mayPromote: () => false,
+      hearsReleases: () => true,
+    };
+    const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
+    const gate = set.gateFor({ names: ['api', 't1'], counts: [1, 1] });
+    const abort = new AbortController();
+    cleanup = () => abort.abort();
+    const w = gate.wait('w1', abort.signal, 60_000).catch(() => null);
+    await vi.waitFor(() => expect(ctx.watch).toHaveBeenCalled());
+    await tick();
+    const relay = vi.fn();
+    expect(onRelease(relay)).toBe(true); // a head took it ...
+    await vi.waitFor(() => expect(ctx.tryHold).toHaveBeenCalledTimes(1));
+    await tick();
+    expect(relay).toHaveBeenCalledTimes(1); // ... its try found t1 short: 'api' may still be free
+    // a wake-up while nobody of the group can take it (the head is trying): held back, then relayed
+    const again = vi.fn();
+    abort.abort();
+    await w;
+    expect(onRelease(again)).toBe(false); // nobody waits: not taken (the listener relays it)
+  });
+});
