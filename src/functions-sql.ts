@@ -390,6 +390,19 @@ LANGUAGE sql AS $$
   SELECT count(pg_advisory_unlock_shared(${s}._ns() # 2, i)) FROM unnest(p_ids) i;
 $$;
 
+-- Rolling upgrade: the functions new in 0004_functions that do not exist yet get the
+-- privileges of wake(integer[]) once they are created (the block after wake(integer[])), so
+-- a worker role granted the old list of docs/SECURITY.md (PUBLIC's right revoked by default)
+-- keeps waking and being woken after migrate(). Applied again, nothing is new: grants kept.
+DO $$
+BEGIN
+  PERFORM set_config('pg_semaphore.new_functions', concat_ws(';',
+    CASE WHEN to_regprocedure('${s}.hears()') IS NULL THEN 'hears()' END,
+    CASE WHEN to_regprocedure('${s}.wake(integer[], integer)') IS NULL THEN 'wake(integer[], integer)' END,
+    CASE WHEN to_regprocedure('${s}.wake(integer[], integer, integer)') IS NULL THEN 'wake(integer[], integer, integer)' END), false);
+END
+$$;
+
 -- Marks the session (a LISTEN connection) as one that NOTIFYs reach: its own probe,
 -- sent from another connection, arrived. wake() names only such sessions (a marker taken
 -- through PgBouncer in transaction mode stays on a server connection no listener hears).
@@ -452,6 +465,40 @@ $$;
 CREATE OR REPLACE FUNCTION ${s}.wake(p_ids integer[]) RETURNS integer
 LANGUAGE sql AS $$
   SELECT ${s}.wake(p_ids, NULL::integer)
+$$;
+
+-- The second half of the rolling upgrade above: the functions that were new get the
+-- privileges wake(integer[]) has (none changed when it has its default ones).
+DO $$
+DECLARE
+  v_src regprocedure := to_regprocedure('${s}.wake(integer[])');
+  v_acl aclitem[];
+  v_name text;
+  v_new regprocedure;
+  v_grant record;
+BEGIN
+  SELECT p.proacl INTO v_acl FROM pg_proc p WHERE p.oid = v_src;
+  FOR v_name IN SELECT unnest(string_to_array(nullif(current_setting('pg_semaphore.new_functions', true), ''), ';')) LOOP
+    v_new := to_regprocedure('${s}.' || v_name);
+    CONTINUE WHEN v_acl IS NULL OR v_new IS NULL;
+    FOR v_grant IN
+      SELECT DISTINCT a.grantee FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+       WHERE p.oid = v_new AND a.grantee <> p.proowner
+    LOOP
+      EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %s', v_new,
+        CASE WHEN v_grant.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(v_grant.grantee)) END);
+    END LOOP;
+    FOR v_grant IN
+      SELECT a.grantee, a.is_grantable FROM aclexplode(v_acl) a, pg_proc p
+       WHERE p.oid = v_src AND a.grantee <> p.proowner AND a.privilege_type = 'EXECUTE'
+    LOOP
+      EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', v_new,
+        CASE WHEN v_grant.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(v_grant.grantee)) END,
+        CASE WHEN v_grant.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+  END LOOP;
+  PERFORM set_config('pg_semaphore.new_functions', '', false);
+END
 $$;
 
 -- The same by semaphore name, for holders in plain SQL: send it in one string with the

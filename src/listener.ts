@@ -45,6 +45,8 @@ export class Listener {
   private probes = 0;
   /** Wake-ups relayed to the next waiting process (tests read it). */
   relays = 0;
+  /** A relay failed (and was logged). */
+  private relayFailed = false;
 
   private run<T>(fn: () => Promise<T>): Promise<T> {
     const counted = async () => {
@@ -210,7 +212,12 @@ export class Listener {
     this.relays++;
     void this.pool
       .query(`SELECT ${this.qs}.wake($1::integer[], $2::integer, $3::integer)`, [[id], pid, origin ?? pid])
-      .catch((err: Error) => this.logger.warn(`pg-semaphore: could not pass a wake-up on (${err.message}); waiters poll`));
+      .catch((err: Error) => {
+        // once per listener: a role without EXECUTE on wake(integer[], integer, integer) fails every time
+        if (this.relayFailed) return;
+        this.relayFailed = true;
+        this.logger.warn(`pg-semaphore: could not pass a wake-up on (${err.message}); waiters poll`);
+      });
   }
 
   /** Closes the LISTEN connection, if open. */

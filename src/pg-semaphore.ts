@@ -661,6 +661,7 @@ export class PgSemaphore {
       portalOpen,
       onRoundTrip: this.countRoundTrip,
       wakeAfter: () => this.listener?.pid,
+      logger: this.logger,
       onSettle: (h) => {
         this.holds.delete(h);
         this.rememberTickets(h.tickets);
