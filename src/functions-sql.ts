@@ -431,26 +431,41 @@ LANGUAGE plpgsql AS $$
 DECLARE
   v_id integer;
   v_pid integer;
+  v_busy integer[] := '{}';
   v_sent integer := 0;
 BEGIN
   FOREACH v_id IN ARRAY coalesce(p_ids, '{}') LOOP
     IF NOT pg_try_advisory_xact_lock(${s}._ns() # 2, v_id) THEN
-      -- the sessions holding both this semaphore's waiter marker and the "NOTIFYs reach me" mark
-      SELECT l.pid INTO v_pid FROM pg_locks l
+      v_busy := v_busy || v_id;
+    END IF;
+  END LOOP;
+  IF cardinality(v_busy) = 0 THEN
+    RETURN 0;
+  END IF;
+  -- pg_locks is read once for all the semaphores that have waiters: the sessions holding
+  -- both a semaphore's waiter marker and the "NOTIFYs reach me" mark, one picked per semaphore
+  FOR v_id, v_pid IN
+    WITH l AS MATERIALIZED (
+      SELECT l.pid, l.classid::bigint AS classid, l.objid::bigint AS objid FROM pg_locks l
        WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted AND l.mode = 'ShareLock'
          AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
-         AND ((l.classid::bigint = ((${s}._ns() # 2)::bigint + 4294967296) % 4294967296 AND l.objid = v_id::oid)
+         AND ((l.classid::bigint = ((${s}._ns() # 2)::bigint + 4294967296) % 4294967296 AND l.objid::bigint = ANY (v_busy))
            OR (l.classid::bigint = ((${s}._ns() # 3)::bigint + 4294967296) % 4294967296 AND l.objid = 0))
-       GROUP BY l.pid HAVING count(*) = 2
-       ORDER BY CASE WHEN p_after IS NULL THEN random() END, l.pid <= p_after, l.pid
-       LIMIT 1;
-      IF p_origin IS NULL THEN
-        PERFORM pg_notify('pg_semaphore', ${s}._ns() || ':' || v_id || coalesce(':' || v_pid, ''));
-        v_sent := v_sent + 1;
-      ELSIF v_pid IS NOT NULL AND v_pid <> p_origin AND v_pid IS DISTINCT FROM p_after THEN
-        PERFORM pg_notify('pg_semaphore', ${s}._ns() || ':' || v_id || ':' || v_pid || ':' || p_origin);
-        v_sent := v_sent + 1;
-      END IF;
+    ), waiting AS (
+      SELECT DISTINCT w.objid::integer AS id, w.pid FROM l w
+       WHERE w.classid = ((${s}._ns() # 2)::bigint + 4294967296) % 4294967296
+         AND EXISTS (SELECT 1 FROM l h WHERE h.pid = w.pid AND h.classid = ((${s}._ns() # 3)::bigint + 4294967296) % 4294967296)
+    )
+    SELECT b.id, (SELECT w.pid FROM waiting w WHERE w.id = b.id
+                   ORDER BY CASE WHEN p_after IS NULL THEN random() END, w.pid <= p_after, w.pid LIMIT 1)
+      FROM unnest(v_busy) WITH ORDINALITY AS b(id, n) ORDER BY b.n
+  LOOP
+    IF p_origin IS NULL THEN
+      PERFORM pg_notify('pg_semaphore', ${s}._ns() || ':' || v_id || coalesce(':' || v_pid, ''));
+      v_sent := v_sent + 1;
+    ELSIF v_pid IS NOT NULL AND v_pid <> p_origin AND v_pid IS DISTINCT FROM p_after THEN
+      PERFORM pg_notify('pg_semaphore', ${s}._ns() || ':' || v_id || ':' || v_pid || ':' || p_origin);
+      v_sent := v_sent + 1;
     END IF;
   END LOOP;
   RETURN v_sent;

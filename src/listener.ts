@@ -129,7 +129,8 @@ export class Listener {
         this.ns = rows[0]!.ns;
         this.backendPid = rows[0]!.pid;
         client.on('notification', this.onNotification);
-        await client.query(statements.LISTEN);
+        // one round trip: keepalives (see KEEPALIVES) and LISTEN
+        await client.query(`${statements.KEEPALIVES}; ${statements.LISTEN}`);
         // Waiters registered on a previous connection lost their markers with it.
         const ids = [...this.waiters.entries()].flatMap(([id, list]) => list.map(() => id));
         if (ids.length > 0) await client.query(statements.watchIds(this.qs, ids));

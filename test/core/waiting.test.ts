@@ -219,6 +219,47 @@ describe('waiting for a ticket', () => {
     }
   });
 
+  it('the LISTEN session has short TCP keepalives (a vanished host stops being named within ~25 s)', async () => {
+    const unwatch = await waiter.watch([name], () => true);
+    try {
+      const client = (waiter as unknown as { listener: { client: pg.PoolClient } }).listener.client;
+      const { rows } = await client.query<{ idle: string; interval: string; count: string }>(
+        `SELECT current_setting('tcp_keepalives_idle') AS idle, current_setting('tcp_keepalives_interval') AS interval, current_setting('tcp_keepalives_count') AS count`,
+      );
+      expect(rows[0]).toEqual({ idle: '10', interval: '5', count: '3' });
+    } finally {
+      await unwatch();
+    }
+  });
+
+  it('one wake() for several semaphores (one pg_locks read) names, for each, a process waiting on that one', async () => {
+    const other = `${name}-b`;
+    await ctx.sem.make(other, 1);
+    const second = ctx.another({ maxPollInterval: 10_000 });
+    const listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
+    await listen.connect();
+    const notes: string[] = [];
+    listen.on('notification', (n) => notes.push(n.payload ?? ''));
+    await listen.query('LISTEN pg_semaphore');
+    try {
+      const stops = [await waiter.watch([name], () => true), await second.watch([other], () => true)];
+      await waitFor(() => waiter.hearsWakeUps && second.hearsWakeUps, { timeout: 5_000, what: 'the probes' });
+      const pidOf = (s: PgSemaphore) => (s as unknown as { listener: { pid: number } }).listener.pid;
+      const { rows } = await ctx.admin.query<{ id: number; name: string }>(`SELECT id, name FROM "${ctx.schema}".semaphores WHERE name = ANY ($1)`, [[name, other]]);
+      const idOf = (n: string) => rows.find((r) => r.name === n)!.id;
+      const { rows: sent } = await ctx.admin.query<{ n: number }>(`SELECT "${ctx.schema}".wake($1::integer[], NULL) AS n`, [[idOf(other), idOf(name)]]);
+      expect(sent[0]!.n).toBe(2);
+      await waitFor(() => notes.filter((n) => n.startsWith(`${ns}:`) && n.split(':')[1] !== '0').length >= 2, { timeout: 2_000, what: 'the NOTIFYs' });
+      expect(notes.filter((n) => n.split(':')[1] !== '0').sort()).toEqual(
+        [`${ns}:${idOf(name)}:${pidOf(waiter)}`, `${ns}:${idOf(other)}:${pidOf(second)}`].sort(),
+      );
+      await Promise.all(stops.map((s) => s()));
+    } finally {
+      await listen.end();
+      await within(second.close(), 5_000, 'second.close()');
+    }
+  });
+
   it('several waiters in one process are all served, one at a time, as tickets return', async () => {
     const first = await holder.hold(name);
     stray.push(first);
