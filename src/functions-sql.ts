@@ -397,6 +397,19 @@ LANGUAGE sql AS $$
   SELECT count(pg_advisory_unlock_shared(${s}._ns() # 2, i)) FROM unnest(p_ids) i;
 $$;
 
+-- Rolling upgrade: the functions new in 0004_functions that do not exist yet get the
+-- privileges of wake(integer[]) once they are created (the block after wake(integer[])), so
+-- a worker role granted the old list of docs/SECURITY.md (PUBLIC's right revoked by default)
+-- keeps waking and being woken after migrate(). Applied again, nothing is new: grants kept.
+DO $$
+BEGIN
+  PERFORM set_config('pg_semaphore.new_functions', concat_ws(';',
+    CASE WHEN to_regprocedure('${s}.hears()') IS NULL THEN 'hears()' END,
+    CASE WHEN to_regprocedure('${s}.wake(integer[], integer)') IS NULL THEN 'wake(integer[], integer)' END,
+    CASE WHEN to_regprocedure('${s}.wake(integer[], integer, integer)') IS NULL THEN 'wake(integer[], integer, integer)' END), false);
+END
+$$;
+
 -- Marks the session (a LISTEN connection) as one that NOTIFYs reach: its own probe,
 -- sent from another connection, arrived. wake() names only such sessions (a marker taken
 -- through PgBouncer in transaction mode stays on a server connection no listener hears).
@@ -416,25 +429,49 @@ $$;
 -- before COMMIT (a NOTIFY is delivered after the commit, once the locks are gone; a
 -- waiter taking its marker meanwhile blocks on the exclusive check until then) or after
 -- the COMMIT/ROLLBACK.
-CREATE OR REPLACE FUNCTION ${s}.wake(p_ids integer[], p_after integer) RETURNS integer
+-- A process named by a NOTIFY that finds nothing to use it (its waiter just left, or its try
+-- came back busy on another semaphore of its request) relays it: wake(ids, own pid, origin),
+-- p_origin being the LISTEN pid of the first process that could not use it; the payload carries it ('ns:id:pid:origin'), and nothing is sent
+-- when the next pid would be the origin or p_after itself (the wake-up went round).
+CREATE OR REPLACE FUNCTION ${s}.wake(p_ids integer[], p_after integer, p_origin integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
   v_id integer;
   v_pid integer;
+  v_busy integer[] := '{}';
   v_sent integer := 0;
 BEGIN
   FOREACH v_id IN ARRAY coalesce(p_ids, '{}') LOOP
     IF NOT pg_try_advisory_xact_lock(${s}._ns() # 2, v_id) THEN
-      -- the sessions holding both this semaphore's waiter marker and the "NOTIFYs reach me" mark
-      SELECT l.pid INTO v_pid FROM pg_locks l
+      v_busy := v_busy || v_id;
+    END IF;
+  END LOOP;
+  IF cardinality(v_busy) = 0 THEN
+    RETURN 0;
+  END IF;
+  -- pg_locks is read once for all the semaphores that have waiters: the sessions holding
+  -- both a semaphore's waiter marker and the "NOTIFYs reach me" mark, one picked per semaphore
+  FOR v_id, v_pid IN
+    WITH l AS MATERIALIZED (
+      SELECT l.pid, l.classid::bigint AS classid, l.objid::bigint AS objid FROM pg_locks l
        WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted AND l.mode = 'ShareLock'
          AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
-         AND ((l.classid::bigint = ((${s}._ns() # 2)::bigint + 4294967296) % 4294967296 AND l.objid = v_id::oid)
+         AND ((l.classid::bigint = ((${s}._ns() # 2)::bigint + 4294967296) % 4294967296 AND l.objid::bigint = ANY (v_busy))
            OR (l.classid::bigint = ((${s}._ns() # 3)::bigint + 4294967296) % 4294967296 AND l.objid = 0))
-       GROUP BY l.pid HAVING count(*) = 2
-       ORDER BY CASE WHEN p_after IS NULL THEN random() END, l.pid <= p_after, l.pid
-       LIMIT 1;
+    ), waiting AS (
+      SELECT DISTINCT w.objid::integer AS id, w.pid FROM l w
+       WHERE w.classid = ((${s}._ns() # 2)::bigint + 4294967296) % 4294967296
+         AND EXISTS (SELECT 1 FROM l h WHERE h.pid = w.pid AND h.classid = ((${s}._ns() # 3)::bigint + 4294967296) % 4294967296)
+    )
+    SELECT b.id, (SELECT w.pid FROM waiting w WHERE w.id = b.id
+                   ORDER BY CASE WHEN p_after IS NULL THEN random() END, w.pid <= p_after, w.pid LIMIT 1)
+      FROM unnest(v_busy) WITH ORDINALITY AS b(id, n) ORDER BY b.n
+  LOOP
+    IF p_origin IS NULL THEN
       PERFORM pg_notify('pg_semaphore', ${s}._ns() || ':' || v_id || coalesce(':' || v_pid, ''));
+      v_sent := v_sent + 1;
+    ELSIF v_pid IS NOT NULL AND v_pid <> p_origin AND v_pid IS DISTINCT FROM p_after THEN
+      PERFORM pg_notify('pg_semaphore', ${s}._ns() || ':' || v_id || ':' || v_pid || ':' || p_origin);
       v_sent := v_sent + 1;
     END IF;
   END LOOP;
@@ -442,9 +479,48 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION ${s}.wake(p_ids integer[], p_after integer) RETURNS integer
+LANGUAGE sql AS $$
+  SELECT ${s}.wake(p_ids, p_after, NULL::integer)
+$$;
+
 CREATE OR REPLACE FUNCTION ${s}.wake(p_ids integer[]) RETURNS integer
 LANGUAGE sql AS $$
   SELECT ${s}.wake(p_ids, NULL::integer)
+$$;
+
+-- The second half of the rolling upgrade above: the functions that were new get the
+-- privileges wake(integer[]) has (none changed when it has its default ones).
+DO $$
+DECLARE
+  v_src regprocedure := to_regprocedure('${s}.wake(integer[])');
+  v_acl aclitem[];
+  v_name text;
+  v_new regprocedure;
+  v_grant record;
+BEGIN
+  SELECT p.proacl INTO v_acl FROM pg_proc p WHERE p.oid = v_src;
+  FOR v_name IN SELECT unnest(string_to_array(nullif(current_setting('pg_semaphore.new_functions', true), ''), ';')) LOOP
+    v_new := to_regprocedure('${s}.' || v_name);
+    CONTINUE WHEN v_acl IS NULL OR v_new IS NULL;
+    FOR v_grant IN
+      SELECT DISTINCT a.grantee FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+       WHERE p.oid = v_new AND a.grantee <> p.proowner
+    LOOP
+      EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %s', v_new,
+        CASE WHEN v_grant.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(v_grant.grantee)) END);
+    END LOOP;
+    FOR v_grant IN
+      SELECT a.grantee, a.is_grantable FROM aclexplode(v_acl) a, pg_proc p
+       WHERE p.oid = v_src AND a.grantee <> p.proowner AND a.privilege_type = 'EXECUTE'
+    LOOP
+      EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', v_new,
+        CASE WHEN v_grant.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(v_grant.grantee)) END,
+        CASE WHEN v_grant.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+  END LOOP;
+  PERFORM set_config('pg_semaphore.new_functions', '', false);
+END
 $$;
 
 -- The same by semaphore name, for holders in plain SQL: send it in one string with the

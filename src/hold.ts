@@ -6,6 +6,7 @@ import { canPipeline, pipeline } from './pipeline.js';
 import { errorCode, isConnectionLost, SQLSTATE } from './sqlstate.js';
 import type { HoldTx } from './tx.js';
 import * as statements from './statements.js';
+import type { Logger } from './logger.js';
 import type { HeldTicket } from './tickets.js';
 
 /** What a {@link Hold} is built from. @internal */
@@ -34,6 +35,8 @@ export interface HoldOptions {
   onSettle?: (hold: Hold) => void;
   /** The backend pid of this process's LISTEN connection, if open: a release wakes the next waiting process after it. */
   wakeAfter?: () => number | undefined;
+  /** Where a release that freed the tickets but could not wake anybody says so. */
+  logger?: Logger;
 }
 
 /** What {@link Hold.release} says. */
@@ -85,6 +88,7 @@ export class Hold {
   private readonly onRoundTrip: (() => void) | undefined;
   private readonly onSettle: ((hold: Hold) => void) | undefined;
   private readonly wakeAfter: (() => number | undefined) | undefined;
+  private readonly logger: Logger | undefined;
 
   /** @internal */
   constructor(options: HoldOptions) {
@@ -94,6 +98,7 @@ export class Hold {
     this.onRoundTrip = options.onRoundTrip;
     this.onSettle = options.onSettle;
     this.wakeAfter = options.wakeAfter;
+    this.logger = options.logger;
     this.names = options.names;
     this.semaphoreIds = options.semaphoreIds;
     this.tickets = options.tickets;
@@ -275,6 +280,16 @@ export class Hold {
       // (an early wake-up in a transaction that had failed unnoticed: the COMMIT was skipped and
       // the destroyed connection rolls it back, which is all a hold of tickets only needs)
       if (commit && !this.touched && errorCode(err) === SQLSTATE.inFailedTransaction) return none;
+      // An early wake-up that failed otherwise (e.g. a role without EXECUTE on wake(), or an
+      // install whose wake() differs): the COMMIT was skipped and the destroyed connection
+      // rolls the transaction back, which frees the tickets; only the NOTIFY is missing
+      // (waiters poll). Released, never a failed job.
+      if (commit && !this.touched) {
+        if (!isConnectionLost(err)) {
+          this.logger?.warn(`pg-semaphore: tickets released, but waking waiters failed (${(err as Error).message}); they poll`);
+        }
+        return none;
+      }
       if (commit && (this.touched || !isConnectionLost(err))) throw err;
       return none;
     }

@@ -8,7 +8,7 @@ import { UnknownSemaphoreError } from './errors/unknown-semaphore-error.js';
 import { attempt, type AttemptContext } from './attempt.js';
 import { AbortFanout } from './abort-fanout.js';
 import { Hold } from './hold.js';
-import { Listener } from './listener.js';
+import { Listener, type OnRelease } from './listener.js';
 import type { Logger } from './logger.js';
 import { migrate as runMigrate } from './migrate.js';
 import { normalizeRequest, type NormalizedRequest, type TicketRequest } from './request.js';
@@ -499,7 +499,7 @@ export class PgSemaphore {
    * watching. Used by the BullMQ wrapper; most code wants `wait` instead.
    * @internal
    */
-  async watch(names: string[], onRelease: () => void): Promise<() => Promise<void>> {
+  async watch(names: string[], onRelease: OnRelease): Promise<() => Promise<void>> {
     names.forEach((n, i) => validateName(n, `names[${i}]`));
     if (this.disabled || !this.listen) return async () => undefined;
     this.listener ??= new Listener(this.pool, this.qs, this.logger);
@@ -578,6 +578,8 @@ export class PgSemaphore {
     let unsubscribe: (() => void) | undefined;
     let unwatch: (() => Promise<void>) | undefined;
     let woken = false;
+    /** Passes on the wake-up that named this process (see `OnRelease`), until a try used it. */
+    let relayWake: (() => void) | undefined;
     /** Aborted by a wake-up, the caller's signal or close(): ends the current sleep early. */
     let nap: AbortController | undefined;
     const interrupt = () => nap?.abort();
@@ -598,7 +600,13 @@ export class PgSemaphore {
         const { hold, row } = got;
         if (hold) return hold;
         if ((await this.interpret(row, req, createWith, round)) === 'retry') continue;
-        // busy; an abort that came while we were talking to Postgres counts now
+        // busy. A wake-up that named this process, and a try that found another semaphore of
+        // the request short: the freed one may still be free, pass it on to the next process.
+        const relay = relayWake;
+        relayWake = undefined;
+        const short = row?.names;
+        if (relay && Array.isArray(short) && short.length > 0 && req.names.some((n) => !short.includes(n))) relay();
+        // an abort that came while we were talking to Postgres counts now
         wait?.signal?.throwIfAborted();
         if (!wait) {
           if (how.nullIfBusy) {
@@ -611,8 +619,9 @@ export class PgSemaphore {
         const now = Date.now();
         if (now >= deadline) throw new SemaphoreTimeoutError('acquire', req.names, wait.timeout ?? 0);
         if (!unwatch) {
-          const watching = await this.watchWhileWaiting(req.names, () => {
+          const watching = await this.watchWhileWaiting(req.names, (relay) => {
             woken = true;
+            relayWake = relay;
             nap?.abort();
           });
           unwatch = watching ?? (async () => undefined);
@@ -656,6 +665,7 @@ export class PgSemaphore {
       portalOpen,
       onRoundTrip: this.countRoundTrip,
       wakeAfter: () => this.listener?.pid,
+      logger: this.logger,
       onSettle: (h) => {
         this.holds.delete(h);
         this.rememberTickets(h.tickets);
@@ -700,7 +710,7 @@ export class PgSemaphore {
    * Registers for wake-ups on these semaphores (LISTEN/NOTIFY); undefined when listening is
    * off or cannot start (waiting then polls).
    */
-  private async watchWhileWaiting(names: string[], onRelease: () => void): Promise<(() => Promise<void>) | undefined> {
+  private async watchWhileWaiting(names: string[], onRelease: OnRelease): Promise<(() => Promise<void>) | undefined> {
     if (!this.listen) return undefined;
     try {
       this.listener ??= new Listener(this.pool, this.qs, this.logger);

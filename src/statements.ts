@@ -39,6 +39,14 @@ export const ROLLBACK = 'ROLLBACK';
  * (which would otherwise keep a snapshot while the transaction sits idle). @internal
  */
 export const PING = 'SELECT 1';
+/**
+ * Server-side TCP keepalives for the LISTEN session (10 s idle, then 3 probes 5 s apart):
+ * the session of a host that vanished without closing its socket ends within ~25 s, and its
+ * waiter markers with it, instead of being named by wake-ups for up to the OS default of
+ * ~2 hours (15 min on many systems). Ignored on Unix sockets. @internal
+ */
+export const KEEPALIVES = 'SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3';
+
 /** Subscribes the listener connection to wake-ups. @internal */
 export const LISTEN = 'LISTEN pg_semaphore';
 

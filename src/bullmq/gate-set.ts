@@ -25,7 +25,7 @@ export class GateSet<H extends GateHold> {
       gate = new Gate(key, req, this.options, {
         ...this.ctx,
         onIdle: (idle) => this.drop(idle),
-        kick: (from) => this.kick(from),
+        kick: (from, relay) => this.kick(from, relay),
         groupSaturated: (of) => this.groupSaturated(of),
         leadsGroup: (of) => this.leadsGroup(of),
       });
@@ -72,20 +72,20 @@ export class GateSet<H extends GateHold> {
    * `['api', 'tenant:1']` and `['api', 'tenant:2']` take turns in order instead of each
    * trying whenever `api` frees.
    */
-  kick(from: Gate<H>): void {
+  kick(from: Gate<H>, relay?: () => void): boolean {
     let first: Gate<H> | undefined;
     let order = Infinity;
     for (const g of this.related(from)) {
       // one try at a time: a release's NOTIFYs (one per semaphore) and a local kick coalesce
       // into one more try by the waiter in flight, made when its call comes back busy
       if (g.trying) {
-        g.holdBackWakeUp();
-        return;
+        g.holdBackWakeUp(relay);
+        return true;
       }
       const o = g.headOrder;
       if (o !== undefined && o < order) [first, order] = [g, o];
     }
-    first?.wakeHead();
+    return first?.wakeHead(relay) ?? false;
   }
 
   /** `gate`'s head is the oldest idle waiter of its group and no gate of the group is trying (see `GateContext.leadsGroup`). */

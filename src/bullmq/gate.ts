@@ -48,8 +48,12 @@ export type Attempt<H> = H | 'busy' | 'unavailable';
 export interface GateContext<H extends GateHold> {
   /** One acquire call for the set, without waiting; `onShort` hears which semaphores were short when it is busy (empty: unknown). */
   tryHold(req: NormalizedRequest, label: string, onShort?: (names: readonly string[]) => void): Promise<Attempt<H>>;
-  /** Calls `onRelease` when another process releases tickets of these semaphores; resolves to a function that stops it. */
-  watch(names: string[], onRelease: () => void): Promise<() => Promise<void>>;
+  /**
+   * Calls `onRelease` when another process releases tickets of these semaphores; resolves to a
+   * function that stops it. `onRelease` returns false when nobody here took the wake-up, and
+   * may call `relay` later to pass a wake-up that named this process on to the next one.
+   */
+  watch(names: string[], onRelease: (relay: () => void) => boolean | void): Promise<() => Promise<void>>;
   /** NOTIFYs from other processes' releases reach this process (the LISTEN connection is confirmed). */
   hearsReleases(): boolean;
   /** After a release that found no local waiter while jobs are recorded as waiting. */
@@ -61,7 +65,7 @@ export interface GateContext<H extends GateHold> {
    * no waiter of this gate takes): wake the oldest idle waiter among the gates sharing a
    * semaphore with it (`GateSet.kick`; a gate alone wakes its own head).
    */
-  kick(gate: Gate<H>): void;
+  kick(gate: Gate<H>, relay?: () => void): boolean;
   /** Another gate sharing a semaphore with this one has waiters and found no ticket last: queue behind them. */
   groupSaturated(gate: Gate<H>): boolean;
   /**
@@ -112,6 +116,10 @@ export class Waiter<H> {
   private handed: H | undefined;
   /** Cuts the current pause short; set only while the waiter pauses. */
   private alarm: AbortController | undefined;
+  /** Its pause was cut short because it became the head (not a wake-up): poll on, do not try at once. */
+  private nudged = false;
+  /** Passes the wake-up that woke it on to the next waiting process, if it named this one. */
+  private relayFn: (() => void) | undefined;
 
   /** Where the waiter stands (see {@link WaiterState}). */
   get state(): WaiterState {
@@ -129,9 +137,34 @@ export class Waiter<H> {
   }
 
   /** A ticket may be free: try as soon as you are the head. */
-  wake(): void {
+  wake(relay?: () => void): void {
     if (this.current === 'waiting') this.current = 'woken';
+    if (relay) this.relayFn = relay;
     this.alarm?.abort();
+  }
+
+  /** The relay of the wake-up it holds (and forgets it). */
+  takeRelay(): (() => void) | undefined {
+    const r = this.relayFn;
+    this.relayFn = undefined;
+    return r;
+  }
+
+  /**
+   * It became the head while asleep (until its deadline, as waiters behind the head sleep):
+   * cut the pause short so that it re-enters the head's backoff poll, without marking it woken.
+   */
+  nudge(): void {
+    if (!this.alarm) return;
+    this.nudged = true;
+    this.alarm.abort();
+  }
+
+  /** Whether the last pause ended by {@link Waiter.nudge} (and forgets it). */
+  takeNudge(): boolean {
+    const n = this.nudged;
+    this.nudged = false;
+    return n;
   }
 
   /** A wake-up it could not use (it was not the head) was taken back by the head: waiting again. */
@@ -200,6 +233,8 @@ export class Gate<H extends GateHold> {
    * time per group); the trying waiter takes it when its call comes back busy. False otherwise.
    */
   private heldBackWakeUp = false;
+  /** The relay of the held-back wake-up, if it named this process. */
+  private heldBackRelay: (() => void) | undefined;
   /** The semaphores that last busy try found short; undefined: not known (any of the set's). */
   private short: readonly string[] | undefined;
   /** Mean time a job held its tickets, in ms: an exponential average (weight 0.1), 0 until the first job ends. */
@@ -310,26 +345,50 @@ export class Gate<H extends GateHold> {
         const now = Date.now();
         if (now >= deadline) return null;
         const isHead = this.head() === me;
+        // a head that was nudged (it just became the head) polls after its backoff, not at once
+        const nudged = me.takeNudge();
         // the poll is the fallback for a lost wake-up: one per group of gates sharing a
         // semaphore (the waiter a kick would wake), not one per gate
-        if (isHead && (me.state === 'woken' || (polls > 0 && this.ctx.leadsGroup(this)))) {
+        if (isHead && (me.state === 'woken' || (polls > 0 && !nudged && this.ctx.leadsGroup(this)))) {
+          const relay = me.takeRelay();
           me.startTrying();
-          let got: { hold: H | null; more: boolean };
+          let got: { hold: H | null; more: boolean } | undefined;
+          let heldBack = false;
+          let heldBackRelay: (() => void) | undefined;
           try {
             got = await this.attempt(label);
           } finally {
             // no await between this and the return below: nothing can hand this waiter a hold meanwhile
             me.stopTrying();
+            // A wake-up held back by the group while this call was in flight announces a ticket
+            // this call may not have used (another release's): pass it on after any outcome.
+            heldBack = this.heldBackWakeUp;
+            heldBackRelay = this.heldBackRelay;
+            this.heldBackWakeUp = false;
+            this.heldBackRelay = undefined;
+            // the call threw: this waiter leaves, the next one of the group takes the wake-up
+            if (got === undefined && heldBack) queueMicrotask(() => this.passOn(heldBackRelay));
           }
           if (got.hold) {
             if (got.more) queueMicrotask(() => this.wakeHead());
+            // after this waiter left the queue (the finally below): the group's next head tries
+            if (heldBack) queueMicrotask(() => this.passOn(heldBackRelay));
             return { hold: got.hold, handoff: false };
           }
           // A wake-up that came while this call was in flight may announce a ticket the call
-          // did not see: one held back by the group (one try at a time), or one that went to
-          // the waiter behind us and is of no use to it while we are the head again. Take it
-          // and try once more at once, instead of leaving the ticket to the next poll.
-          if (this.takeMissedWakeUp(me)) {
+          // did not see: one held back by the group (one try at a time; the group's oldest
+          // idle waiter takes it, possibly of another gate), or one that went to the waiter
+          // behind us and is of no use to it while we are the head again. Take it and try once
+          // more at once, instead of leaving the ticket to the next poll.
+          // A wake-up that named this process, used by a try that came back busy because another
+          // semaphore of the request was short: the freed one may still be free, for another
+          // process (here nobody of this gate can use it before that other one frees).
+          if (relay && this.short !== undefined && this.req.names.some((n) => !this.short!.includes(n))) relay();
+          if (heldBack) {
+            this.takeMissedWakeUp(me);
+            this.passOn(heldBackRelay);
+            if (me.state === 'woken') continue;
+          } else if (this.takeMissedWakeUp(me)) {
             me.wake();
             continue;
           }
@@ -341,8 +400,17 @@ export class Gate<H extends GateHold> {
         await me.pause(Math.max(1, Math.min(pause, deadline - now)), signal);
       }
     } finally {
+      const wasHead = this.head() === me;
       const i = this.waiters.indexOf(me);
       if (i >= 0) this.waiters.splice(i, 1);
+      if (me.state === 'woken') {
+        // it leaves (deadline, abort) with a wake-up it did not use: the next waiter of the
+        // group takes it, or the next process when nobody here waits
+        this.passOn(me.takeRelay());
+      } else if (wasHead) {
+        // the new head sleeps until its deadline (waiters behind the head do): make it poll
+        this.head()?.nudge();
+      }
       if (this.waiters.length === 0) void this.stopWatching();
     }
   }
@@ -363,8 +431,14 @@ export class Gate<H extends GateHold> {
     if (next) {
       const chain = this.handoffs.get(hold) ?? { count: 0, since: Date.now() };
       this.handoffs.set(hold, { count: chain.count + 1, since: chain.since });
+      const wasWoken = next.state === 'woken';
       this.waiters.splice(this.waiters.indexOf(next), 1);
       next.handOver(hold);
+      // it was told that a ticket came free (a NOTIFY, a kick) and takes a hold instead: the
+      // wake-up goes to the next waiter (of the group), or nobody would use that ticket
+      if (wasWoken) this.passOn(next.takeRelay());
+      // the new head was asleep until its deadline: make it poll
+      else this.head()?.nudge();
       return true;
     }
     this.holdCount--;
@@ -413,14 +487,25 @@ export class Gate<H extends GateHold> {
     return this.waiters.find((w) => w.idle);
   }
 
-  /** Wakes the oldest idle waiter: it tries as soon as it is the head (see `Waiter.wake`). */
-  wakeHead(): void {
-    this.head()?.wake();
+  /**
+   * Wakes the oldest idle waiter: it tries as soon as it is the head (see `Waiter.wake`).
+   * @returns whether there was one.
+   */
+  wakeHead(relay?: () => void): boolean {
+    const head = this.head();
+    head?.wake(relay);
+    return head !== undefined;
   }
 
   /** A wake-up for this gate was held back because one of its waiters was trying (see GateSet.kick). */
-  holdBackWakeUp(): void {
+  holdBackWakeUp(relay?: () => void): void {
     this.heldBackWakeUp = true;
+    if (relay) this.heldBackRelay = relay;
+  }
+
+  /** A wake-up nobody here used goes to the group's next waiter, or on to the next process. */
+  private passOn(relay: (() => void) | undefined): void {
+    if (!this.ctx.kick(this, relay)) relay?.();
   }
 
   /**
@@ -462,7 +547,16 @@ export class Gate<H extends GateHold> {
 
   private startWatching(): void {
     if (this.watching) return;
-    const watching = this.ctx.watch(this.req.names, () => this.ctx.kick(this)).catch(() => async () => undefined);
+    const watching = this.ctx
+      .watch(this.req.names, (relay) => this.ctx.kick(this, relay))
+      .then((stop) => {
+        // A release between this gate's busy try and its waiter marker being granted found no
+        // marker and sent no NOTIFY: one try now covers it (only after a busy try: otherwise
+        // the gate's waiters came without trying, behind others whose markers were held).
+        if (this.saturated) this.ctx.kick(this);
+        return stop;
+      })
+      .catch(() => async () => undefined);
     this.watching = watching;
   }
 

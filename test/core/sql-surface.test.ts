@@ -7,7 +7,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PgSemaphore, installSql } from '../../src/index.js';
 import { loadMigrations } from '../../src/migrations.js';
-import { databaseUrl, setupSchema, testSchemaName } from '../helpers/db.js';
+import { databaseUrl, setupSchema, testSchemaName, waitFor } from '../helpers/db.js';
 import { heldOf } from '../helpers/core.js';
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
@@ -318,6 +318,65 @@ describe('upgrading an older install (0.1: acquire returned row ids; 0002: acqui
       }
     } finally {
       await sem.close();
+    }
+  });
+
+  it('0003 install granted per the old docs/SECURITY.md: after migrate() a worker role still releases (wake with a pid) and is woken (hears)', { timeout: 60_000 }, async () => {
+    const schema = testSchemaName('upg0004');
+    schemas.push(schema);
+    const all = loadMigrations(schema);
+    await admin.query(`CREATE SCHEMA "${schema}"`);
+    await admin.query(`CREATE TABLE "${schema}".__pg_semaphore_migrations (tag text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`);
+    for (const m of all.slice(0, all.findIndex((x) => x.tag === '0003_functions') + 1)) {
+      for (const statement of m.sql.split('--> statement-breakpoint')) if (statement.trim()) await admin.query(statement);
+      await admin.query(`INSERT INTO "${schema}".__pg_semaphore_migrations (tag) VALUES ($1)`, [m.tag]);
+    }
+    // the grants docs/SECURITY.md listed before 0004_functions
+    await admin.query(`REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA "${schema}" FROM PUBLIC`);
+    await admin.query(`ALTER DEFAULT PRIVILEGES IN SCHEMA "${schema}" REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC`);
+    await admin.query(`GRANT USAGE ON SCHEMA "${schema}" TO "${role}"`);
+    await admin.query(
+      `GRANT EXECUTE ON FUNCTION ${['_ns', 'acquire', 'watch', 'watch_ids', 'unwatch', 'wake', 'wake_names', 'holders', 'list', 'enqueue_job', 'dequeue_jobs', 'forget_job']
+        .map((f) => `"${schema}".${f}`)
+        .join(', ')} TO "${role}"`,
+    );
+    await admin.query(`GRANT SELECT ON "${schema}".semaphores, "${schema}".tickets TO "${role}"`);
+    await admin.query(`GRANT SELECT, INSERT, DELETE ON "${schema}".waiting_jobs TO "${role}"`);
+    await admin.query(`SELECT "${schema}".make('api', 1)`);
+    const owner = new PgSemaphore({ connection: databaseUrl(), schema });
+    const u = new URL(databaseUrl());
+    u.username = role;
+    u.password = '';
+    const warnings: string[] = [];
+    const logger = { warn: (m: string) => warnings.push(m), info: () => undefined, error: (m: string) => warnings.push(m), debug: () => undefined };
+    const holder = new PgSemaphore({ connection: u.toString(), schema, logger });
+    const waiter = new PgSemaphore({ connection: u.toString(), schema, maxPollInterval: 10_000, logger });
+    try {
+      expect(await owner.migrate()).toEqual({ applied: ['0004_functions'] });
+      // the holder's release names the process after its own LISTEN pid: wake(integer[], integer)
+      const unwatch = await holder.watch(['none'], () => true);
+      const hold = await holder.hold('api');
+      const start = waiter.roundTrips;
+      const waiting = waiter.hold('api', { wait: 20_000 });
+      await waitFor(() => holder.hearsWakeUps && waiter.hearsWakeUps, { timeout: 5_000, what: 'both listeners to take hears()' });
+      await waitFor(() => waiter.roundTrips - start >= 14, { timeout: 10_000, interval: 5, what: 'the waiter to back off' });
+      const started = performance.now();
+      await hold.release();
+      const got = await waiting;
+      expect(performance.now() - started).toBeLessThan(400);
+      await got.release();
+      // an early release whose wake-up fails for another reason than the connection still
+      // releases (the rollback frees the tickets), with a warning
+      await admin.query(`REVOKE EXECUTE ON FUNCTION "${schema}".wake(integer[], integer) FROM "${role}"`);
+      const again = await holder.hold('api');
+      await expect(again.release()).resolves.toMatchObject({ notified: false });
+      expect(warnings.some((w) => w.includes('tickets released'))).toBe(true);
+      (await holder.hold('api')).release();
+      await unwatch();
+    } finally {
+      await holder.close();
+      await waiter.close();
+      await owner.close();
     }
   });
 

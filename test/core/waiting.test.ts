@@ -151,6 +151,115 @@ describe('waiting for a ticket', () => {
     }
   });
 
+  it('a wake-up naming a process that cannot use it (another semaphore of its request is short) is relayed to the next one', { timeout: 60_000 }, async () => {
+    // A waits on [name, t1] with t1 held, B on [name]: the release of `name` names A (the pids
+    // are arranged so), whose try comes back busy on t1; A passes the wake-up on to B.
+    const t1 = `${name}-t1`;
+    await ctx.sem.make(t1, 1);
+    const second = ctx.another({ maxPollInterval: 10_000 });
+    const releaser = ctx.another();
+    const pidOf = (s: PgSemaphore) => (s as unknown as { listener?: { pid?: number } }).listener?.pid;
+    try {
+      // open the three LISTEN connections (releaser's: its pid is where the turn starts)
+      const unwatch = await Promise.all([waiter, second, releaser].map((s) => s.watch([`${name}-none`], () => true)));
+      await waitFor(() => waiter.hearsWakeUps && second.hearsWakeUps && releaser.hearsWakeUps, { timeout: 5_000, what: 'the probes' });
+      const after = pidOf(releaser)!;
+      const pids = [pidOf(waiter)!, pidOf(second)!];
+      const named = pids.filter((p) => p > after).sort((x, y) => x - y)[0] ?? Math.min(...pids);
+      const [a, b] = named === pids[0] ? [waiter, second] : [second, waiter];
+      const times: number[] = [];
+      for (let round = 0; round < 6; round++) {
+        const blocker = await releaser.hold(t1);
+        stray.push(blocker);
+        const held = await releaser.hold(name);
+        stray.push(held);
+        const bStart = b.roundTrips;
+        const wa = track(attempt(a.hold([name, t1], { wait: 20_000 })));
+        const wb = track(attempt(b.hold(name, { wait: 20_000 })));
+        await waitFor(async () => (await watchers()) === 2, { timeout: 5_000, what: 'both waiters to register' });
+        // B's fallback poll has backed off (its next sleep is 0.8-1.6 s): only a wake-up is prompt
+        await waitFor(() => b.roundTrips - bStart >= 14, { timeout: 10_000, interval: 5, what: 'B to back off' });
+        const started = performance.now();
+        await held.release();
+        const got = await within(wb.promise, 15_000, 'B to get the ticket');
+        times.push(Math.round(performance.now() - started));
+        expect(wa.settled).toBeFalsy();
+        await got.release();
+        await blocker.release();
+        await (await within(wa.promise, 15_000, 'A to get both')).release();
+      }
+      console.log(`relay: B's time to ticket over 6 rounds (ms): ${times.join(', ')}`);
+      expect(Math.max(...times)).toBeLessThan(400);
+      await Promise.all(unwatch.map((u) => u()));
+    } finally {
+      await within(second.close(), 5_000, 'second.close()');
+      await within(releaser.close(), 5_000, 'releaser.close()');
+    }
+  });
+
+  it('a wake-up goes to the next consumer of the semaphore in the process when the first one does not take it', async () => {
+    const declined: number[] = [];
+    // a consumer watching first that takes no wake-up (a wrapper gate with nobody idle)
+    const unwatch = await waiter.watch([name], () => (declined.push(1), false));
+    try {
+      const held = await holder.hold(name);
+      stray.push(held);
+      const start = waiter.roundTrips;
+      const w = track(attempt(waiter.hold(name, { wait: 20_000 })));
+      await waitFor(() => waiter.hearsWakeUps, { timeout: 5_000, what: 'the probe' });
+      await waitFor(() => waiter.roundTrips - start >= 14, { timeout: 10_000, interval: 5, what: 'the waiter to back off' });
+      const started = performance.now();
+      await held.release();
+      await within(w.promise, 15_000, 'the waiter to get the ticket');
+      const ms = performance.now() - started;
+      expect(declined.length).toBeGreaterThanOrEqual(1);
+      expect(ms).toBeLessThan(400);
+    } finally {
+      await unwatch();
+    }
+  });
+
+  it('the LISTEN session has short TCP keepalives (a vanished host stops being named within ~25 s)', async () => {
+    const unwatch = await waiter.watch([name], () => true);
+    try {
+      const client = (waiter as unknown as { listener: { client: pg.PoolClient } }).listener.client;
+      const { rows } = await client.query<{ idle: string; interval: string; count: string }>(
+        `SELECT current_setting('tcp_keepalives_idle') AS idle, current_setting('tcp_keepalives_interval') AS interval, current_setting('tcp_keepalives_count') AS count`,
+      );
+      expect(rows[0]).toEqual({ idle: '10', interval: '5', count: '3' });
+    } finally {
+      await unwatch();
+    }
+  });
+
+  it('one wake() for several semaphores (one pg_locks read) names, for each, a process waiting on that one', async () => {
+    const other = `${name}-b`;
+    await ctx.sem.make(other, 1);
+    const second = ctx.another({ maxPollInterval: 10_000 });
+    const listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
+    await listen.connect();
+    const notes: string[] = [];
+    listen.on('notification', (n) => notes.push(n.payload ?? ''));
+    await listen.query('LISTEN pg_semaphore');
+    try {
+      const stops = [await waiter.watch([name], () => true), await second.watch([other], () => true)];
+      await waitFor(() => waiter.hearsWakeUps && second.hearsWakeUps, { timeout: 5_000, what: 'the probes' });
+      const pidOf = (s: PgSemaphore) => (s as unknown as { listener: { pid: number } }).listener.pid;
+      const { rows } = await ctx.admin.query<{ id: number; name: string }>(`SELECT id, name FROM "${ctx.schema}".semaphores WHERE name = ANY ($1)`, [[name, other]]);
+      const idOf = (n: string) => rows.find((r) => r.name === n)!.id;
+      const { rows: sent } = await ctx.admin.query<{ n: number }>(`SELECT "${ctx.schema}".wake($1::integer[], NULL) AS n`, [[idOf(other), idOf(name)]]);
+      expect(sent[0]!.n).toBe(2);
+      await waitFor(() => notes.filter((n) => n.startsWith(`${ns}:`) && n.split(':')[1] !== '0').length >= 2, { timeout: 2_000, what: 'the NOTIFYs' });
+      expect(notes.filter((n) => n.split(':')[1] !== '0').sort()).toEqual(
+        [`${ns}:${idOf(name)}:${pidOf(waiter)}`, `${ns}:${idOf(other)}:${pidOf(second)}`].sort(),
+      );
+      await Promise.all(stops.map((s) => s()));
+    } finally {
+      await listen.end();
+      await within(second.close(), 5_000, 'second.close()');
+    }
+  });
+
   it('several waiters in one process are all served, one at a time, as tickets return', async () => {
     const first = await holder.hold(name);
     stray.push(first);

@@ -553,3 +553,135 @@ describe('Waiter', () => {
     expect(() => w.startTrying()).toThrow(/got "handed"/);
   });
 });
+
+describe('Gate: wake-ups that must not be lost (items of the cold review)', () => {
+  it('a wake-up held back while a try is in flight is passed on when that try succeeds (the group kicks its next head)', async () => {
+    const answers: Array<(a: Attempt<FakeHold>) => void> = [];
+    const notify = new Map<string, () => void>();
+    const ctx = {
+      tryHold: vi.fn(() => new Promise<Attempt<FakeHold>>((r) => answers.push(r))),
+      watch: vi.fn(async (names: string[], onRelease: () => void) => {
+        notify.set(names.join(','), onRelease);
+        return async () => undefined;
+      }),
+      promote: vi.fn(async () => undefined),
+      mayPromote: () => false,
+      hearsReleases: () => true,
+    };
+    const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
+    const [g1, g2] = [1, 2].map((t) => set.gateFor({ names: ['api', `tenant:${t}`], counts: [1, 1] }));
+    const abort = new AbortController();
+    cleanup = () => abort.abort();
+    const w1 = g1!.wait('w1', abort.signal, 60_000).catch(() => null);
+    const w2 = g2!.wait('w2', abort.signal, 60_000).catch(() => null);
+    await vi.waitFor(() => expect(notify.size).toBe(2));
+    notify.get('api,tenant:1')!(); // one release: w1 tries
+    await vi.waitFor(() => expect(ctx.tryHold).toHaveBeenCalledTimes(1));
+    notify.get('api,tenant:2')!(); // a second release while w1 tries: held back
+    await tick();
+    expect(ctx.tryHold).toHaveBeenCalledTimes(1);
+    answers[0]!(hold('a')); // w1's try succeeds (the first release's ticket)
+    expect(await w1).toMatchObject({ handoff: false });
+    // the held-back wake-up goes to w2 at once, not at its poll (250 ms at the earliest)
+    await vi.waitFor(() => expect(ctx.tryHold).toHaveBeenCalledTimes(2), { timeout: 100, interval: 5 });
+    answers[1]!('busy');
+    abort.abort();
+    await w2;
+  });
+
+  it('a waiter that becomes the head while asleep polls (it does not sleep until its deadline)', async () => {
+    const t = setup();
+    cleanup = t.stop;
+    const leader = new AbortController();
+    const first = t.gate.wait('w1', leader.signal, 60_000).catch(() => 'aborted');
+    const w2 = t.waiter('w2');
+    await tick();
+    leader.abort(); // the head leaves; w2, asleep until its deadline, is the head now
+    expect(await first).toBe('aborted');
+    await tick();
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(0); // nudged, not woken: no try at once
+    await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(1), { timeout: 3_000, interval: 20 });
+    expect(w2.settled).toBeUndefined();
+  });
+
+  it('a head woken by a NOTIFY and then handed a local hold passes the wake-up on', async () => {
+    const t = setup();
+    cleanup = t.stop;
+    let answer!: (a: Attempt<FakeHold>) => void;
+    const a = hold('a');
+    t.results.push(a);
+    expect(await t.gate.arrive('job-0')).toBe(a);
+    const [w1, w2] = [t.waiter('w1'), t.waiter('w2')];
+    await vi.waitFor(() => expect(t.ctx.watch).toHaveBeenCalled());
+    await tick();
+    t.results.push(new Promise((r) => (answer = r)));
+    t.notify(); // w1 woken (a ticket elsewhere came free) ...
+    // ... and handed the local hold before it tried: the NOTIFY's ticket must go to w2
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
+    await tick();
+    expect(w1.settled).toEqual({ hold: a, handoff: true });
+    await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(2), { timeout: 100, interval: 5 });
+    answer(hold('b'));
+    await vi.waitFor(() => expect(w2.settled).toMatchObject({ handoff: false }));
+  });
+
+  it('a waiter that leaves (abort) with an unused wake-up passes it on', async () => {
+    const t = setup();
+    cleanup = t.stop;
+    let answer!: (a: Attempt<FakeHold>) => void;
+    const first = new AbortController();
+    const w1 = t.gate.wait('w1', first.signal, 60_000).catch(() => 'aborted');
+    t.waiter('w2');
+    await tick();
+    t.results.push(new Promise((r) => (answer = r)));
+    first.abort(); // pending abort is seen when w1 wakes
+    t.notify(); // w1 woken, but it leaves
+    expect(await w1).toBe('aborted');
+    await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(1), { timeout: 100, interval: 5 });
+    answer('busy');
+  });
+
+  it('after a busy arrival try, the head tries once as soon as its watch is in place (a release meanwhile sent no NOTIFY)', async () => {
+    const t = setup();
+    cleanup = t.stop;
+    expect(await t.gate.arrive('job-0')).toBe(null); // busy
+    t.waiter('w1');
+    await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(2), { timeout: 100, interval: 5 });
+  });
+});
+
+describe('Gate: a wake-up that named this process and is of no use here is relayed', () => {
+  it("the woken head's try is busy because another semaphore of its request is short: relay; the last waiter leaving with it: relay", async () => {
+    let onRelease!: (relay: () => void) => boolean | void;
+    const ctx = {
+      tryHold: vi.fn(async (_req: unknown, _label: string, onShort?: (names: readonly string[]) => void) => {
+        onShort?.(['t1']);
+        return 'busy' as const;
+      }),
+      watch: vi.fn(async (_names: string[], cb: (relay: () => void) => boolean | void) => {
+        onRelease = cb;
+        return async () => undefined;
+      }),
+      promote: vi.fn(async () => undefined),
+      mayPromote: () => false,
+      hearsReleases: () => true,
+    };
+    const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
+    const gate = set.gateFor({ names: ['api', 't1'], counts: [1, 1] });
+    const abort = new AbortController();
+    cleanup = () => abort.abort();
+    const w = gate.wait('w1', abort.signal, 60_000).catch(() => null);
+    await vi.waitFor(() => expect(ctx.watch).toHaveBeenCalled());
+    await tick();
+    const relay = vi.fn();
+    expect(onRelease(relay)).toBe(true); // a head took it ...
+    await vi.waitFor(() => expect(ctx.tryHold).toHaveBeenCalledTimes(1));
+    await tick();
+    expect(relay).toHaveBeenCalledTimes(1); // ... its try found t1 short: 'api' may still be free
+    // a wake-up while nobody of the group can take it (the head is trying): held back, then relayed
+    const again = vi.fn();
+    abort.abort();
+    await w;
+    expect(onRelease(again)).toBe(false); // nobody waits: not taken (the listener relays it)
+  });
+});
