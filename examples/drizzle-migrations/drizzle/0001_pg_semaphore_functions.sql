@@ -162,7 +162,14 @@ DECLARE
   v_id integer;
   v_name text;
   v_ticket integer;
+  v_settings text;
 BEGIN
+  -- the re-read below guards against a concurrent shrink only with a fresh snapshot per
+  -- statement, which only READ COMMITTED gives
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'pg-semaphore: acquire needs a READ COMMITTED transaction, got %', current_setting('transaction_isolation')
+      USING ERRCODE = 'PSB02', HINT = 'BEGIN ISOLATION LEVEL READ COMMITTED';
+  END IF;
   IF cardinality(p_names) = 1 AND cardinality(p_counts) = 1 AND p_counts[1] = 1 THEN
     -- The common case, one ticket of one semaphore: nothing to undo when no ticket is free,
     -- so no subtransaction. One query finds the semaphore and locks the first free ticket
@@ -203,7 +210,7 @@ BEGIN
              concat(set_config('pg_semaphore.held_' || to_hex("semaphore"._ns()), (v_held || v_ticket)::text, true),
                     CASE WHEN p_idle_timeout_ms IS NOT NULL THEN set_config('idle_in_transaction_session_timeout', p_idle_timeout_ms::text, true) END,
                     CASE WHEN p_label IS NOT NULL THEN set_config('application_name', left('pg-semaphore:' || p_label, 63), true) END)
-        INTO status, tickets, ticket_semaphores, semaphore_ids, v_name
+        INTO status, tickets, ticket_semaphores, semaphore_ids, v_settings
         FROM "semaphore".tickets t WHERE t.id = v_ticket;
       IF FOUND THEN
         RETURN;
