@@ -343,6 +343,9 @@ describe.each<Backend>(['redis', 'postgres'])('flows and job schedulers on BullM
     const children = limitProcessor(ctx.sem, api.call, { semaphore: `flow-${backend}`, localWait: 50, backoff: { delay: 30, maxDelay: 200 } });
     const cw = bq.worker('flow-child', children, { concurrency: 6 });
     const pw = bq.worker('flow-parent', async (job: Job) => Object.keys(await job.getChildrenValues()).length, { concurrency: 2 });
+    // Both tickets are held here until a child has been put back, so the put-back path is
+    // exercised in every run (with free tickets the children may all get theirs in-process).
+    const blockers = [await ctx.sem.hold(`flow-${backend}`), await ctx.sem.hold(`flow-${backend}`)];
     try {
       for (let p = 0; p < PARENTS; p++) {
         await flows.add({
@@ -352,6 +355,8 @@ describe.each<Backend>(['redis', 'postgres'])('flows and job schedulers on BullM
           children: Array.from({ length: CHILDREN }, (_, c) => ({ name: 'child', queueName: 'flow-child', data: { p, c } })),
         });
       }
+      await waitFor(() => children.stats.reschedules > 0, { timeout: 30_000, what: 'a child to be put back' });
+      await Promise.all(blockers.splice(0).map((h) => h.release()));
       const [parents, kids] = bq.queues;
       await waitFor(async () => (await counts(parents!)).completed === PARENTS, { timeout: 30_000, what: 'every parent to complete' });
       expect((await parents!.getCompleted(0, -1)).map((j) => j.returnvalue)).toEqual(Array(PARENTS).fill(CHILDREN));
@@ -360,6 +365,7 @@ describe.each<Backend>(['redis', 'postgres'])('flows and job schedulers on BullM
       expect(api.max).toBe(2);
       expect(children.stats.reschedules).toBeGreaterThan(0); // children were put back, and still counted for their parents
     } finally {
+      await Promise.all(blockers.map((h) => h.release()));
       await Promise.all([cw.close(), pw.close(), flows.close()]);
       await api.close();
     }
