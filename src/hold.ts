@@ -277,20 +277,18 @@ export class Hold {
       // tx, their commit is unknown: never report it as done.
       detach();
       client.release(err as Error);
-      // (an early wake-up in a transaction that had failed unnoticed: the COMMIT was skipped and
-      // the destroyed connection rolls it back, which is all a hold of tickets only needs)
-      if (commit && !this.touched && errorCode(err) === SQLSTATE.inFailedTransaction) return none;
-      // An early wake-up that failed otherwise (e.g. a role without EXECUTE on wake(), or an
-      // install whose wake() differs): the COMMIT was skipped and the destroyed connection
-      // rolls the transaction back, which frees the tickets; only the NOTIFY is missing
-      // (waiters poll). Released, never a failed job.
+      // An early wake-up that failed (a transaction that had failed unnoticed, a role without
+      // EXECUTE on wake(), an install whose wake() differs): the COMMIT was skipped and the
+      // destroyed connection rolls the transaction back, which frees the tickets, all a hold
+      // of tickets only needs; only the NOTIFY is missing (waiters poll). Released, never a
+      // failed job. Said unless the connection died or the transaction had already failed.
       if (commit && !this.touched) {
-        if (!isConnectionLost(err)) {
+        if (!isConnectionLost(err) && errorCode(err) !== SQLSTATE.inFailedTransaction) {
           this.logger?.warn(`pg-semaphore: tickets released, but waking waiters failed (${(err as Error).message}); they poll`);
         }
         return none;
       }
-      if (commit && (this.touched || !isConnectionLost(err))) throw err;
+      if (commit) throw err;
       return none;
     }
   }

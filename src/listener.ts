@@ -217,8 +217,9 @@ export class Listener {
     const pid = this.backendPid;
     if (pid === undefined || !Number.isInteger(id)) return;
     this.relays++;
+    const statement = statements.relay(this.qs, id, pid, origin ?? pid);
     void this.pool
-      .query(`SELECT ${this.qs}.wake($1::integer[], $2::integer, $3::integer)`, [[id], pid, origin ?? pid])
+      .query(statement.text, statement.values)
       .catch((err: Error) => {
         // once per listener: a role without EXECUTE on wake(integer[], integer, integer) fails every time
         if (this.relayFailed) return;

@@ -150,6 +150,15 @@ export function probe(ns: number, pid: number): Statement {
   return { text: `SELECT pg_notify('pg_semaphore', $1)`, values: [`${ns}:0:${pid}`] };
 }
 
+/**
+ * Passes a wake-up of semaphore `id` that this process could not use on to the next waiting
+ * process after `after` (this listener's pid); `origin`, the first process that could not use
+ * it, stops it once it went round. @internal
+ */
+export function relay(qs: string, id: number, after: number, origin: number): Statement {
+  return { text: `SELECT ${qs}.wake($1::integer[], $2::integer, $3::integer)`, values: [[id], after, origin] };
+}
+
 /** Marks this LISTEN session as one that NOTIFYs reach (the releasers' wake-up names it). @internal */
 export function hears(qs: string): Statement {
   return { text: `SELECT ${qs}.hears()` };
