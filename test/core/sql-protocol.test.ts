@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PgSemaphore } from '../../src/index.js';
-import { heldOf, within } from '../helpers/core.js';
+import { heldOf, nsOf, within } from '../helpers/core.js';
 import { databaseUrl, setupSchema, waitFor } from '../helpers/db.js';
 
 /** A SQL block of docs/SQL.md (marked `<!-- sql:NAME -->`), for the test's schema. */
@@ -90,7 +90,11 @@ describe('docs/SQL.md: a psql holder next to Node holders', () => {
     const pool = new pg.Pool({ connectionString: databaseUrl(), max: 4 });
     pool.on('error', () => undefined);
     const notified: number[] = [];
-    pool.on('connect', (client) => client.on('notification', (n) => n.channel === 'pg_semaphore' && notified.push(Date.now())));
+    // other test files share the database and the channel: count only this schema's NOTIFYs
+    const ns = await nsOf(ctx.admin, ctx.schema);
+    pool.on('connect', (client) =>
+      client.on('notification', (n) => n.channel === 'pg_semaphore' && (n.payload ?? '').startsWith(`${ns}:`) && notified.push(Date.now())),
+    );
     const returned: number[] = [];
     pool.on('release', () => returned.push(Date.now()));
     const waiter = new PgSemaphore({ connection: pool, schema: ctx.schema, maxPollInterval: 600_000 });
