@@ -1,5 +1,6 @@
 import type { PoolClient } from 'pg';
 import { drizzle } from 'drizzle-orm/node-postgres';
+import { HoldingModeError } from './errors/holding-mode-error.js';
 import { PgSemaphoreError } from './errors/pg-semaphore-error.js';
 import { TicketLostError } from './errors/ticket-lost-error.js';
 import { canPipeline, pipeline } from './pipeline.js';
@@ -8,6 +9,7 @@ import type { HoldTx } from './tx.js';
 import * as statements from './statements.js';
 import type { Logger } from './logger.js';
 import type { HeldTicket } from './tickets.js';
+import type { SessionLink } from './session.js';
 
 /** What a {@link Hold} is built from. @internal */
 export interface HoldOptions {
@@ -37,6 +39,11 @@ export interface HoldOptions {
   wakeAfter?: () => number | undefined;
   /** Where a release that freed the tickets but could not wake anybody says so. */
   logger?: Logger;
+  /**
+   * Session holding: the process's holding connection holds the tickets (session locks with
+   * these row ids); there is no transaction, and the release goes through the link.
+   */
+  session?: { link: SessionLink; ticketIds: readonly number[] };
 }
 
 /** What {@link Hold.release} says. */
@@ -55,6 +62,11 @@ export interface ReleaseResult {
  * While held, the connection is idle in a transaction that has no transaction id and no
  * snapshot; a heartbeat runs on it inside the liveness window. If the connection dies or
  * Postgres ends the session, {@link Hold.signal} aborts with a {@link TicketLostError}.
+ *
+ * In session holding (`holding: 'session'`) the process's one holding connection holds the
+ * tickets as session locks: there is no transaction ({@link Hold.tx} throws a
+ * {@link HoldingModeError}), the heartbeat is the connection's, and losing that connection
+ * loses every hold on it.
  */
 export class Hold {
   /** The semaphore names, as asked for. */
@@ -89,6 +101,7 @@ export class Hold {
   private readonly onSettle: ((hold: Hold) => void) | undefined;
   private readonly wakeAfter: (() => number | undefined) | undefined;
   private readonly logger: Logger | undefined;
+  private readonly session: HoldOptions['session'];
 
   /** @internal */
   constructor(options: HoldOptions) {
@@ -99,6 +112,7 @@ export class Hold {
     this.onSettle = options.onSettle;
     this.wakeAfter = options.wakeAfter;
     this.logger = options.logger;
+    this.session = options.session;
     this.names = options.names;
     this.semaphoreIds = options.semaphoreIds;
     this.tickets = options.tickets;
@@ -140,6 +154,13 @@ export class Hold {
    * (see {@link HoldTx}).
    */
   get tx(): HoldTx {
+    if (this.session) {
+      throw new HoldingModeError(
+        'session',
+        'a hold of a PgSemaphore in transaction holding to run statements in the holding transaction',
+        "a hold in session holding, where no transaction holds the tickets: use your own db.transaction(), or holding: 'transaction'",
+      );
+    }
     if (!this.client) throw new PgSemaphoreError('expected a holding transaction, got none: limiting is disabled');
     // a NodePgDatabase; typed through HoldTx so the main entry's declarations load none of drizzle-orm's
     this.drizzleTx ??= drizzle({ client: this.portalClearingClient(this.client) }) as unknown as HoldTx;
@@ -188,7 +209,8 @@ export class Hold {
     }
   }
 
-  private lose(reason: string, cause?: unknown): void {
+  /** Marks the tickets lost: the signal aborts with a {@link TicketLostError}. @internal */
+  lose(reason: string, cause?: unknown): void {
     if (this.settled || this.controller.signal.aborted) return;
     this.controller.abort(new TicketLostError([...this.names], reason, { cause }));
   }
@@ -199,6 +221,7 @@ export class Hold {
    * its portal, so no snapshot stays behind).
    */
   async relabel(label: string): Promise<void> {
+    // session holding: status() shows the process's label for every ticket it holds
     if (!this.client || this.settled || this.lost) return;
     const client = this.client;
     if (canPipeline(client)) {
@@ -242,6 +265,11 @@ export class Hold {
     this.settled = true;
     this.onSettle?.(this);
     if (this.heartbeat) clearInterval(this.heartbeat);
+    if (this.session) {
+      // nothing to commit or roll back: the session locks go, one statement
+      if (this.controller.signal.aborted) return none;
+      return this.session.link.release(this, this.session.ticketIds, { checkJobsWaiting: options.checkJobsWaiting === true, after: this.wakeAfter?.() });
+    }
     const client = this.client;
     if (!client) return none;
     const detach = () => {

@@ -8,6 +8,8 @@ import { UnknownSemaphoreError } from './errors/unknown-semaphore-error.js';
 import { attempt, type AttemptContext } from './attempt.js';
 import { AbortFanout } from './abort-fanout.js';
 import { Hold } from './hold.js';
+import { HoldingModeError, type HoldingMode } from './errors/holding-mode-error.js';
+import { HoldingSession, type SessionLink } from './session.js';
 import { Listener, type OnRelease } from './listener.js';
 import type { Logger } from './logger.js';
 import { migrate as runMigrate } from './migrate.js';
@@ -18,7 +20,7 @@ import { explainMigrateConflict, explainNotInstalled } from './not-installed.js'
 import { errorCode, isLibraryLockTimeout, SQLSTATE } from './sqlstate.js';
 import * as statements from './statements.js';
 import { heldTickets, type HeldTicket } from './tickets.js';
-import type { AcquireRow, Statement } from './statements.js';
+import type { AcquireRow, SessionAcquireRow, Statement } from './statements.js';
 import { backoff, sleep } from './timing.js';
 
 /** Environment variable that turns limiting off when set to `1`, `true` or `yes`. */
@@ -76,6 +78,25 @@ export interface PgSemaphoreOptions {
    * @default 'pg-semaphore'
    */
   applicationName?: string;
+  /**
+   * How held tickets are held.
+   *
+   * - `'transaction'`: each hold is an open transaction on a connection of its own (a
+   *   connection per held ticket set). It gives {@link Hold.tx}, and works behind PgBouncer
+   *   in transaction mode.
+   * - `'session'`: one connection per `PgSemaphore` holds every ticket of the process, as
+   *   session-level advisory locks (the same keys, so both modes share semaphores and caps).
+   *   Holding connections follow processes, not tickets: for caps larger than your
+   *   connection budget. Needs Postgres 14+ and a direct connection or a session-mode
+   *   pooler; {@link Hold.tx} is not available. Losing that connection loses every hold of
+   *   the process (each one's signal aborts with a {@link TicketLostError}); a frozen process
+   *   loses them after `livenessTimeout` (`idle_session_timeout`).
+   *
+   * Wrong uses fail with a {@link HoldingModeError}.
+   * @default 'transaction'
+   * @example `new PgSemaphore({ connection: process.env.DATABASE_URL, holding: 'session' })`
+   */
+  holding?: HoldingMode;
 }
 
 /** Options of {@link PgSemaphore.hold}, {@link PgSemaphore.withTickets} and friends. */
@@ -198,6 +219,8 @@ export class PgSemaphore {
   readonly pool: Pool;
   /** Whether limiting is off (option or environment). */
   readonly disabled: boolean;
+  /** How held tickets are held (see {@link PgSemaphoreOptions.holding}). */
+  readonly holding: HoldingMode;
 
   private readonly qs: string;
   private readonly ownsPool: boolean;
@@ -206,6 +229,8 @@ export class PgSemaphore {
   private readonly logger: Logger;
   private readonly listen: boolean;
   private listener: Listener | undefined;
+  /** Session holding: the process's holding connection (opened on the first acquire). */
+  private readonly session: HoldingSession | undefined;
   /** Holds open in this process; each leaves the set when it is released (its settle callback). */
   private readonly holds = new Set<Hold>();
   /** Acquires and management calls in flight; close() waits for them. */
@@ -245,6 +270,10 @@ export class PgSemaphore {
     this.maxPollMs = validateInt(options.maxPollInterval ?? 1_000, 'maxPollInterval', 10, 600_000);
     this.logger = options.logger ?? console;
     this.listen = options.listen ?? true;
+    if (options.holding !== undefined && options.holding !== 'transaction' && options.holding !== 'session') {
+      throw new InvalidArgumentError('holding', "'transaction' or 'session'", options.holding);
+    }
+    this.holding = options.holding ?? 'transaction';
     const env = process.env[DISABLE_ENV]?.toLowerCase();
     this.disabled = options.disabled === true || env === '1' || env === 'true' || env === 'yes';
     const appName = options.applicationName ?? 'pg-semaphore';
@@ -268,6 +297,10 @@ export class PgSemaphore {
     }
     // An idle pooled client that dies must not crash the process.
     if (this.ownsPool) this.pool.on('error', () => undefined);
+    this.session =
+      this.holding === 'session' && !this.disabled
+        ? new HoldingSession({ pool: this.pool, qs: this.qs, livenessMs: this.livenessMs, roundTrips: (n) => void (this.roundTrips += n), logger: this.logger })
+        : undefined;
   }
 
   // ---------------------------------------------------------------- install
@@ -528,6 +561,7 @@ export class PgSemaphore {
     for (const wait of this.waits) wait.abort();
     await Promise.all([...this.inflight].map((p) => p.catch(() => undefined)));
     await Promise.all([...this.holds].map((h) => h.release({ commit: false }).catch(() => undefined)));
+    await this.session?.close();
     await this.listener?.close();
     this.listener = undefined;
     if (this.ownsPool) await this.pool.end();
@@ -588,10 +622,10 @@ export class PgSemaphore {
         const tried = statement();
         let got: Awaited<ReturnType<typeof attempt>>;
         try {
-          got = await attempt(ctx, tried);
+          got = this.session ? await this.sessionAttempt(req, ctx) : await attempt(ctx, tried);
         } catch (err) {
           // an install older than 0003_functions: its acquire takes no start positions
-          if (tried.values?.length === 5 && (err as { code?: unknown }).code === SQLSTATE.undefinedFunction && this.startsSupported) {
+          if (!this.session && tried.values?.length === 5 && (err as { code?: unknown }).code === SQLSTATE.undefinedFunction && this.startsSupported) {
             this.startsSupported = false;
             continue;
           }
@@ -664,6 +698,49 @@ export class PgSemaphore {
       livenessMs: this.livenessMs,
       portalOpen,
       onRoundTrip: this.countRoundTrip,
+      wakeAfter: () => this.listener?.pid,
+      logger: this.logger,
+      onSettle: (h) => {
+        this.holds.delete(h);
+        this.rememberTickets(h.tickets);
+      },
+    });
+    this.holds.add(hold);
+    return hold;
+  }
+
+  /**
+   * One try in session holding: the request joins the next acquire statement on the holding
+   * connection; on `ok` the hold is built around the session's locks. A veto (the caller gave
+   * up, close() began, a mutex of several tickets) gives them back at once.
+   */
+  private async sessionAttempt(req: NormalizedRequest, ctx: AttemptContext): Promise<Awaited<ReturnType<typeof attempt>>> {
+    const starts = req.names.map((n) => this.lastTickets.get(n) ?? null);
+    const { row, link, adopt } = await this.session!.acquire({ names: req.names, counts: req.counts, starts });
+    const veto = ctx.veto?.(row);
+    if (row.status !== 'ok') {
+      if (veto !== undefined) throw veto;
+      return { hold: undefined, row };
+    }
+    const hold = this.sessionHold(req.names, row, link);
+    adopt(hold);
+    if (veto !== undefined) {
+      await hold.release().catch(() => undefined);
+      throw veto;
+    }
+    return { hold, row };
+  }
+
+  /** A hold on the session's locks of `row`; it leaves `holds` when settled. */
+  private sessionHold(names: string[], row: SessionAcquireRow, link: SessionLink): Hold {
+    const hold = new Hold({
+      client: undefined,
+      names,
+      tickets: heldTickets(row, this.schema),
+      semaphoreIds: row.semaphore_ids ?? [],
+      qs: this.qs,
+      livenessMs: this.livenessMs,
+      session: { link, ticketIds: row.ticket_ids ?? [] },
       wakeAfter: () => this.listener?.pid,
       logger: this.logger,
       onSettle: (h) => {

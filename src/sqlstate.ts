@@ -43,6 +43,8 @@ export const SQLSTATE = {
   notReadCommitted: 'PSB02',
   /** Permission denied. */
   insufficientPrivilege: '42501',
+  /** An unrecognized configuration parameter, e.g. `idle_session_timeout` before Postgres 14. */
+  undefinedObject: '42704',
 } as const;
 
 /** node-postgres / Node socket error codes that mean the server cannot be reached. */

@@ -127,6 +127,86 @@ export function release(
   return { text: `${commit ? 'COMMIT' : 'ROLLBACK'}; ${wake}` };
 }
 
+/** A row of the SQL function `acquire_session`: one per request, with the tickets' row ids (the lock keys). @internal */
+export interface SessionAcquireRow extends AcquireRow {
+  /** The request's number (its index in the batch). */
+  req: number;
+  /** The row ids of the tickets taken (the second keys of their session locks), aligned with `tickets`. */
+  ticket_ids: number[] | null;
+  /** The capacity of the first semaphore of the request (in id order); null when missing. */
+  capacity: number | null;
+}
+
+/** One request of a session acquire batch. @internal */
+export interface SessionRequest {
+  names: readonly string[];
+  counts: readonly number[];
+  starts: ReadonlyArray<number | null>;
+}
+
+/**
+ * Takes tickets for several requests at once as session locks of the holding connection,
+ * each request all or nothing; `held` are the ticket ids this session holds already (never
+ * taken again). Named, so the holding connection parses it once. @internal
+ */
+export function acquireSession(qs: string, requests: readonly SessionRequest[], held: readonly number[]): Statement & { name: string } {
+  const req: number[] = [];
+  const names: string[] = [];
+  const counts: number[] = [];
+  const starts: Array<number | null> = [];
+  requests.forEach((r, i) => {
+    r.names.forEach((name, j) => {
+      req.push(i);
+      names.push(name);
+      counts.push(r.counts[j]!);
+      starts.push(r.starts[j] ?? null);
+    });
+  });
+  return {
+    name: `pg-semaphore:acquire_session:${qs}`,
+    text: `SELECT * FROM ${qs}.acquire_session($1::integer[], $2::text[], $3::integer[], $4::integer[], $5::integer[])`,
+    values: [req, names, counts, held, starts],
+  };
+}
+
+/**
+ * Returns session-held tickets (their row ids) and wakes the next process waiting on their
+ * semaphores after `after`; with `jobsWaiting`, also says whether the BullMQ wrapper recorded
+ * jobs as waiting on them. Only integers this library read from Postgres go into the text.
+ * @internal
+ */
+export function releaseSession(qs: string, ticketIds: readonly number[], semaphoreIds: readonly number[], jobsWaiting: boolean, after?: number): Statement {
+  const ints = (list: readonly number[]) => `'{${list.filter((n) => Number.isInteger(n)).join(',')}}'::integer[]`;
+  const ids = ints(semaphoreIds);
+  const pid = after !== undefined && Number.isInteger(after) ? `${after}` : 'NULL';
+  const check = jobsWaiting ? `, EXISTS (SELECT 1 FROM ${qs}.waiting_jobs WHERE semaphore_id = ANY (${ids})) AS jobs_waiting` : '';
+  return { text: `SELECT ${qs}.release_session(${ints(ticketIds)}, ${ids}, ${pid}) AS notified${check}` };
+}
+
+/**
+ * Opens a holding session: the idle window (`idle_session_timeout`, Postgres 14+: on 13 the
+ * first SET fails with 42704), READ COMMITTED, the label, keepalives, and a LISTEN on its own
+ * probe channel (a NOTIFY sent there from another connection arrives only on a session of
+ * its own, never through a pooler in transaction mode). The last row: the backend pid. The
+ * label is cut to letters, digits and `._:@-` (it is written into the text). @internal
+ */
+export function openSession(idleMs: number, label: string): Statement {
+  const safe = `pg-semaphore:${label}`.replace(/[^A-Za-z0-9._:@ -]/g, '?').slice(0, 63);
+  return {
+    text:
+      `SET idle_session_timeout = ${Math.trunc(idleMs)}; SET default_transaction_isolation = 'read committed'; ` +
+      `SET application_name = '${safe}'; ${KEEPALIVES}; LISTEN pg_semaphore_session; SELECT pg_backend_pid() AS pid`,
+  };
+}
+
+/** A NOTIFY on the holding session's probe channel, sent from another connection. @internal */
+export function sessionProbe(pid: number): Statement {
+  return { text: `SELECT pg_notify('pg_semaphore_session', $1)`, values: [String(pid)] };
+}
+
+/** Stops listening on the probe channel once the probe arrived. @internal */
+export const SESSION_UNLISTEN = 'UNLISTEN pg_semaphore_session';
+
 /** Sets the `application_name` status() shows for a holder, for the rest of its transaction. @internal */
 export function relabel(label: string): Statement {
   return { text: `SELECT set_config('application_name', left('pg-semaphore:' || $1, 63), true)`, values: [label] };

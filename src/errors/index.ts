@@ -6,3 +6,5 @@ export { SemaphoreBusyError } from './semaphore-busy-error.js';
 export { TicketLostError } from './ticket-lost-error.js';
 export { NotInstalledError } from './not-installed-error.js';
 export type { NotInstalledProblem } from './not-installed-error.js';
+export { HoldingModeError } from './holding-mode-error.js';
+export type { HoldingMode } from './holding-mode-error.js';

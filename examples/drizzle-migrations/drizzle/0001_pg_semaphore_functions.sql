@@ -384,7 +384,11 @@ BEGIN
   PERFORM set_config('pg_semaphore.new_functions', concat_ws(';',
     CASE WHEN to_regprocedure('"semaphore".hears()') IS NULL THEN 'hears()' END,
     CASE WHEN to_regprocedure('"semaphore".wake(integer[], integer)') IS NULL THEN 'wake(integer[], integer)' END,
-    CASE WHEN to_regprocedure('"semaphore".wake(integer[], integer, integer)') IS NULL THEN 'wake(integer[], integer, integer)' END), false);
+    CASE WHEN to_regprocedure('"semaphore".wake(integer[], integer, integer)') IS NULL THEN 'wake(integer[], integer, integer)' END,
+    CASE WHEN to_regprocedure('"semaphore".acquire_session(integer[], text[], integer[], integer[], integer[])') IS NULL
+      THEN 'acquire_session(integer[], text[], integer[], integer[], integer[])' END,
+    CASE WHEN to_regprocedure('"semaphore".release_session(integer[], integer[], integer)') IS NULL
+      THEN 'release_session(integer[], integer[], integer)' END), false);
 END
 $$;
 
@@ -465,6 +469,149 @@ $$;
 CREATE OR REPLACE FUNCTION "semaphore".wake(p_ids integer[]) RETURNS integer
 LANGUAGE sql AS $$
   SELECT "semaphore".wake(p_ids, NULL::integer)
+$$;
+
+-- Session holding (PgSemaphoreOptions.holding = 'session'): one connection per process holds
+-- every ticket that process holds, as session-level advisory locks on the same keys as
+-- acquire's transaction-level ones, so both kinds count against the same cap. Call it outside
+-- a transaction block (autocommit): the re-read below needs a fresh snapshot per statement.
+-- Serves several requests in one call: position i asks p_counts[i] tickets of p_names[i] for
+-- request p_req[i]; each request (the positions sharing a number) is all or nothing, served in
+-- the order of the numbers. One row per request, with acquire's statuses and the tickets'
+-- row ids (the lock keys: pg_advisory_unlock needs them) and the capacity of its first semaphore. p_held lists the ticket ids this
+-- session already holds for other holders of the process: a session lock taken twice by one
+-- session succeeds (its count goes up), which would hand one ticket to two holders, so those
+-- are never taken, nor those taken earlier in the same call. A busy request gives back what
+-- it locked (a subtransaction's rollback does not release session locks). Never writes.
+CREATE OR REPLACE FUNCTION "semaphore".acquire_session(
+  p_req integer[], p_names text[], p_counts integer[], p_held integer[] DEFAULT NULL, p_starts integer[] DEFAULT NULL)
+RETURNS TABLE (req integer, status text, tickets integer[], ticket_semaphores text[], semaphore_ids integer[], ticket_ids integer[], names text[],
+                capacity integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_ns integer := "semaphore"._ns();
+  v_held integer[] := coalesce(p_held, '{}');
+  v_got integer[];
+  v_taken integer[];
+  v_sem record;
+  v_need integer;
+  v_start integer;
+  v_short text;
+  v_exceeds text;
+  v_found integer;
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'pg-semaphore: acquire_session needs READ COMMITTED, got %', current_setting('transaction_isolation')
+      USING ERRCODE = 'PSB02', HINT = 'SET default_transaction_isolation = ''read committed''';
+  END IF;
+  IF p_req IS NULL OR p_names IS NULL OR p_counts IS NULL OR cardinality(p_names) = 0
+     OR cardinality(p_req) <> cardinality(p_names) OR cardinality(p_names) <> cardinality(p_counts) THEN
+    RAISE EXCEPTION 'pg-semaphore: expected equal, non-empty arrays of request numbers, names and counts' USING ERRCODE = '22023';
+  END IF;
+  FOR req IN SELECT DISTINCT r.n FROM unnest(p_req) AS r(n) ORDER BY r.n LOOP
+    status := NULL; tickets := NULL; ticket_semaphores := NULL; semaphore_ids := NULL; ticket_ids := NULL; capacity := NULL;
+    SELECT array_agg(n.name ORDER BY n.ord) INTO names
+      FROM unnest(p_names, p_req) WITH ORDINALITY AS n(name, rq, ord)
+     WHERE n.rq = req AND NOT EXISTS (SELECT 1 FROM "semaphore".semaphores m WHERE m.name = n.name);
+    IF names IS NOT NULL THEN
+      status := 'missing';
+      RETURN NEXT;
+      CONTINUE;
+    END IF;
+    v_got := '{}';
+    v_short := NULL;
+    v_exceeds := NULL;
+    FOR v_sem IN
+      SELECT m.id, m.name, m.tickets AS capacity, sum(r.cnt)::integer AS cnt, min(r.start) AS start
+        FROM unnest(p_names, p_counts, p_req, coalesce(p_starts, '{}')) AS r(name, cnt, rq, start)
+        JOIN "semaphore".semaphores m ON m.name = r.name
+       WHERE r.rq = req
+       GROUP BY m.id, m.name, m.tickets ORDER BY m.id
+    LOOP
+      capacity := coalesce(capacity, v_sem.capacity); -- the first semaphore's (withMutex checks it)
+      IF v_sem.cnt < 0 OR v_sem.cnt > 10000 THEN
+        PERFORM pg_advisory_unlock(v_ns, x.id) FROM unnest(v_got) AS x(id);
+        RAISE EXCEPTION 'pg-semaphore: expected a ticket count from 1 to 10000 (or 0 for all), got %', v_sem.cnt USING ERRCODE = '22023';
+      END IF;
+      -- tickets this session holds belong to other holders of the process: never counted as free
+      v_need := CASE WHEN v_sem.cnt = 0 THEN v_sem.capacity ELSE v_sem.cnt END;
+      IF v_sem.capacity > 0 AND v_need > v_sem.capacity THEN
+        v_exceeds := v_sem.name;
+        EXIT;
+      END IF;
+      IF v_sem.capacity = 0 THEN
+        v_short := v_sem.name; -- paused: everyone waits until it grows
+        EXIT;
+      END IF;
+      v_start := coalesce(v_sem.start, 1);
+      -- the first free tickets from the start position, then below it (see acquire's fast
+      -- path: the ordered list is a subquery of its own, so LIMIT stops at the last one needed
+      -- and no ticket is locked that is not returned)
+      SELECT array_agg(f.id) INTO v_taken FROM (
+        SELECT o.id FROM (
+          SELECT t.id FROM "semaphore".tickets t
+           WHERE t.semaphore_id = v_sem.id AND t.no >= v_start AND NOT (t.id = ANY (v_held || v_got))
+           ORDER BY t.no OFFSET 0) o
+         WHERE pg_try_advisory_lock(v_ns, o.id)
+         LIMIT v_need) f;
+      v_got := v_got || coalesce(v_taken, '{}');
+      v_need := v_need - coalesce(cardinality(v_taken), 0);
+      IF v_need > 0 AND v_start > 1 THEN
+        SELECT array_agg(f.id) INTO v_taken FROM (
+          SELECT o.id FROM (
+            SELECT t.id FROM "semaphore".tickets t
+             WHERE t.semaphore_id = v_sem.id AND t.no < v_start AND NOT (t.id = ANY (v_held || v_got))
+             ORDER BY t.no OFFSET 0) o
+           WHERE pg_try_advisory_lock(v_ns, o.id)
+           LIMIT v_need) f;
+        v_got := v_got || coalesce(v_taken, '{}');
+        v_need := v_need - coalesce(cardinality(v_taken), 0);
+      END IF;
+      IF v_need > 0 THEN
+        v_short := v_sem.name;
+        EXIT;
+      END IF;
+    END LOOP;
+    IF v_short IS NULL AND v_exceeds IS NULL THEN
+      -- a concurrent shrink may have deleted a ticket between our read and our lock: re-read
+      -- with a fresh snapshot; the same read turns the ids into numbers, in request order
+      SELECT count(*)::integer, array_agg(t.no ORDER BY r.ord, t.no), array_agg(m.name ORDER BY r.ord, t.no),
+             array_agg(t.id ORDER BY r.ord, t.no), array_agg(DISTINCT m.id)
+        INTO v_found, tickets, ticket_semaphores, ticket_ids, semaphore_ids
+        FROM "semaphore".tickets t
+        JOIN "semaphore".semaphores m ON m.id = t.semaphore_id
+        JOIN (SELECT n.name, min(n.ord) AS ord FROM unnest(p_names, p_req) WITH ORDINALITY AS n(name, rq, ord)
+               WHERE n.rq = req GROUP BY n.name) r ON r.name = m.name
+       WHERE t.id = ANY (v_got);
+      IF v_found = cardinality(v_got) THEN
+        status := 'ok';
+        tickets := coalesce(tickets, '{}');
+        ticket_semaphores := coalesce(ticket_semaphores, '{}');
+        ticket_ids := coalesce(ticket_ids, '{}');
+        semaphore_ids := coalesce(semaphore_ids, '{}');
+        v_held := v_held || v_got;
+        RETURN NEXT;
+        CONTINUE;
+      END IF;
+    END IF;
+    PERFORM pg_advisory_unlock(v_ns, x.id) FROM unnest(v_got) AS x(id);
+    status := CASE WHEN v_exceeds IS NOT NULL THEN 'exceeds' ELSE 'busy' END;
+    names := CASE WHEN v_exceeds IS NOT NULL THEN ARRAY[v_exceeds] WHEN v_short IS NOT NULL THEN ARRAY[v_short] END;
+    tickets := NULL; ticket_semaphores := NULL; ticket_ids := NULL; semaphore_ids := NULL;
+    RETURN NEXT;
+  END LOOP;
+END
+$$;
+
+-- Returns tickets held by acquire_session (their row ids) and wakes the next process waiting
+-- on these semaphores after p_after (see wake), in one statement. Returns wake's count.
+CREATE OR REPLACE FUNCTION "semaphore".release_session(p_ticket_ids integer[], p_semaphore_ids integer[], p_after integer DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_advisory_unlock("semaphore"._ns(), x.id) FROM unnest(p_ticket_ids) AS x(id);
+  RETURN "semaphore".wake(p_semaphore_ids, p_after);
+END
 $$;
 
 -- The second half of the rolling upgrade above: the functions that were new get the

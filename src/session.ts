@@ -1,0 +1,310 @@
+import { hostname } from 'node:os';
+import type { Pool, PoolClient } from 'pg';
+import { HoldingModeError } from './errors/holding-mode-error.js';
+import { TicketLostError } from './errors/ticket-lost-error.js';
+import type { Hold, ReleaseResult } from './hold.js';
+import type { Logger } from './logger.js';
+import { errorCode, isConnectionLost, SQLSTATE } from './sqlstate.js';
+import * as statements from './statements.js';
+import type { SessionAcquireRow, SessionRequest } from './statements.js';
+
+/** How long the probe NOTIFY may take to reach a new holding session before it counts as pooled. */
+const PROBE_TIMEOUT_MS = 5_000;
+/** At most this many requests go in one acquire statement. */
+const MAX_BATCH = 200;
+
+/** What a {@link HoldingSession} needs. @internal */
+export interface HoldingSessionOptions {
+  pool: Pool;
+  /** The quoted schema. */
+  qs: string;
+  /** The idle window: `idle_session_timeout` of the holding session; the heartbeat runs every third of it. */
+  livenessMs: number;
+  /** Counts round trips (for the benchmark). */
+  roundTrips(n: number): void;
+  logger: Logger;
+}
+
+/** The holding connection of one generation: when it dies, every hold taken on it is lost. @internal */
+export interface SessionLink {
+  /** Gives a hold's tickets back (one statement; the next acquire on this connection goes after it). */
+  release(hold: Hold, ticketIds: readonly number[], options: { checkJobsWaiting: boolean; after?: number }): Promise<ReleaseResult>;
+}
+
+interface Pending {
+  request: SessionRequest;
+  resolve(answer: { row: SessionAcquireRow; generation: Generation }): void;
+  reject(err: unknown): void;
+}
+
+/** One open holding connection and what it holds. */
+interface Generation extends SessionLink {
+  client: PoolClient;
+  pid: number;
+  /** The ticket ids this session holds for live holds: never taken again by this session. */
+  held: Set<number>;
+  /** The holds whose tickets this session holds; each is told when the session is lost. */
+  holds: Map<Hold, readonly number[]>;
+  dead: boolean;
+  /** Statements queued or running on the connection (the heartbeat skips while any run). */
+  running: number;
+  /** Those statements, so close() can let them finish. */
+  work: Set<Promise<unknown>>;
+  /** The last statement queued: the next one goes after it. */
+  chain: Promise<unknown>;
+  /** When the connection last had nothing held and nothing to do (closed after a liveness window of that). */
+  idleSince: number | undefined;
+}
+
+/**
+ * Session holding: one connection per {@link PgSemaphore} holds every ticket the process
+ * holds, as session-level advisory locks. Acquires are queued and sent one statement at a
+ * time, each serving every request queued meanwhile; the statement names the tickets this
+ * session holds already, so a ticket is never handed to two holders of the process (a session
+ * lock taken twice by one session succeeds). Releases go on the same connection, so the next
+ * acquire always runs after them. When the connection dies every hold on it is lost (its
+ * signal aborts with a {@link TicketLostError}) and the next acquire opens a new one.
+ * @internal
+ */
+export class HoldingSession {
+  private current: Generation | undefined;
+  private opening: Promise<Generation> | undefined;
+  private readonly queue: Pending[] = [];
+  private sending = false;
+  private closed = false;
+  private readonly heartbeat: NodeJS.Timeout;
+  private readonly label = `session ${hostname()}:${process.pid}`;
+
+  constructor(private readonly options: HoldingSessionOptions) {
+    this.heartbeat = setInterval(() => void this.beat(), Math.max(10, Math.floor(options.livenessMs / 3)));
+    this.heartbeat.unref();
+  }
+
+  /** The backend pid of the holding connection, while one is open. */
+  get pid(): number | undefined {
+    return this.current && !this.current.dead ? this.current.pid : undefined;
+  }
+
+  /**
+   * Takes tickets for one request (queued behind the statement in flight, and sent with every
+   * request queued meanwhile). On `ok`, `adopt` must be called synchronously with the hold.
+   */
+  acquire(request: SessionRequest): Promise<{ row: SessionAcquireRow; link: SessionLink; adopt(hold: Hold): void }> {
+    if (this.closed) return Promise.reject(new HoldingModeError('session', 'an open PgSemaphore', 'one that is closed'));
+    return new Promise<{ row: SessionAcquireRow; generation: Generation }>((resolve, reject) => {
+      this.queue.push({ request, resolve, reject });
+      void this.send();
+    }).then(({ row, generation }) => {
+      const ids = row.ticket_ids ?? [];
+      return {
+        row,
+        link: generation,
+        adopt: (hold: Hold) => {
+          // lost before the hold was built: it is born lost
+          if (generation.dead) hold.lose('the holding connection was lost');
+          else generation.holds.set(hold, ids);
+        },
+      };
+    });
+  }
+
+  private async send(): Promise<void> {
+    if (this.sending || this.queue.length === 0) return;
+    this.sending = true;
+    let batch: Pending[] = [];
+    try {
+      let generation: Generation;
+      try {
+        generation = await this.connection();
+      } catch (err) {
+        for (const p of this.queue.splice(0, MAX_BATCH)) p.reject(err);
+        return;
+      }
+      // everything queued while the connection opened goes in this statement
+      batch = this.queue.splice(0, MAX_BATCH);
+      const statement = statements.acquireSession(this.options.qs, batch.map((p) => p.request), [...generation.held]);
+      let rows: SessionAcquireRow[];
+      this.options.roundTrips(1);
+      try {
+        rows = (await this.run(generation, () => generation.client.query<SessionAcquireRow>(statement))).rows;
+      } catch (err) {
+        // a dead session freed whatever the statement took; a failed statement took nothing
+        for (const p of batch) p.reject(err);
+        return;
+      }
+      // every taken ticket is marked held before anyone hears of it
+      for (const row of rows) if (row.status === 'ok') for (const id of row.ticket_ids ?? []) generation.held.add(id);
+      for (const row of rows) batch[row.req]!.resolve({ row, generation });
+    } finally {
+      this.sending = false;
+      if (this.queue.length > 0) void this.send();
+    }
+  }
+
+  /** The open holding connection, opened (and checked) when there is none. */
+  private connection(): Promise<Generation> {
+    if (this.current && !this.current.dead) return Promise.resolve(this.current);
+    this.opening ??= this.open().finally(() => {
+      this.opening = undefined;
+    });
+    return this.opening;
+  }
+
+  private async open(): Promise<Generation> {
+    const { pool, livenessMs, roundTrips } = this.options;
+    const client = await pool.connect();
+    const generation: Generation = {
+      client,
+      pid: 0,
+      held: new Set(),
+      holds: new Map(),
+      dead: false,
+      running: 0,
+      work: new Set(),
+      chain: Promise.resolve(),
+      idleSince: Date.now(),
+      release: (hold, ids, options) => this.release(generation, hold, ids, options),
+    };
+    const onError = (err: Error) => this.lose(generation, `the holding connection failed (${err.message})`, err);
+    const onEnd = () => this.lose(generation, 'the holding connection closed');
+    client.on('error', onError);
+    client.on('end', onEnd);
+    try {
+      let probe: { resolve(): void } | undefined;
+      const arrived = new Promise<void>((resolve) => (probe = { resolve }));
+      client.on('notification', (n) => {
+        if (n.channel === 'pg_semaphore_session' && n.payload === String(generation.pid)) probe?.resolve();
+      });
+      roundTrips(1);
+      const results = (await client.query(statements.openSession(livenessMs, this.label))) as unknown as Array<{ rows: Array<{ pid: number }> }>;
+      generation.pid = results.at(-1)!.rows[0]!.pid;
+      // a NOTIFY sent from another connection reaches this one only if it is a session of its own
+      roundTrips(1);
+      await pool.query(statements.sessionProbe(generation.pid));
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), PROBE_TIMEOUT_MS)));
+      const late = await Promise.race([arrived.then(() => false), timedOut]);
+      clearTimeout(timer);
+      if (late) {
+        throw new HoldingModeError(
+          'session',
+          'a holding connection that is a session of its own (a direct connection, or a pooler in session mode)',
+          `one no NOTIFY reached within ${PROBE_TIMEOUT_MS} ms (a pooler in transaction mode, such as PgBouncer's, would leave session locks on a shared server connection): use holding: 'transaction' there`,
+        );
+      }
+      roundTrips(1);
+      void this.run(generation, () => client.query(statements.SESSION_UNLISTEN)).catch(() => undefined);
+    } catch (err) {
+      generation.dead = true;
+      client.removeListener('error', onError);
+      client.removeListener('end', onEnd);
+      client.release(true);
+      if (errorCode(err) === SQLSTATE.undefinedObject) {
+        throw new HoldingModeError(
+          'session',
+          'Postgres 14 or newer (session holding frees a frozen holder with idle_session_timeout)',
+          `a server without idle_session_timeout (${(err as Error).message}): use holding: 'transaction'`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
+    if (this.closed) {
+      generation.dead = true;
+      client.release(true);
+      throw new HoldingModeError('session', 'an open PgSemaphore', 'one closed while connecting');
+    }
+    this.current = generation;
+    return generation;
+  }
+
+  /**
+   * Runs a statement on the holding connection after those queued before it (the order is
+   * what keeps a released ticket out of the next acquire's way, and node-postgres wants one
+   * query at a time).
+   */
+  private run<T>(generation: Generation, fn: () => Promise<T>): Promise<T> {
+    generation.running++;
+    generation.idleSince = undefined;
+    const done = () => {
+      generation.running--;
+      generation.work.delete(work);
+      if (generation.running === 0 && generation.holds.size === 0) generation.idleSince = Date.now();
+    };
+    const work = generation.chain.then(fn, fn);
+    generation.chain = work.catch(() => undefined);
+    generation.work.add(work);
+    work.then(done, done);
+    return work;
+  }
+
+  private async release(
+    generation: Generation,
+    hold: Hold,
+    ids: readonly number[],
+    options: { checkJobsWaiting: boolean; after?: number },
+  ): Promise<ReleaseResult> {
+    const none: ReleaseResult = { jobsWaiting: false, notified: false };
+    if (!generation.holds.delete(hold) || generation.dead) return none;
+    // free for the next acquire at once: this statement goes before it on the connection
+    for (const id of ids) generation.held.delete(id);
+    const statement = statements.releaseSession(this.options.qs, ids, hold.semaphoreIds, options.checkJobsWaiting, options.after);
+    this.options.roundTrips(1);
+    try {
+      const { rows } = await this.run(generation, () => generation.client.query<{ notified: number; jobs_waiting?: boolean }>(statement));
+      return { jobsWaiting: rows[0]?.jobs_waiting === true, notified: (rows[0]?.notified ?? 0) > 0 };
+    } catch (err) {
+      // a dead connection freed them anyway; anything else (a role without EXECUTE on wake())
+      // must not leave the locks behind: end the session, which frees every one of them
+      if (!isConnectionLost(err)) {
+        this.options.logger.warn(`pg-semaphore: releasing session tickets failed (${(err as Error).message}); closing the holding connection`);
+        this.lose(generation, `a release on the holding connection failed (${(err as Error).message})`, err);
+      }
+      return none;
+    }
+  }
+
+  /** Ends a generation: every hold on it is lost, and the connection is destroyed (which frees its locks). */
+  private lose(generation: Generation, reason: string, cause?: unknown): void {
+    if (generation.dead) return;
+    generation.dead = true;
+    if (this.current === generation) this.current = undefined;
+    generation.client.release(cause instanceof Error ? cause : true);
+    for (const hold of generation.holds.keys()) hold.lose(reason, cause);
+    generation.holds.clear();
+    generation.held.clear();
+  }
+
+  /**
+   * Every third of the idle window: a `SELECT 1` keeps a holding session alive (Postgres ends
+   * a silent one after the window, freeing its tickets); a session that held nothing for a
+   * whole window is closed.
+   */
+  private async beat(): Promise<void> {
+    const generation = this.current;
+    if (!generation || generation.dead || generation.running > 0) return;
+    if (generation.holds.size === 0 && generation.idleSince !== undefined && Date.now() - generation.idleSince >= this.options.livenessMs / 2) {
+      this.lose(generation, 'idle');
+      return;
+    }
+    try {
+      this.options.roundTrips(1);
+      await this.run(generation, () => generation.client.query(statements.PING));
+    } catch (err) {
+      this.lose(generation, `the heartbeat failed (${(err as Error).message})`, err);
+    }
+  }
+
+  /** Closes the holding connection (its session locks go with it). Holds should be released first. */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.heartbeat);
+    for (const p of this.queue.splice(0)) p.reject(new HoldingModeError('session', 'an open PgSemaphore', 'one closed while acquiring'));
+    await this.opening?.catch(() => undefined);
+    const generation = this.current;
+    if (!generation) return;
+    // releases already sent finish first (their wake-ups go out); the session's end frees the rest
+    await Promise.allSettled([...generation.work]);
+    this.lose(generation, 'the PgSemaphore was closed');
+  }
+}
