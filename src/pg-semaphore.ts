@@ -8,7 +8,7 @@ import { UnknownSemaphoreError } from './errors/unknown-semaphore-error.js';
 import { attempt, type AttemptContext } from './attempt.js';
 import { AbortFanout } from './abort-fanout.js';
 import { Hold } from './hold.js';
-import { HoldingModeError, type HoldingMode } from './errors/holding-mode-error.js';
+import type { HoldingMode } from './errors/holding-mode-error.js';
 import { HoldingSession, type SessionLink } from './session.js';
 import { Listener, type OnRelease } from './listener.js';
 import type { Logger } from './logger.js';

@@ -1,7 +1,6 @@
 import { hostname } from 'node:os';
 import type { Pool, PoolClient } from 'pg';
 import { HoldingModeError } from './errors/holding-mode-error.js';
-import { TicketLostError } from './errors/ticket-lost-error.js';
 import type { Hold, ReleaseResult } from './hold.js';
 import type { Logger } from './logger.js';
 import { errorCode, isConnectionLost, SQLSTATE } from './sqlstate.js';
