@@ -319,10 +319,16 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       metrics.held.add(-hold.tickets.length, attrs);
       metrics.holdTime.record(heldMs / 1000, attrs);
       let handedOff = false;
-      try {
-        handedOff = await gate.free(hold, { commit: ok || !txUsed, reusable: !txUsed });
-      } finally {
-        events.emit('released', { job: job as Job, names, heldMs, handedOff });
+      const done = gate.free(hold, { commit: ok || !txUsed, reusable: !txUsed }).then((handed) => void (handedOff = handed)).finally(() => events.emit('released', { job: job as Job, names, heldMs, handedOff }));
+      if (sem.holding === 'session') {
+        // Session holding: the release is one statement on the process's holding connection,
+        // where the next acquire queues behind it anyway, and it cannot fail the job (no
+        // transaction to commit): the job is done without waiting for its answer. The gate
+        // stays until the release's aftermath (waking a waiter, promoting) has run.
+        gate.enter();
+        done.catch(() => undefined).finally(() => gate.leave());
+      } else {
+        await done;
       }
     }
   };
