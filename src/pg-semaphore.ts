@@ -716,13 +716,21 @@ export class PgSemaphore {
    */
   private async sessionAttempt(req: NormalizedRequest, ctx: AttemptContext): Promise<Awaited<ReturnType<typeof attempt>>> {
     const starts = req.names.map((n) => this.lastTickets.get(n) ?? null);
-    const { row, link, adopt } = await this.session!.acquire({ names: req.names, counts: req.counts, starts });
-    const veto = ctx.veto?.(row);
+    const { row, link, adopt, giveBack } = await this.session!.acquire({ names: req.names, counts: req.counts, starts });
     if (row.status !== 'ok') {
+      const veto = ctx.veto?.(row);
       if (veto !== undefined) throw veto;
       return { hold: undefined, row };
     }
-    const hold = this.sessionHold(req.names, row, link);
+    let hold: Hold;
+    let veto: unknown;
+    try {
+      veto = ctx.veto?.(row);
+      hold = this.sessionHold(req.names, row, link);
+    } catch (err) {
+      giveBack();
+      throw err;
+    }
     adopt(hold);
     if (veto !== undefined) {
       await hold.release().catch(() => undefined);

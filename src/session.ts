@@ -88,7 +88,7 @@ export class HoldingSession {
    * Takes tickets for one request (queued behind the statement in flight, and sent with every
    * request queued meanwhile). On `ok`, `adopt` must be called synchronously with the hold.
    */
-  acquire(request: SessionRequest): Promise<{ row: SessionAcquireRow; link: SessionLink; adopt(hold: Hold): void }> {
+  acquire(request: SessionRequest): Promise<{ row: SessionAcquireRow; link: SessionLink; adopt(hold: Hold): void; giveBack(): void }> {
     if (this.closed) return Promise.reject(new HoldingModeError('session', 'an open PgSemaphore', 'one that is closed'));
     return new Promise<{ row: SessionAcquireRow; generation: Generation }>((resolve, reject) => {
       this.queue.push({ request, resolve, reject });
@@ -103,6 +103,15 @@ export class HoldingSession {
           if (generation.dead) hold.lose('the holding connection was lost');
           else generation.holds.set(hold, ids);
         },
+        // no hold could be built around them: unlock them at once
+        giveBack: () => {
+          if (generation.dead || ids.length === 0) return;
+          for (const id of ids) generation.held.delete(id);
+          this.options.roundTrips(1);
+          void this.run(generation, () => generation.client.query(statements.releaseSession(this.options.qs, ids, [], false))).catch((err: unknown) =>
+            this.lose(generation, `giving tickets back failed (${(err as Error).message})`, err),
+          );
+        },
       };
     });
   }
@@ -114,7 +123,9 @@ export class HoldingSession {
     try {
       let generation: Generation;
       try {
-        generation = await this.connection();
+        // the heartbeat may close an idle connection between its answer and our statement
+        do generation = await this.connection();
+        while (generation.dead);
       } catch (err) {
         for (const p of this.queue.splice(0, MAX_BATCH)) p.reject(err);
         return;
