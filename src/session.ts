@@ -32,6 +32,8 @@ export interface SessionLink {
 
 interface Pending {
   request: SessionRequest;
+  /** It was in a batch that failed: it goes in a statement of its own. */
+  alone?: boolean;
   resolve(answer: { row: SessionAcquireRow; generation: Generation }): void;
   reject(err: unknown): void;
 }
@@ -130,15 +132,24 @@ export class HoldingSession {
         for (const p of this.queue.splice(0, MAX_BATCH)) p.reject(err);
         return;
       }
-      // everything queued while the connection opened goes in this statement
-      batch = this.queue.splice(0, MAX_BATCH);
+      // everything queued while the connection opened goes in this statement (a request of a
+      // batch that failed goes alone)
+      const alone = this.queue[0]?.alone === true;
+      // (those are always at the front: they are put back there, new requests go to the back)
+      batch = this.queue.splice(0, alone ? 1 : MAX_BATCH);
       const statement = statements.acquireSession(this.options.qs, batch.map((p) => p.request), [...generation.held]);
       let rows: SessionAcquireRow[];
       this.options.roundTrips(1);
       try {
         rows = (await this.run(generation, () => generation.client.query<SessionAcquireRow>(statement))).rows;
       } catch (err) {
-        // a dead session freed whatever the statement took; a failed statement took nothing
+        // a dead session freed whatever the statement took; a failed statement took nothing.
+        // One request's error must not fail the others: a failed batch is tried again one
+        // request per statement, so each hears only its own answer.
+        if (batch.length > 1 && !isConnectionLost(err)) {
+          this.queue.unshift(...batch.map((p) => ({ ...p, alone: true })));
+          return;
+        }
         for (const p of batch) p.reject(err);
         return;
       }
