@@ -276,14 +276,17 @@ export class HoldingSession {
 
   /**
    * Every third of the idle window: a `SELECT 1` keeps a holding session alive (Postgres ends
-   * a silent one after the window, freeing its tickets); a session that held nothing for a
-   * whole window is closed.
+   * a silent one after the window, freeing its tickets); a session that held nothing for half
+   * a window is closed (and not pinged meanwhile).
    */
   private async beat(): Promise<void> {
     const generation = this.current;
     if (!generation || generation.dead || generation.running > 0) return;
-    if (generation.holds.size === 0 && generation.idleSince !== undefined && Date.now() - generation.idleSince >= this.options.livenessMs / 2) {
-      this.lose(generation, 'idle');
+    if (generation.holds.size === 0) {
+      // nothing to keep alive: no ping (it would restart the idle clock, so an idle
+      // connection would never close); closed once idle for half the window, before
+      // Postgres's idle_session_timeout would end it
+      if (generation.idleSince !== undefined && Date.now() - generation.idleSince >= this.options.livenessMs / 2) this.lose(generation, 'idle');
       return;
     }
     try {
