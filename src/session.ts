@@ -127,7 +127,14 @@ export class HoldingSession {
       try {
         rows = (await this.run(generation, () => generation.client.query<SessionAcquireRow>(statement))).rows;
       } catch (err) {
-        // a dead session freed whatever the statement took; a failed statement took nothing
+        // A dead session freed whatever the statement took. A statement that failed half-way
+        // (an error, a cancel) may have taken session locks for the requests before the
+        // failure: its rollback does not release them, and no hold knows of them. Only
+        // ending the session frees them for sure (the holds on it are told they lost).
+        if (!isConnectionLost(err)) {
+          this.options.logger.warn(`pg-semaphore: acquiring session tickets failed (${(err as Error).message}); closing the holding connection`);
+          this.lose(generation, `an acquire on the holding connection failed (${(err as Error).message})`, err);
+        }
         for (const p of batch) p.reject(err);
         return;
       }

@@ -511,6 +511,53 @@ describe('losing the holding connection', () => {
   });
 });
 
+describe('an acquire statement that fails half-way', () => {
+  it('leaves no lock behind: a session lock outlives the failed statement, so the session is ended', async () => {
+    // request 0 of the batch locks fail-a#1, then request 1 fails (a shim on the holding
+    // session's search_path raises on fail-b's ticket): the statement rolls back, but a
+    // session-level lock taken in it stays, held by no hold of the process
+    await ctx.sem.make('fail-a', 1);
+    await ctx.sem.make('fail-b', 1);
+    const s = ctx.schema;
+    const shim = `${s}_fail`;
+    const bad = (await ctx.admin.query(`SELECT t.id FROM "${s}".tickets t JOIN "${s}".semaphores m ON m.id = t.semaphore_id WHERE m.name = 'fail-b'`)).rows[0].id as number;
+    await ctx.admin.query(`CREATE SCHEMA "${shim}"`);
+    try {
+      await ctx.admin.query(`CREATE FUNCTION "${shim}".pg_try_advisory_lock(k1 integer, k2 integer) RETURNS boolean LANGUAGE plpgsql AS $$
+        BEGIN
+          IF k2 = ${bad} THEN
+            RAISE EXCEPTION 'test: no lock for ticket %', k2;
+          END IF;
+          RETURN pg_catalog.pg_try_advisory_lock(k1, k2);
+        END $$`);
+      const warnings: string[] = [];
+      const logger = { warn: (m: string) => void warnings.push(m) };
+      const sem = session({ connection: { connectionString: databaseUrl(), options: `-c search_path=${shim},pg_catalog,public` }, logger });
+      const before = await sem.hold('fail-c', { createWith: 1 });
+      stray.push(before);
+      const [a, b] = await Promise.allSettled([sem.tryHold('fail-a'), sem.tryHold('fail-b')]);
+      expect(a.status).toBe('rejected');
+      expect(b).toMatchObject({ status: 'rejected', reason: { message: expect.stringMatching(/no lock for ticket/) } });
+      await waitFor(async () => (await ticketLocks()) === 0, { timeout: 3_000, what: 'no ticket lock left by the failed statement' });
+      // the hold already on that connection is told (its ticket went with the session)
+      expect(before.signal.reason).toBeInstanceOf(TicketLostError);
+      expect(warnings).toEqual([expect.stringMatching(/acquiring session tickets failed .*no lock for ticket.*closing the holding connection/)]);
+      const other = transaction();
+      const taken = await other.tryHold('fail-a');
+      expect(taken).not.toBeNull();
+      await taken!.release();
+      // the next acquire works (on a new connection)
+      const again = await sem.hold('fail-a');
+      stray.push(again);
+      expect(await ticketLocks(holdingPid(sem))).toBe(1);
+      await again.release();
+    } finally {
+      for (const sem of opened.splice(0)) await sem.close().catch(() => undefined);
+      await ctx.admin.query(`DROP SCHEMA IF EXISTS "${shim}" CASCADE`);
+    }
+  });
+});
+
 describe.skipIf(!pgbouncerBinary())('behind PgBouncer in transaction mode', () => {
   let bouncer: PgBouncerServer | undefined;
   afterAll(async () => {
