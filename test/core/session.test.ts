@@ -393,6 +393,29 @@ describe('what session holding cannot do', () => {
     expect(await ticketLocks()).toBe(0);
   });
 
+  it('a request of more than 10,000 tickets of one name in all is an InvalidArgumentError, in both modes; it never reaches the holding connection', async () => {
+    await ctx.sem.make('sum', 5);
+    const sem = session();
+    const hold = await sem.hold('sum');
+    stray.push(hold);
+    const pid = holdingPid(sem);
+    const bad = [
+      { name: 'sum', tickets: 6_000 },
+      { name: 'sum', tickets: 5_000 },
+    ];
+    for (const s of [sem, transaction()]) {
+      const err = await rejection(s.tryHold(bad));
+      expect(err).toBeInstanceOf(InvalidArgumentError);
+      expect(err).toMatchObject({ argument: 'semaphore' });
+      expect((err as Error).message).toMatch(/at most 10000 tickets of "sum" in all/);
+    }
+    // the session's other holds are untouched
+    expect(hold.lost).toBe(false);
+    expect(holdingPid(sem)).toBe(pid);
+    expect(await ticketLocks(pid)).toBe(1);
+    await hold.release();
+  });
+
   it('an invalid holding option is an InvalidArgumentError', () => {
     for (const holding of ['sessions', 'Session', '', 1, null]) {
       expect(() => new PgSemaphore({ connection: databaseUrl(), schema: ctx.schema, holding: holding as never })).toThrow(InvalidArgumentError);
