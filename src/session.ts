@@ -182,7 +182,7 @@ export class HoldingSession {
         if (n.channel === 'pg_semaphore_session' && n.payload === String(generation.pid)) probe?.resolve();
       });
       roundTrips(1);
-      const results = (await client.query(statements.openSession(livenessMs, this.label))) as unknown as Array<{ rows: Array<{ pid: number }> }>;
+      const results = (await client.query(statements.OPEN_SESSION)) as unknown as Array<{ rows: Array<{ pid: number }> }>;
       generation.pid = results.at(-1)!.rows[0]!.pid;
       // a NOTIFY sent from another connection reaches this one only if it is a session of its own
       roundTrips(1);
@@ -198,8 +198,10 @@ export class HoldingSession {
           `one no NOTIFY reached within ${PROBE_TIMEOUT_MS} ms (a pooler in transaction mode, such as PgBouncer's, would leave session locks on a shared server connection): use holding: 'transaction' there`,
         );
       }
+      // only now the settings: through a transaction pooler they would have stayed on a
+      // server connection other clients share (idle_session_timeout would end it when idle)
       roundTrips(1);
-      void this.run(generation, () => client.query(statements.SESSION_UNLISTEN)).catch(() => undefined);
+      await client.query(statements.settleSession(livenessMs, this.label));
     } catch (err) {
       generation.dead = true;
       client.removeListener('error', onError);

@@ -604,6 +604,26 @@ describe.skipIf(!pgbouncerBinary())('behind PgBouncer in transaction mode', () =
     expect(await within(rejection(sem.hold('bounced')), 15_000, 'the second refusal')).toBeInstanceOf(HoldingModeError);
     expect(await ticketLocks()).toBe(0);
     console.log(`[session] through PgBouncer (transaction mode): refused after ${Date.now() - started} ms for two tries`);
+    // nothing was set on the server connections PgBouncer shares: idle_session_timeout there
+    // would end them whenever they idle (all four of the pool, each in a transaction at once)
+    const raw = new pg.Pool({ connectionString: bouncer.url(url.pathname.slice(1)), max: 4 });
+    raw.on('error', () => undefined);
+    try {
+      const clients = await Promise.all(Array.from({ length: 4 }, () => raw.connect()));
+      const seen: Array<{ pid: number; timeout: string }> = [];
+      for (const c of clients) {
+        await c.query('BEGIN');
+        seen.push((await c.query(`SELECT pg_backend_pid() AS pid, current_setting('idle_session_timeout') AS timeout`)).rows[0]);
+      }
+      for (const c of clients) {
+        await c.query('COMMIT');
+        c.release();
+      }
+      expect(new Set(seen.map((r) => r.pid)).size).toBe(4);
+      expect(seen.map((r) => r.timeout)).toEqual(['0', '0', '0', '0']);
+    } finally {
+      await raw.end();
+    }
   }, 40_000);
 });
 
