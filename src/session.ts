@@ -185,12 +185,27 @@ export class HoldingSession {
       const results = (await client.query(statements.OPEN_SESSION)) as unknown as Array<{ rows: Array<{ pid: number }> }>;
       generation.pid = results.at(-1)!.rows[0]!.pid;
       // a NOTIFY sent from another connection reaches this one only if it is a session of its own
-      roundTrips(1);
-      await pool.query(statements.sessionProbe(generation.pid));
       let timer: NodeJS.Timeout | undefined;
-      const timedOut = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), PROBE_TIMEOUT_MS)));
-      const late = await Promise.race([arrived.then(() => false), timedOut]);
-      clearTimeout(timer);
+      const timedOut = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), PROBE_TIMEOUT_MS)));
+      let late: boolean;
+      try {
+        roundTrips(1);
+        // sent on another connection of the pool: a pool too small to have one free (the
+        // LISTEN connection of a waiting acquire and this one fill a pool of max 2) must
+        // not hang the acquire
+        const sent = pool.query(statements.sessionProbe(generation.pid)).then(() => 'sent' as const);
+        sent.catch(() => undefined);
+        if ((await Promise.race([sent, timedOut])) === 'late') {
+          throw new HoldingModeError(
+            'session',
+            `a free connection in the pool to send the holding connection's probe within ${PROBE_TIMEOUT_MS} ms`,
+            `none (session holding needs the holding connection, the LISTEN connection while waiting, and one more: raise the pool's max)`,
+          );
+        }
+        late = await Promise.race([arrived.then(() => false), timedOut.then(() => true)]);
+      } finally {
+        clearTimeout(timer);
+      }
       if (late) {
         throw new HoldingModeError(
           'session',

@@ -517,6 +517,44 @@ describe('losing the holding connection', () => {
     await next.release();
   });
 
+  it('a waiter whose holding connection is replaced while its LISTEN connection fills a small pool: a clear error, not a hang', async () => {
+    // pool max 2: the LISTEN connection of the waiting acquire and the new holding connection
+    // take both; the probe NOTIFY needs a third (max 3: the same story ends with the ticket)
+    await ctx.sem.make('small-pool', 1);
+    const other = transaction();
+    const scenario = async (max: number) => {
+      const sem = session({ connection: { connectionString: databaseUrl(), max }, maxPollInterval: 60_000 });
+      const blocker = await other.hold('small-pool');
+      stray.push(blocker);
+      const start = sem.roundTrips;
+      const waiting = track(sem.hold('small-pool', { wait: 20_000 }));
+      // opened (3 round trips) and 6 tries: asleep for at least 800 ms, no statement running
+      const running = () => (sem as unknown as { session: { current?: { running: number } } }).session.current?.running;
+      await waitFor(() => sem.roundTrips - start >= 9 && running() === 0 && sem.pool.totalCount - sem.pool.idleCount === 2, {
+        timeout: 10_000,
+        interval: 2,
+        what: 'the waiter to listen and back off',
+      });
+      const pid = holdingPid(sem)!;
+      await ctx.admin.query('SELECT pg_terminate_backend($1)', [pid]);
+      const killedAt = Date.now();
+      // the next try (within the backoff) opens a new holding connection, or fails to
+      await waitFor(() => waiting.settled || (holdingPid(sem) !== undefined && holdingPid(sem) !== pid), { timeout: 15_000, what: 'the next try' });
+      await blocker.release();
+      await within(waiting.promise.catch(() => undefined), 15_000, 'the wait to end');
+      if (waiting.value) await waiting.value.release();
+      return { ...waiting, after: waiting.at! - killedAt };
+    };
+    const small = await scenario(2);
+    expect(small.error).toBeInstanceOf(HoldingModeError);
+    expect((small.error as Error).message).toMatch(/free connection in the pool/);
+    expect(small.after).toBeLessThan(10_000);
+    const enough = await scenario(3);
+    expect(enough.error).toBeUndefined();
+    expect(enough.value!.tickets).toEqual([{ name: 'small-pool', ticket: 1 }]);
+    expect(await ticketLocks()).toBe(0);
+  });
+
   it('a connection that held nothing for half the window is closed; the next acquire opens another', async () => {
     await ctx.sem.make('idle', 1);
     const LIVENESS = 600;
