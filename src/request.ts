@@ -61,5 +61,13 @@ export function normalizeRequest(request: unknown, argument = 'semaphore'): Norm
     }
     seen.set(name, i);
   }
+  // counts of a name given twice add up: past MAX_TICKETS the SQL would refuse the whole
+  // statement (in session holding, the batch other requests share)
+  const totals = new Map<string, number>();
+  for (const [i, name] of names.entries()) {
+    const total = (totals.get(name) ?? 0) + counts[i]!;
+    if (total > MAX_TICKETS) throw new InvalidArgumentError(argument, `at most ${MAX_TICKETS} tickets of "${name}" in all`, request);
+    totals.set(name, total);
+  }
   return { names, counts };
 }

@@ -32,8 +32,6 @@ export interface SessionLink {
 
 interface Pending {
   request: SessionRequest;
-  /** It was in a batch that failed: it goes in a statement of its own. */
-  alone?: boolean;
   resolve(answer: { row: SessionAcquireRow; generation: Generation }): void;
   reject(err: unknown): void;
 }
@@ -132,23 +130,21 @@ export class HoldingSession {
         for (const p of this.queue.splice(0, MAX_BATCH)) p.reject(err);
         return;
       }
-      // everything queued while the connection opened goes in this statement (a request of a
-      // batch that failed goes alone)
-      const alone = this.queue[0]?.alone === true;
-      // (those are always at the front: they are put back there, new requests go to the back)
-      batch = this.queue.splice(0, alone ? 1 : MAX_BATCH);
+      // everything queued while the connection opened goes in this statement
+      batch = this.queue.splice(0, MAX_BATCH);
       const statement = statements.acquireSession(this.options.qs, batch.map((p) => p.request), [...generation.held]);
       let rows: SessionAcquireRow[];
       this.options.roundTrips(1);
       try {
         rows = (await this.run(generation, () => generation.client.query<SessionAcquireRow>(statement))).rows;
       } catch (err) {
-        // a dead session freed whatever the statement took; a failed statement took nothing.
-        // One request's error must not fail the others: a failed batch is tried again one
-        // request per statement, so each hears only its own answer.
-        if (batch.length > 1 && !isConnectionLost(err)) {
-          this.queue.unshift(...batch.map((p) => ({ ...p, alone: true })));
-          return;
+        // A dead session freed whatever the statement took. A statement that failed half-way
+        // (an error, a cancel) may have taken session locks for the requests before the
+        // failure: its rollback does not release them, and no hold knows of them. Only
+        // ending the session frees them for sure (the holds on it are told they lost).
+        if (!isConnectionLost(err)) {
+          this.options.logger.warn(`pg-semaphore: acquiring session tickets failed (${(err as Error).message}); closing the holding connection`);
+          this.lose(generation, `an acquire on the holding connection failed (${(err as Error).message})`, err);
         }
         for (const p of batch) p.reject(err);
         return;
@@ -197,15 +193,30 @@ export class HoldingSession {
         if (n.channel === 'pg_semaphore_session' && n.payload === String(generation.pid)) probe?.resolve();
       });
       roundTrips(1);
-      const results = (await client.query(statements.openSession(livenessMs, this.label))) as unknown as Array<{ rows: Array<{ pid: number }> }>;
+      const results = (await client.query(statements.OPEN_SESSION)) as unknown as Array<{ rows: Array<{ pid: number }> }>;
       generation.pid = results.at(-1)!.rows[0]!.pid;
       // a NOTIFY sent from another connection reaches this one only if it is a session of its own
-      roundTrips(1);
-      await pool.query(statements.sessionProbe(generation.pid));
       let timer: NodeJS.Timeout | undefined;
-      const timedOut = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), PROBE_TIMEOUT_MS)));
-      const late = await Promise.race([arrived.then(() => false), timedOut]);
-      clearTimeout(timer);
+      const timedOut = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), PROBE_TIMEOUT_MS)));
+      let late: boolean;
+      try {
+        roundTrips(1);
+        // sent on another connection of the pool: a pool too small to have one free (the
+        // LISTEN connection of a waiting acquire and this one fill a pool of max 2) must
+        // not hang the acquire
+        const sent = pool.query(statements.sessionProbe(generation.pid)).then(() => 'sent' as const);
+        sent.catch(() => undefined);
+        if ((await Promise.race([sent, timedOut])) === 'late') {
+          throw new HoldingModeError(
+            'session',
+            `a free connection in the pool to send the holding connection's probe within ${PROBE_TIMEOUT_MS} ms`,
+            `none (session holding needs the holding connection, the LISTEN connection while waiting, and one more: raise the pool's max)`,
+          );
+        }
+        late = await Promise.race([arrived.then(() => false), timedOut.then(() => true)]);
+      } finally {
+        clearTimeout(timer);
+      }
       if (late) {
         throw new HoldingModeError(
           'session',
@@ -213,8 +224,10 @@ export class HoldingSession {
           `one no NOTIFY reached within ${PROBE_TIMEOUT_MS} ms (a pooler in transaction mode, such as PgBouncer's, would leave session locks on a shared server connection): use holding: 'transaction' there`,
         );
       }
+      // only now the settings: through a transaction pooler they would have stayed on a
+      // server connection other clients share (idle_session_timeout would end it when idle)
       roundTrips(1);
-      void this.run(generation, () => client.query(statements.SESSION_UNLISTEN)).catch(() => undefined);
+      await client.query(statements.settleSession(livenessMs, this.label));
     } catch (err) {
       generation.dead = true;
       client.removeListener('error', onError);
@@ -298,14 +311,17 @@ export class HoldingSession {
 
   /**
    * Every third of the idle window: a `SELECT 1` keeps a holding session alive (Postgres ends
-   * a silent one after the window, freeing its tickets); a session that held nothing for a
-   * whole window is closed.
+   * a silent one after the window, freeing its tickets); a session that held nothing for half
+   * a window is closed (and not pinged meanwhile).
    */
   private async beat(): Promise<void> {
     const generation = this.current;
     if (!generation || generation.dead || generation.running > 0) return;
-    if (generation.holds.size === 0 && generation.idleSince !== undefined && Date.now() - generation.idleSince >= this.options.livenessMs / 2) {
-      this.lose(generation, 'idle');
+    if (generation.holds.size === 0) {
+      // nothing to keep alive: no ping (it would restart the idle clock, so an idle
+      // connection would never close); closed once idle for half the window, before
+      // Postgres's idle_session_timeout would end it
+      if (generation.idleSince !== undefined && Date.now() - generation.idleSince >= this.options.livenessMs / 2) this.lose(generation, 'idle');
       return;
     }
     try {

@@ -184,18 +184,25 @@ export function releaseSession(qs: string, ticketIds: readonly number[], semapho
 }
 
 /**
- * Opens a holding session: the idle window (`idle_session_timeout`, Postgres 14+: on 13 the
- * first SET fails with 42704), READ COMMITTED, the label, keepalives, and a LISTEN on its own
- * probe channel (a NOTIFY sent there from another connection arrives only on a session of
- * its own, never through a pooler in transaction mode). The last row: the backend pid. The
- * label is cut to letters, digits and `._:@-` (it is written into the text). @internal
+ * Opens a holding session, first step: a LISTEN on its own probe channel (a NOTIFY sent there
+ * from another connection arrives only on a session of its own, never through a pooler in
+ * transaction mode) and the backend pid. Nothing is set yet: through such a pooler these go
+ * to a server connection other clients share, and the session is refused. @internal
  */
-export function openSession(idleMs: number, label: string): Statement {
+export const OPEN_SESSION = 'LISTEN pg_semaphore_session; SELECT pg_backend_pid() AS pid';
+
+/**
+ * Opens a holding session, second step, once the probe arrived: the idle window
+ * (`idle_session_timeout`, Postgres 14+: on 13 the first SET fails with 42704), READ
+ * COMMITTED, the label, keepalives, and the probe channel's UNLISTEN. The label is cut to
+ * letters, digits and `._:@-` (it is written into the text). @internal
+ */
+export function settleSession(idleMs: number, label: string): Statement {
   const safe = `pg-semaphore:${label}`.replace(/[^A-Za-z0-9._:@ -]/g, '?').slice(0, 63);
   return {
     text:
       `SET idle_session_timeout = ${Math.trunc(idleMs)}; SET default_transaction_isolation = 'read committed'; ` +
-      `SET application_name = '${safe}'; ${KEEPALIVES}; LISTEN pg_semaphore_session; SELECT pg_backend_pid() AS pid`,
+      `SET application_name = '${safe}'; ${KEEPALIVES}; UNLISTEN pg_semaphore_session`,
   };
 }
 
@@ -203,9 +210,6 @@ export function openSession(idleMs: number, label: string): Statement {
 export function sessionProbe(pid: number): Statement {
   return { text: `SELECT pg_notify('pg_semaphore_session', $1)`, values: [String(pid)] };
 }
-
-/** Stops listening on the probe channel once the probe arrived. @internal */
-export const SESSION_UNLISTEN = 'UNLISTEN pg_semaphore_session';
 
 /** Sets the `application_name` status() shows for a holder, for the rest of its transaction. @internal */
 export function relabel(label: string): Statement {
