@@ -1,8 +1,10 @@
 // A worker host cut off while holding tickets (SIGSTOP of the whole process: no heartbeat, no
 // release, its sockets stay open). Postgres ends the holding sessions once the idle-hold
-// window (livenessTimeout, set locally as idle_in_transaction_session_timeout) passes; the
-// other hosts take the tickets; the cap never breaks; when the host wakes up it learns that
-// its tickets are gone and keeps working. pg-semaphore uses a Postgres of this test's own.
+// window (livenessTimeout, set locally as idle_in_transaction_session_timeout, or as
+// idle_session_timeout on the holding connection in session holding) passes; the other hosts
+// take the tickets; the cap never breaks; when the host wakes up it learns that its tickets
+// are gone and keeps working. Runs in both holding modes. pg-semaphore uses a Postgres of this
+// test's own.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { PgSemaphore } from '../../src/index.js';
@@ -16,6 +18,7 @@ import { startPostgres, type PostgresServer } from '../helpers/servers.js';
 const K = 3;
 const WINDOW = 2_000;
 const MAIN_JOBS = 40;
+const HOLDINGS = ['transaction', 'session'] as const;
 
 let server: PostgresServer;
 let sem: PgSemaphore;
@@ -25,7 +28,7 @@ beforeAll(async () => {
   server = await startPostgres();
   sem = new PgSemaphore({ connection: server.url(), schema });
   await sem.migrate();
-  await sem.make('api', K);
+  for (const holding of HOLDINGS) await sem.make(`api-${holding}`, K);
   admin = new pg.Pool({ connectionString: server.url(), max: 2 });
   admin.on('error', () => undefined);
 }, 60_000);
@@ -35,13 +38,16 @@ afterAll(async () => {
   await server?.stop();
 });
 
-/** Backend pids holding tickets of `api` right now. */
-async function holderPids(): Promise<number[]> {
-  const { rows } = await admin.query<{ pid: number }>(`SELECT pid FROM "${schema}".holders('api')`);
+/** Backend pids holding tickets of `name` right now (one row per ticket). */
+async function holderPidsOf(name: string): Promise<number[]> {
+  const { rows } = await admin.query<{ pid: number }>(`SELECT pid FROM "${schema}".holders($1)`, [name]);
   return rows.map((r) => r.pid);
 }
 
-describe('a worker host cut off while holding tickets (SIGSTOP)', () => {
+describe.each(HOLDINGS)('a worker host cut off while holding tickets (SIGSTOP, %s holding)', (holding) => {
+  // a semaphore per mode: nothing of one run can be in the other's way
+  const name = `api-${holding}`;
+  const holderPids = () => holderPidsOf(name);
   it('its tickets free once the idle-hold window passes, others take them, the cap holds', async () => {
     // The victim's calls (800 ms) end at the API before the window can free their tickets,
     // so the API's own count measures the cap, not the frozen host's sockets.
@@ -51,6 +57,8 @@ describe('a worker host cut off while holding tickets (SIGSTOP)', () => {
       ...bq.env,
       DATABASE_URL: server.url(),
       SEM_SCHEMA: schema,
+      SEM_NAME: name,
+      HOLDING: holding,
       API_URL: api.url,
       LIVENESS: WINDOW,
       STALLED_INTERVAL: 1_000,
@@ -78,6 +86,8 @@ describe('a worker host cut off while holding tickets (SIGSTOP)', () => {
       const stoppedAt = now();
       const victimPids = await holderPids();
       expect(victimPids).toHaveLength(K);
+      // the mode is in effect: a connection per ticket, or all on the victim's holding connection
+      expect(new Set(victimPids).size).toBe(holding === 'session' ? 1 : K);
 
       await mainQueue!.addBulk(Array.from({ length: MAIN_JOBS }, (_, i) => ({ name: 'short', data: { i }, opts: { attempts: 3 } })));
       // Only Postgres ending the victim's sessions can free the tickets now.
@@ -131,7 +141,7 @@ describe('a worker host cut off while holding tickets (SIGSTOP)', () => {
       await waitFor(async () => (await holderPids()).length === 0, { timeout: 10_000, what: 'no ticket held at the end' });
 
       console.log(
-        `[host cut off] window ${WINDOW} ms (heartbeat every ${Math.floor(WINDOW / 3)} ms): first ticket free ${Math.round(firstFree - stoppedAt)} ms ` +
+        `[host cut off, ${holding}] window ${WINDOW} ms (heartbeat every ${Math.floor(WINDOW / 3)} ms): first ticket free ${Math.round(firstFree - stoppedAt)} ms ` +
           `after SIGSTOP, all ${K} free after ${Math.round(allFree - stoppedAt)} ms; another host took one ${Math.max(0, Math.round(firstTaken - firstFree))} ms after the first was seen free ` +
           `(by polling: a session ended by Postgres sends no wake-up); after SIGCONT ${victimLost.length}/${K} of the frozen jobs were told ` +
           `(TicketLostError), the rest had finished their call before the freeze; api max ${api.max}/${K}`,
