@@ -3,7 +3,8 @@
 // with a prefix of its own. Every job holding a ticket at the restart is told (its
 // AbortSignal fires with a TicketLostError), the workers keep going without being
 // restarted, the cap holds, and every job completes (a job failed by its lost ticket
-// retries: attempts 3).
+// retries: attempts 3). In both holding modes (session: the process's holding connection
+// dies, and every hold on it is told; the next acquire opens a new one).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PgSemaphore } from '../../src/index.js';
 import { bullmqQueues } from '../helpers/bullmq.js';
@@ -17,6 +18,7 @@ const K = 3;
 const JOBS = 90;
 const LONG_MS = 2_000;
 const HOLD_MS = 250;
+const HOLDINGS = ['transaction', 'session'] as const;
 
 let server: PostgresServer;
 let sem: PgSemaphore;
@@ -25,7 +27,7 @@ beforeAll(async () => {
   server = await startPostgres();
   sem = new PgSemaphore({ connection: server.url(), schema });
   await sem.migrate();
-  await sem.make('api', K);
+  for (const holding of HOLDINGS) await sem.make(`api-${holding}`, K);
 }, 60_000);
 /** What every attempt of the test saw, checked once more after all attempts (see the retry below). */
 const attempts: Array<{ completed: number; failed: number; apiMax: number; calls: number }> = [];
@@ -38,7 +40,9 @@ afterAll(async () => {
   for (const a of attempts) expect(a.apiMax).toBeLessThanOrEqual(K);
 });
 
-describe('Postgres restarts in the middle of a fleet run', () => {
+describe.each(HOLDINGS)('Postgres restarts in the middle of a fleet run (%s holding)', (holding) => {
+  // a semaphore per mode: nothing of one run can be in the other's way
+  const name = `api-${holding}`;
   // One retry: which worker gets the jobs left after the restart is up to scheduling, and on a
   // loaded machine one worker can run them all, failing "both workers ran jobs after the
   // restart" (seen once in about eight full runs). The cap and every job's completion are
@@ -50,6 +54,8 @@ describe('Postgres restarts in the middle of a fleet run', () => {
       ...bq.env,
       DATABASE_URL: server.url(),
       SEM_SCHEMA: schema,
+      SEM_NAME: name,
+      HOLDING: holding,
       QUEUES: 'pgrestart',
       API_URL: api.url,
       CONCURRENCY: 6,
@@ -77,6 +83,10 @@ describe('Postgres restarts in the middle of a fleet run', () => {
         },
         { timeout: 30_000, interval: 2, what: 'the long jobs to hold every ticket' },
       );
+      // the mode is in effect: a connection per ticket, or one holding connection per worker
+      const pidsAtStop = new Set((await sem.status(name)).holders.map((h) => h.pid)).size;
+      if (holding === 'transaction') expect(pidsAtStop).toBe(K);
+      else expect(pidsAtStop).toBeLessThanOrEqual(workers.length);
       const stopAt = now();
       await server.restart({ mode: 'fast', downMs: 1_000 });
       const up = now();
@@ -116,7 +126,7 @@ describe('Postgres restarts in the middle of a fleet run', () => {
       const untold = heldAtStop.filter((job) => !told.includes(job) && !before(done, job, stopAt, stopAt + 500));
       for (const job of heldAtStop.filter((j) => !longKeys.includes(j))) {
         const evs = fleet.all.flatMap((c) => (c.messages as FleetEvent[]).filter((m) => m.job === job).map((m) => ({ ...m, pid: c.pid, rel: Math.round(m.at! - stopAt) })));
-        console.log(`[postgres restart] also holding at the stop order by its timestamps: ${job}: ${JSON.stringify(evs)}`);
+        console.log(`[postgres restart, ${holding}] also holding at the stop order by its timestamps: ${job}: ${JSON.stringify(evs)}`);
       }
       expect(untold, `jobs that held a ticket at the restart but were not told: ${untold.join(', ')}`).toEqual([]);
       // Every abort the processors saw was a TicketLostError, and only around the restart.
@@ -132,7 +142,7 @@ describe('Postgres restarts in the middle of a fleet run', () => {
       expect(fleet.events('unhandled')).toEqual([]);
 
       // Nothing is held at the end.
-      await waitFor(async () => (await sem.status('api')).held === 0, { timeout: 10_000, what: 'no ticket held' });
+      await waitFor(async () => (await sem.status(name)).held === 0, { timeout: 10_000, what: 'no ticket held' });
 
       // Jobs flow again: the first ticket taken from Postgres (not handed on) after the stop order.
       const firstAfter = Math.min(...acquired.filter((e) => e.at! > stopAt && !e.handoff).map((e) => e.at!));
@@ -141,7 +151,7 @@ describe('Postgres restarts in the middle of a fleet run', () => {
       const lastDone = Math.max(...done.map((e) => e.at!));
       const leftAtStop = JOBS - done.filter((e) => e.at! < stopAt).length;
       console.log(
-        `[postgres restart] fast shutdown, 1,000 ms down, start: ${Math.round(up - stopAt)} ms from the stop order until pg_isready; ` +
+        `[postgres restart, ${holding}] fast shutdown, 1,000 ms down, start: ${Math.round(up - stopAt)} ms from the stop order until pg_isready; ` +
           `${heldAtStop.length} jobs held tickets at the stop order: ${told.length} told with TicketLostError ` +
           `(first ${Math.round(firstLost - stopAt)} ms after it); ${lost.length} processors told in all; ` +
           `jobs flow again (first fresh acquire) ${Math.round(firstAfter - stopAt)} ms after the stop order (${Math.round(firstAfter - up)} ms after pg_isready), ` +

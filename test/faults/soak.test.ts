@@ -3,10 +3,12 @@
 // stall interval reruns a killed worker's jobs; calls are idempotent at the fake API, which
 // counts distinct jobs), the cap never breaks, no ticket is held at the end, connections
 // stay at tickets held + one listener per process (+ the pool's idle ones), and the memory of
-// the long-lived workers stays flat.
+// the long-lived workers stays flat. In both holding modes: in transaction holding a holding
+// connection holds one ticket; in session holding a process holds all of its tickets on one.
 //
-// The short version (~20 s of jobs, 1,000 jobs, several kills) always runs. The long one
-// (4 minutes, 10,500 jobs) runs with SOAK=1:  SOAK=1 npx vitest run test/faults/soak.test.ts
+// The short version (~20 s of jobs, 1,000 jobs, several kills; 600 jobs in session holding)
+// always runs. The long one (4 minutes, 10,500 jobs) runs with SOAK=1:
+//   SOAK=1 npx vitest run test/faults/soak.test.ts
 // (SOAK_CONCURRENCY sets the workers' BullMQ concurrency, default 3.)
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
@@ -24,6 +26,8 @@ const K = 4;
 const STEADY = 2;
 const CHURN = 2;
 const MIN_KILLS = 3;
+const HOLDINGS = ['transaction', 'session'] as const;
+type Holding = (typeof HOLDINGS)[number];
 
 let server: PostgresServer;
 let sem: PgSemaphore;
@@ -33,7 +37,7 @@ beforeAll(async () => {
   server = await startPostgres();
   sem = new PgSemaphore({ connection: server.url(), schema, applicationName: 'faults-monitor' });
   await sem.migrate();
-  await sem.make('api', K);
+  for (const holding of HOLDINGS) await sem.make(`api-${holding}`, K);
   admin = new pg.Pool({ connectionString: server.url(), max: 2, application_name: 'faults-admin' });
   admin.on('error', () => undefined);
 }, 60_000);
@@ -51,19 +55,27 @@ interface ConnSample {
   /** the most listener connections of one process */
   listenersPerProcess: number;
   listeners: number;
-  /** connections holding more than one ticket (never expected: weight 1, one hold per connection) */
+  /** connections holding more than one ticket (never in transaction holding: weight 1, one hold per connection) */
   multi: number;
+  /** the most holding connections of one process (session holders carry its pid in their application_name) */
+  holdingPerProcess: number;
+  /** holding connections that are no session holder */
+  notSession: number;
 }
 
 /** pg-semaphore's connections on our Postgres, in one query (pg_stat_activity + pg_locks). */
-async function sampleConnections(): Promise<ConnSample> {
+async function sampleConnections(name: string): Promise<ConnSample> {
   const { rows } = await admin.query<{ pid: number; app: string; state: string | null; query: string; tickets: number }>(
-    `WITH h AS (SELECT pid FROM "${schema}".holders())
+    `WITH h AS (SELECT pid FROM "${schema}".holders($1))
      SELECT a.pid, a.application_name AS app, a.state, left(a.query, 120) AS query,
             (SELECT count(*) FROM h WHERE h.pid = a.pid)::int AS tickets
        FROM pg_stat_activity a
       WHERE a.application_name LIKE 'pg-semaphore%' AND a.pid <> pg_backend_pid()`,
+    [name],
   );
+  const isSession = (app: string) => app.startsWith('pg-semaphore:session ');
+  const holdingPerApp = new Map<string, number>();
+  for (const r of rows) if (r.tickets > 0 && isSession(r.app)) holdingPerApp.set(r.app, (holdingPerApp.get(r.app) ?? 0) + 1);
   const isListener = (q: string) => /^LISTEN pg_semaphore|\.(un)?watch\(/.test(q);
   const perApp = new Map<string, number>();
   for (const r of rows) if (r.tickets === 0 && isListener(r.query)) perApp.set(r.app, (perApp.get(r.app) ?? 0) + 1);
@@ -74,10 +86,13 @@ async function sampleConnections(): Promise<ConnSample> {
     listenersPerProcess: Math.max(0, ...perApp.values()),
     listeners: [...perApp.values()].reduce((a, b) => a + b, 0),
     multi: rows.filter((r) => r.tickets > 1).length,
+    holdingPerProcess: Math.max(0, ...holdingPerApp.values()),
+    notSession: rows.filter((r) => r.tickets > 0 && !isSession(r.app)).length,
   };
 }
 
-async function soak({ jobs, produceMs, killEveryMs, drainMs }: { jobs: number; produceMs: number; killEveryMs: [number, number]; drainMs: number }) {
+async function soak({ holding, jobs, produceMs, killEveryMs, drainMs }: { holding: Holding; jobs: number; produceMs: number; killEveryMs: [number, number]; drainMs: number }) {
+  const name = `api-${holding}`;
   const api = await startFakeApi(10);
   const bq = await bullmqQueues('redis', ['soak']);
   let appNo = 0;
@@ -85,6 +100,8 @@ async function soak({ jobs, produceMs, killEveryMs, drainMs }: { jobs: number; p
     ...bq.env,
     DATABASE_URL: server.url(),
     SEM_SCHEMA: schema,
+    SEM_NAME: name,
+    HOLDING: holding,
     QUEUES: 'soak',
     API_URL: api.url,
     CONCURRENCY: Number(process.env.SOAK_CONCURRENCY ?? 3),
@@ -140,7 +157,7 @@ async function soak({ jobs, produceMs, killEveryMs, drainMs }: { jobs: number; p
       const n = Math.round(((b + 1) * jobs) / batches) - added;
       await queue!.addBulk(Array.from({ length: n }, (_, i) => ({ name: 'call', data: { i: added + i }, opts: { attempts: 3 } })));
       added += n;
-      samples.push(await sampleConnections());
+      samples.push(await sampleConnections(name));
       const next = t0 + ((b + 1) * produceMs) / batches;
       if (next > now()) await new Promise((r) => setTimeout(r, next - now()));
     }
@@ -149,7 +166,7 @@ async function soak({ jobs, produceMs, killEveryMs, drainMs }: { jobs: number; p
     await Promise.all(replacements);
     await waitFor(
       async () => {
-        if (samples.length < 5_000) samples.push(await sampleConnections());
+        if (samples.length < 5_000) samples.push(await sampleConnections(name));
         const c = await finishedCounts(queue!);
         return c && c.completed + c.failed >= jobs;
       },
@@ -166,13 +183,20 @@ async function soak({ jobs, produceMs, killEveryMs, drainMs }: { jobs: number; p
     expect(api.max).toBeLessThanOrEqual(K);
     expect(kills).toBeGreaterThanOrEqual(MIN_KILLS);
     // no ticket held at the end, with the surviving workers still running
-    await waitFor(async () => (await sem.status('api')).held === 0, { timeout: 10_000, what: 'no ticket held at the end' });
+    await waitFor(async () => (await sem.status(name)).held === 0, { timeout: 10_000, what: 'no ticket held at the end' });
     expect(fleet.events('unhandled')).toEqual([]);
     expect(fleet.events('lost')).toEqual([]);
-    // connections: one per hold (one ticket each), at most one listener per process
-    expect(samples.every((s) => s.multi === 0)).toBe(true);
+    // connections: never more tickets than the cap, at most one listener per process, and
+    // transaction holding: one connection per hold (one ticket each);
+    // session holding: one holding connection per process, a session holder, holding them all
     expect(samples.every((s) => s.tickets <= K && s.holding <= K)).toBe(true);
     expect(samples.every((s) => s.listenersPerProcess <= 1)).toBe(true);
+    if (holding === 'transaction') {
+      expect(samples.every((s) => s.multi === 0)).toBe(true);
+    } else {
+      expect(samples.every((s) => s.notSession === 0 && s.holdingPerProcess <= 1)).toBe(true);
+      expect(samples.some((s) => s.multi > 0)).toBe(true);
+    }
 
     // memory of the long-lived workers: first third vs last third (after a GC each sample)
     const mem = steady.map((c) => {
@@ -189,10 +213,10 @@ async function soak({ jobs, produceMs, killEveryMs, drainMs }: { jobs: number; p
     const reruns = [...api.calls.values()].filter((n) => n > 1).length;
     const maxOf = (f: (s: ConnSample) => number) => Math.max(...samples.map(f));
     console.log(
-      `[soak] ${jobs} jobs in ${((t1 - t0) / 1000).toFixed(1)} s (${Math.round(jobs / ((t1 - t0) / 1000))}/s), ${kills} kill -9s of ` +
+      `[soak, ${holding}] ${jobs} jobs in ${((t1 - t0) / 1000).toFixed(1)} s (${Math.round(jobs / ((t1 - t0) / 1000))}/s), ${kills} kill -9s of ` +
         `${fleet.all.length - STEADY} churning workers (${STEADY} long-lived): lost 0, failed 0, ${reruns} jobs rerun after a kill, ` +
         `api max ${api.max}/${K}, tickets held at the end 0. Connections (${samples.length} samples): max holding ${maxOf((s) => s.holding)} ` +
-        `(= tickets held, one each), max listeners ${maxOf((s) => s.listeners)} (at most ${maxOf((s) => s.listenersPerProcess)} per process), ` +
+        `(${holding === 'session' ? `at most ${maxOf((s) => s.holdingPerProcess)} per process, max tickets ${maxOf((s) => s.tickets)}` : '= tickets held, one each'}), max listeners ${maxOf((s) => s.listeners)} (at most ${maxOf((s) => s.listenersPerProcess)} per process), ` +
         `max total ${maxOf((s) => s.total)} incl. the pools' idle connections. Memory after GC, first third -> last third: ` +
         mem.map((m) => `heap ${m.heap.first.toFixed(1)} -> ${m.heap.last.toFixed(1)} MiB, rss ${m.rss.first.toFixed(0)} -> ${m.rss.last.toFixed(0)} MiB`).join('; '),
     );
@@ -205,14 +229,18 @@ async function soak({ jobs, produceMs, killEveryMs, drainMs }: { jobs: number; p
   }
 }
 
-describe('soak: kill -9 of random workers while jobs stream in', () => {
-  it('short (~20 s, 1,000 jobs, several kills): nothing lost, cap holds, no ticket held, memory flat', async () => {
-    await soak({ jobs: 1_000, produceMs: 12_000, killEveryMs: [2_000, 3_500], drainMs: 120_000 });
+// Session holding runs a shorter short version (the same assertions): the suite runs both.
+describe.each<[Holding, number, number]>([
+  ['transaction', 1_000, 12_000],
+  ['session', 600, 8_000],
+])('soak: kill -9 of random workers while jobs stream in (%s holding)', (holding, shortJobs, shortProduceMs) => {
+  it(`short (~${Math.round(shortProduceMs / 1000) + 8} s, ${shortJobs} jobs, several kills): nothing lost, cap holds, no ticket held, memory flat`, async () => {
+    await soak({ holding, jobs: shortJobs, produceMs: shortProduceMs, killEveryMs: [2_000, 3_500], drainMs: 120_000 });
   }, 200_000);
 
   // ~35 jobs/s is what this 2-core machine sustains while other suites run, so 10,500 jobs
   // are produced over 4 minutes.
   it.runIf(process.env.SOAK === '1')('long (SOAK=1: >= 2 minutes, 10,500 jobs, a kill every few seconds)', async () => {
-    await soak({ jobs: 10_500, produceMs: 240_000, killEveryMs: [2_000, 5_000], drainMs: 400_000 });
+    await soak({ holding, jobs: 10_500, produceMs: 240_000, killEveryMs: [2_000, 5_000], drainMs: 400_000 });
   }, 900_000);
 });
