@@ -90,7 +90,8 @@ export interface PgSemaphoreOptions {
    *   connection budget. Needs Postgres 14+ and a direct connection or a session-mode
    *   pooler; {@link Hold.tx} is not available. Losing that connection loses every hold of
    *   the process (each one's signal aborts with a {@link TicketLostError}); a frozen process
-   *   loses them after `livenessTimeout` (`idle_session_timeout`).
+   *   loses them after `livenessTimeout` (`idle_session_timeout`). The pool needs at least
+   *   3 connections (2 with `listen: false`): the holding one stays checked out.
    *
    * Wrong uses fail with a {@link HoldingModeError}.
    * @default 'transaction'
@@ -297,6 +298,20 @@ export class PgSemaphore {
     }
     // An idle pooled client that dies must not crash the process.
     if (this.ownsPool) this.pool.on('error', () => undefined);
+    if (this.holding === 'session' && !this.disabled) {
+      // The holding connection (and the LISTEN connection) stay checked out of the pool; with
+      // no connection left over, opening the holding session (its probe NOTIFY) and every
+      // other statement would wait for a free one forever.
+      const max = (this.pool as { options?: { max?: unknown } }).options?.max;
+      const least = this.listen ? 3 : 2;
+      if (typeof max === 'number' && max < least) {
+        throw new InvalidArgumentError(
+          'connection.max',
+          `a pool of at least ${least} connections in session holding (the holding connection${this.listen ? ' and the LISTEN connection stay' : ' stays'} checked out; other statements need one more)`,
+          max,
+        );
+      }
+    }
     this.session =
       this.holding === 'session' && !this.disabled
         ? new HoldingSession({ pool: this.pool, qs: this.qs, livenessMs: this.livenessMs, roundTrips: (n) => void (this.roundTrips += n), logger: this.logger })
