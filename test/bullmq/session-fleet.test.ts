@@ -34,6 +34,8 @@ interface LockSample {
   transaction: number;
   /** Holding connections per worker process (session holders carry the process's pid in their label): the most of one. */
   perProcess: number;
+  /** pg-semaphore connections of the fleet's processes (pools, listeners, holding connections); undefined when not asked. */
+  fleet?: number;
 }
 
 /**
@@ -41,7 +43,7 @@ interface LockSample {
  * advisory locks on this schema's ticket keys (`_ns()`, ticket id), with the connection's
  * `application_name` from pg_stat_activity.
  */
-async function sampleLocks(name: string): Promise<LockSample> {
+async function sampleLocks(name: string, fleet?: { app: string; pids: number[] }): Promise<LockSample> {
   const { rows } = await ctx.admin.query<{ pid: number; app: string | null; tickets: number }>(
     `SELECT l.pid, a.application_name AS app, count(*)::int AS tickets
        FROM pg_locks l
@@ -57,7 +59,18 @@ async function sampleLocks(name: string): Promise<LockSample> {
   const isSession = (app: string | null) => app?.startsWith('pg-semaphore:session ') === true;
   const perProcess = new Map<string, number>();
   for (const r of rows) if (isSession(r.app)) perProcess.set(r.app!, (perProcess.get(r.app!) ?? 0) + 1);
+  let fleetConnections: number | undefined;
+  if (fleet) {
+    // the pools' connections carry the fleet's application_name; a holding connection renames
+    // itself `pg-semaphore:session <host>:<pid>` after its process
+    const { rows: c } = await ctx.admin.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 OR application_name LIKE ANY ($2::text[])`,
+      [fleet.app, fleet.pids.map((pid) => `pg-semaphore:session %:${pid}`)],
+    );
+    fleetConnections = c[0]!.n;
+  }
   return {
+    fleet: fleetConnections,
     pids: rows.length,
     tickets: rows.reduce((a, r) => a + r.tickets, 0),
     session: rows.filter((r) => isSession(r.app)).length,
@@ -67,12 +80,12 @@ async function sampleLocks(name: string): Promise<LockSample> {
 }
 
 /** Samples the lock table every few ms until `stop()`; resolves to the samples. */
-function sampler(name: string) {
+function sampler(name: string, fleet?: { app: string; pids: number[] }) {
   const samples: LockSample[] = [];
   let running = true;
   const loop = (async () => {
     while (running) {
-      samples.push(await sampleLocks(name));
+      samples.push(await sampleLocks(name, fleet));
       await new Promise((r) => setTimeout(r, 20));
     }
   })();
@@ -111,13 +124,14 @@ describe('session holding in a fleet', () => {
             ORACLE_PORT: oracle.port,
             HOLDING: 'session',
             POOL_MAX: 4,
+            APP_NAME: 'pgsem-sfleet',
           }),
         );
       }
       await Promise.all(children.map((c) => c.next((m: { type: string }) => m.type === 'ready', 60_000)));
       const ready = Date.now();
       const [queue] = bq.queues;
-      const locks = sampler('api');
+      const locks = sampler('api', { app: 'pgsem-sfleet', pids: children.map((c) => c.pid) });
       const t0 = Date.now();
       await queue!.addBulk(Array.from({ length: JOBS }, (_, i) => ({ name: 'call', data: { i } })));
       let finishedAt = 0;
@@ -160,6 +174,8 @@ describe('session holding in a fleet', () => {
       expect(peak((s) => s.perProcess)).toBe(1);
       expect(peak((s) => s.tickets)).toBeLessThanOrEqual(CAP);
       expect(peak((s) => s.tickets)).toBeGreaterThan(CAP / 2);
+      // and the whole fleet stays within its pools (POOL_MAX 4 each, the holding connection included)
+      expect(peak((s) => s.fleet!)).toBeLessThanOrEqual(PROCESSES * 4);
 
       for (const c of children) c.send({ type: 'close' });
       const stats = await Promise.all(
@@ -174,7 +190,7 @@ describe('session holding in a fleet', () => {
         `[session fleet] ${PROCESSES} x ${CONCURRENCY} slots, cap ${CAP}, ${JOBS} jobs of 200 ms in ${runS.toFixed(1)} s (${Math.round(JOBS / runS)} jobs/s; ` +
           `workers ready in ${((ready - started) / 1000).toFixed(1)} s); oracle max ${oracle.max.get('api')}, api max ${api.max}; ` +
           `${samples.length} lock samples: peak ${peak((s) => s.pids)} holding connections (median ${median(samples.map((s) => s.pids))}), ` +
-          `peak ${peak((s) => s.tickets)} tickets held; acquire calls ${sum((s) => s.stats.attempts!)} (${(sum((s) => s.stats.attempts!) / JOBS).toFixed(2)}/job), ` +
+          `peak ${peak((s) => s.tickets)} tickets held, peak ${peak((s) => s.fleet!)} connections of the fleet in all; acquire calls ${sum((s) => s.stats.attempts!)} (${(sum((s) => s.stats.attempts!) / JOBS).toFixed(2)}/job), ` +
           `hand-offs ${sum((s) => s.stats.handoffs!)}, reschedules ${sum((s) => s.stats.reschedules!)}, round trips ${sum((s) => s.roundTrips)} (${(sum((s) => s.roundTrips) / JOBS).toFixed(2)}/job)`,
       );
     } finally {
