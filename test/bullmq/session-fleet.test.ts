@@ -105,9 +105,12 @@ describe('session holding in a fleet', () => {
     const PROCESSES = 4;
     const CONCURRENCY = 60;
     const JOBS = 3_200;
+    // The first jobs call for long enough that the fleet fills all 200 tickets however loaded
+    // the machine is (the run must reach the cap to show it holds); the rest for 100 ms.
+    const LONG = 400;
+    const LONG_MS = 1_200;
     await ctx.sem.make('api', CAP);
-    // Long enough that 240 worker slots keep the 200 tickets busy on two cores.
-    const api = await startFakeApi(200);
+    const api = await startFakeApi(100);
     const oracle = await startOracle(() => CAP);
     const bq = await bullmqQueues('redis', ['sfleet']);
     const children: Child[] = [];
@@ -133,15 +136,15 @@ describe('session holding in a fleet', () => {
       const [queue] = bq.queues;
       const locks = sampler('api', { app: 'pgsem-sfleet', pids: children.map((c) => c.pid) });
       const t0 = Date.now();
-      await queue!.addBulk(Array.from({ length: JOBS }, (_, i) => ({ name: 'call', data: { i } })));
       let finishedAt = 0;
       try {
+        await queue!.addBulk(Array.from({ length: JOBS }, (_, i) => ({ name: 'call', data: i < LONG ? { i, hold: LONG_MS } : { i } })));
         await waitFor(
           async () => {
             const c = await queue!.getJobCounts('completed', 'failed');
             return (c.completed ?? 0) + (c.failed ?? 0) >= JOBS;
           },
-          { timeout: 90_000, interval: 50, what: 'all jobs to finish' },
+          { timeout: 120_000, interval: 50, what: 'all jobs to finish' },
         );
         finishedAt = Date.now();
       } finally {
@@ -187,7 +190,7 @@ describe('session holding in a fleet', () => {
       expect((await sampleLocks('api')).tickets).toBe(0);
       const runS = (finishedAt - t0) / 1000;
       console.log(
-        `[session fleet] ${PROCESSES} x ${CONCURRENCY} slots, cap ${CAP}, ${JOBS} jobs of 200 ms in ${runS.toFixed(1)} s (${Math.round(JOBS / runS)} jobs/s; ` +
+        `[session fleet] ${PROCESSES} x ${CONCURRENCY} slots, cap ${CAP}, ${JOBS} jobs (${LONG} of ${LONG_MS} ms, then 100 ms) in ${runS.toFixed(1)} s (${Math.round(JOBS / runS)} jobs/s; ` +
           `workers ready in ${((ready - started) / 1000).toFixed(1)} s); oracle max ${oracle.max.get('api')}, api max ${api.max}; ` +
           `${samples.length} lock samples: peak ${peak((s) => s.pids)} holding connections (median ${median(samples.map((s) => s.pids))}), ` +
           `peak ${peak((s) => s.tickets)} tickets held, peak ${peak((s) => s.fleet!)} connections of the fleet in all; acquire calls ${sum((s) => s.stats.attempts!)} (${(sum((s) => s.stats.attempts!) / JOBS).toFixed(2)}/job), ` +
@@ -231,9 +234,9 @@ describe('session holding in a fleet', () => {
       const [queue] = bq.queues;
       const locks = sampler('mixed');
       const t0 = Date.now();
-      await queue!.addBulk(Array.from({ length: JOBS }, (_, i) => ({ name: 'call', data: { i } })));
       let finishedAt = 0;
       try {
+        await queue!.addBulk(Array.from({ length: JOBS }, (_, i) => ({ name: 'call', data: { i } })));
         await waitFor(
           async () => {
             const c = await queue!.getJobCounts('completed', 'failed');
