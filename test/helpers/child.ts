@@ -36,6 +36,13 @@ export function env(name: string): string {
   return value;
 }
 
+/** The PgSemaphore holding mode a fixture runs in: HOLDING (`transaction`, the default, or `session`). */
+export function holdingMode(): 'transaction' | 'session' {
+  const mode = process.env.HOLDING ?? 'transaction';
+  if (mode !== 'transaction' && mode !== 'session') throw new Error(`fixture: HOLDING must be 'transaction' or 'session', got ${mode}`);
+  return mode;
+}
+
 /** A child must not outlive its test: exit when the parent goes away. */
 export function exitWithParent(): void {
   process.on('disconnect', () => process.exit(0));
