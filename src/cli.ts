@@ -30,7 +30,7 @@ import { Argument, Command, CommanderError, Option, InvalidArgumentError as Usag
 import pkg from '../package.json' with { type: 'json' };
 import { NotInstalledError } from './errors/not-installed-error.js';
 import { installSql, type InstallPart } from './migrations.js';
-import { PgSemaphore, type SemaphoreInfo, type SemaphoreStatus } from './pg-semaphore.js';
+import { PgSemaphore, type HolderInfo, type SemaphoreInfo, type SemaphoreStatus } from './pg-semaphore.js';
 import { isCannotConnect, isNotInstalled, SQLSTATE } from './sqlstate.js';
 import { sleep } from './timing.js';
 import { DEFAULT_SCHEMA, MAX_TICKETS, validateSchemaName } from './validate.js';
@@ -224,7 +224,42 @@ async function destroyCommand(sem: PgSemaphore, g: GlobalOptions, name: string, 
 
 async function statusOnce(sem: PgSemaphore, g: GlobalOptions, name: string | undefined): Promise<void> {
   if (name === undefined) print(g, await sem.list(), formatList);
-  else print(g, await sem.status(name), formatStatus);
+  else print(g, withHolding(await sem.status(name)), formatStatus);
+}
+
+/** A holder as the CLI shows it: how its ticket is held, and `since` only where it means something. */
+interface CliHolder extends HolderInfo {
+  /**
+   * `session`: a session-level advisory lock (session holding, or a plain-SQL
+   * `pg_advisory_lock`); `since` is null, Postgres does not record when it was taken.
+   * `transaction`: held by the transaction that began at `since`.
+   */
+  holding: 'session' | 'transaction';
+}
+
+interface CliStatus extends SemaphoreStatus {
+  holders: CliHolder[];
+}
+
+/** The label session holding gives its holding connection (src/session.ts): `session <host>:<pid>`. */
+const SESSION_LABEL = /^session \S+:\d+$/;
+
+/**
+ * Tells session-level holders apart (pg_locks does not): a transaction-level lock exists only
+ * inside a transaction, so a holder with no open transaction holds a session lock; and session
+ * holding's connection is only ever in a transaction while it runs a statement (an acquire,
+ * a release, the heartbeat), whose start says nothing about when a ticket was taken, so its
+ * label decides. A transaction holder that chose a label of that exact form shows as a
+ * session one.
+ */
+function withHolding(status: SemaphoreStatus): CliStatus {
+  return {
+    ...status,
+    holders: status.holders.map((h): CliHolder => {
+      const session = h.since === null || SESSION_LABEL.test(h.label ?? '');
+      return { ...h, since: session ? null : h.since, holding: session ? 'session' : 'transaction' };
+    }),
+  };
 }
 
 /** Redraws the status every `interval` ms until SIGINT or SIGTERM; then exits with 0. */
@@ -236,12 +271,12 @@ async function watchStatus(sem: PgSemaphore, g: GlobalOptions, name: string | un
   const tty = process.stdout.isTTY === true && !g.json;
   try {
     while (!stop.signal.aborted) {
-      const data = name === undefined ? await sem.list() : await sem.status(name);
+      const data = name === undefined ? await sem.list() : withHolding(await sem.status(name));
       if (stop.signal.aborted) break;
       if (g.json) {
         process.stdout.write(`${JSON.stringify(data)}\n`);
       } else {
-        const body = name === undefined ? formatList(data as SemaphoreInfo[]) : formatStatus(data as SemaphoreStatus);
+        const body = name === undefined ? formatList(data as SemaphoreInfo[]) : formatStatus(data as CliStatus);
         const header = `schema "${g.schema}" at ${new Date().toISOString()}, every ${interval} ms (Ctrl-C to stop)`;
         process.stdout.write(`${tty ? '\x1b[H\x1b[2J' : '\n'}${header}\n${body}\n`);
       }
@@ -267,7 +302,7 @@ function formatList(list: SemaphoreInfo[]): string {
   );
 }
 
-function formatStatus(s: SemaphoreStatus): string {
+function formatStatus(s: CliStatus): string {
   const head = `${s.name}: ${s.held} of ${s.tickets} ticket${s.tickets === 1 ? '' : 's'} held, ${Math.max(0, s.tickets - s.held)} free`;
   if (s.holders.length === 0) return `${head}\nno holders`;
   const rows = s.holders.map((h) => [
@@ -276,9 +311,13 @@ function formatStatus(s: SemaphoreStatus): string {
     h.label ?? '',
     h.applicationName ?? '',
     h.clientAddr ?? 'local',
-    h.since ? `${h.since.toISOString()} (${ago(h.since)})` : '',
+    h.holding === 'session' ? '(session lock)' : h.since ? `${h.since.toISOString()} (${ago(h.since)})` : '',
   ]);
-  return `${head}\n${table(['TICKET', 'PID', 'LABEL', 'APPLICATION', 'CLIENT', 'SINCE'], rows)}`;
+  const note = s.holders.some((h) => h.holding === 'session')
+    ? '\n(session lock: held by a session, not a transaction, so no start time. In session holding, PID is the one ' +
+      'connection that holds all tickets of a process, and LABEL names that process as host:pid.)'
+    : '';
+  return `${head}\n${table(['TICKET', 'PID', 'LABEL', 'APPLICATION', 'CLIENT', 'SINCE'], rows)}${note}`;
 }
 
 function ago(since: Date): string {

@@ -218,13 +218,79 @@ describe('make, list, status, destroy', () => {
         const json = await runJson<{ held: number; holders: Array<Record<string, unknown>> }>(['status', 'openai', ...s]);
         expect(json.held).toBe(1);
         expect(json.holders).toEqual([
-          { ticket: 1, pid: expect.any(Number), label: 'job-42', applicationName: 'pg-semaphore:job-42', clientAddr: expect.anything(), since: expect.any(String) },
+          { ticket: 1, pid: expect.any(Number), label: 'job-42', applicationName: 'pg-semaphore:job-42', clientAddr: expect.anything(), since: expect.any(String), holding: 'transaction' },
         ]);
         expect((await run(['status', ...s])).stdout).toMatch(/^openai\s+2\s+1\s+1$/m);
       } finally {
         await hold.release();
       }
     } finally {
+      await ctx.drop();
+    }
+  });
+});
+
+describe('status with session holders', () => {
+  it('shows session holding\'s holders as session locks (holding connection pid, process label, no start time), beside a transaction holder', async () => {
+    const ctx = await migrated('session');
+    const s = ['--schema', ctx.schema];
+    const session = ctx.another({ holding: 'session' });
+    const busy = new pg.Client({ connectionString: databaseUrl(), application_name: 'pg-semaphore:session otherhost:4242' });
+    busy.on('error', () => undefined);
+    try {
+      await ctx.sem.make('openai', 4);
+      const two = await session.hold({ name: 'openai', tickets: 2 }, { label: 'job-1' });
+      const one = await ctx.sem.hold('openai', { label: 'job-42' });
+      // another process's holding connection caught in the middle of a statement: a session
+      // lock on ticket 4 and a transaction open (its start is the statement's, not the ticket's)
+      await busy.connect();
+      await busy.query(
+        `SELECT pg_advisory_lock("${ctx.schema}"._ns(), t.id) FROM "${ctx.schema}".tickets t JOIN "${ctx.schema}".semaphores m ON m.id = t.semaphore_id
+          WHERE m.name = 'openai' AND t.no = 4`,
+      );
+      const busyPid = (await busy.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+      await busy.query('BEGIN');
+      await busy.query('SELECT 1');
+      try {
+        const { rows } = await ctx.admin.query<{ pid: number; app: string }>(
+          `SELECT pid, application_name AS app FROM pg_stat_activity WHERE application_name LIKE $1`,
+          [`pg-semaphore:session %:${process.pid}`],
+        );
+        expect(rows).toHaveLength(1);
+        const holdingPid = rows[0]!.pid;
+        const label = rows[0]!.app.slice('pg-semaphore:'.length);
+        expect(label).toMatch(new RegExp(`^session \\S+:${process.pid}$`));
+
+        const text = await run(['status', 'openai', ...s]);
+        expect(text, text.stderr).toMatchObject({ code: 0, stderr: '' });
+        const lines = text.stdout.split('\n');
+        expect(lines[0]).toBe('openai: 4 of 4 tickets held, 0 free');
+        expect(lines[1]).toMatch(/^TICKET\s+PID\s+LABEL\s+APPLICATION\s+CLIENT\s+SINCE$/);
+        const byTicket = (n: number) => lines.find((l) => l.startsWith(`${n} `))!.split(/\s{2,}/);
+        // the session holder's two tickets: its holding connection's pid, the process's label, no time
+        for (const n of [1, 2]) expect(byTicket(n)).toEqual([String(n), String(holdingPid), label, `pg-semaphore:${label}`, expect.any(String), '(session lock)']);
+        // the transaction holder: its label and when its transaction began
+        expect(byTicket(3)).toEqual(['3', expect.stringMatching(/^\d+$/), 'job-42', 'pg-semaphore:job-42', expect.any(String), expect.stringMatching(/^\d{4}-\d\d-\d\dT.*Z \(\d+s ago\)$/)]);
+        // the busy holding connection: not the start of its current statement
+        expect(byTicket(4)).toEqual(['4', String(busyPid), 'session otherhost:4242', 'pg-semaphore:session otherhost:4242', expect.any(String), '(session lock)']);
+        expect(text.stdout).toContain('(session lock: held by a session, not a transaction, so no start time.');
+
+        const json = await runJson<{ held: number; holders: Array<Record<string, unknown>> }>(['status', 'openai', ...s]);
+        expect(json.held).toBe(4);
+        expect(json.holders).toEqual([
+          { ticket: 1, pid: holdingPid, label, applicationName: `pg-semaphore:${label}`, clientAddr: expect.anything(), since: null, holding: 'session' },
+          { ticket: 2, pid: holdingPid, label, applicationName: `pg-semaphore:${label}`, clientAddr: expect.anything(), since: null, holding: 'session' },
+          { ticket: 3, pid: expect.any(Number), label: 'job-42', applicationName: 'pg-semaphore:job-42', clientAddr: expect.anything(), since: expect.any(String), holding: 'transaction' },
+          { ticket: 4, pid: busyPid, label: 'session otherhost:4242', applicationName: 'pg-semaphore:session otherhost:4242', clientAddr: expect.anything(), since: null, holding: 'session' },
+        ]);
+        expect((await run(['list', ...s])).stdout).toMatch(/^openai\s+4\s+4\s+0$/m);
+      } finally {
+        await busy.query('ROLLBACK').catch(() => undefined);
+        await Promise.all([two.release(), one.release()]);
+      }
+    } finally {
+      await busy.end().catch(() => undefined);
+      await session.close();
       await ctx.drop();
     }
   });

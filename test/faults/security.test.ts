@@ -3,6 +3,7 @@
 // injection.
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import type { Job } from 'bullmq';
 import { sql } from 'drizzle-orm';
 import pg from 'pg';
@@ -17,7 +18,7 @@ import { semaphoreTables } from '../../src/drizzle.js';
 import { loadMigrations } from '../../src/migrations.js';
 import { limitProcessor } from '../../src/bullmq/index.js';
 import { WaitingList } from '../../src/bullmq/waiting-list.js';
-import { errorOf, heldOf, within } from '../helpers/core.js';
+import { classidOf, errorOf, heldOf, nsOf, track, within } from '../helpers/core.js';
 import { databaseUrl, setupSchema, waitFor } from '../helpers/db.js';
 
 const id = randomBytes(3).toString('hex');
@@ -25,7 +26,11 @@ const WORKER = `pgsem_worker_${id}`;
 const ADMIN = `pgsem_admin_${id}`;
 const LEAN = `pgsem_lean_${id}`;
 const OUTSIDER = `pgsem_outsider_${id}`;
-const ROLES = [WORKER, ADMIN, LEAN, OUTSIDER];
+/** The worker grants without session holding's two functions (as granted before 0004 added them). */
+const NOSESSION = `pgsem_nosession_${id}`;
+/** The worker grants without release_session only. */
+const NORELEASE = `pgsem_norelease_${id}`;
+const ROLES = [WORKER, ADMIN, LEAN, OUTSIDER, NOSESSION, NORELEASE];
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
 let definerCtx: Awaited<ReturnType<typeof setupSchema>>;
@@ -158,6 +163,97 @@ describe('least privilege: the worker role (GRANTs of docs/SECURITY.md)', () => 
   });
 });
 
+describe('least privilege: the worker role in session holding', () => {
+  it('can hold, wait (woken by another worker in session holding), release, see the holders and run a limited job', async () => {
+    const a = semAs(WORKER, ctx.schema, { holding: 'session' });
+    const b = semAs(WORKER, ctx.schema, { holding: 'session' });
+    expect(a.holding).toBe('session');
+    const hold = await a.hold({ name: 'api', tickets: 2 }, { label: 'worker-a' });
+    expect(await a.tryHold('api')).toBeNull();
+    // held as session locks on a's holding connection (no transaction holds them)
+    const status = await b.status('api');
+    expect(status.held).toBe(2);
+    expect(new Set(status.holders.map((h) => h.label))).toEqual(new Set([`session ${hostname()}:${process.pid}`]));
+    expect(new Set(status.holders.map((h) => h.pid)).size).toBe(1);
+    const { rows: who } = await ctx.admin.query<{ usename: string; xact: boolean }>(
+      `SELECT usename, xact_start IS NOT NULL AS xact FROM pg_stat_activity WHERE pid = $1`,
+      [status.holders[0]!.pid],
+    );
+    expect(who).toEqual([{ usename: WORKER, xact: false }]);
+    // b waits (its holding connection's try was busy); a's release_session wakes it
+    const started = Date.now();
+    const waited = track(b.withTickets('api', ({ tickets }) => tickets.length, { wait: 10_000 }));
+    // registered as a waiter (the watch marker, a shared session lock of its listener) and listening
+    const ns = await nsOf(ctx.admin, ctx.schema);
+    await waitFor(
+      async () =>
+        b.hearsWakeUps &&
+        (
+          await ctx.admin.query(
+            `SELECT 1 FROM pg_locks l JOIN "${ctx.schema}".semaphores m ON m.id = l.objid::bigint
+              WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock' AND l.classid = $1::bigint AND l.objsubid = 2 AND m.name = 'api'`,
+            [classidOf(ns ^ 2)],
+          )
+        ).rowCount! > 0,
+      { timeout: 5_000, what: 'b to register as a waiter' },
+    );
+    expect(waited.settled).toBe(false);
+    // release_session's wake-up, as the worker role: a NOTIFY naming this schema's 'api'
+    const listen = new pg.Client({ connectionString: databaseUrl() });
+    opened.push(listen);
+    await listen.connect();
+    const notes: string[] = [];
+    listen.on('notification', (n) => notes.push(n.payload ?? ''));
+    await listen.query('LISTEN pg_semaphore');
+    const { rows: api } = await ctx.admin.query<{ id: number }>(`SELECT id FROM "${ctx.schema}".semaphores WHERE name = 'api'`);
+    const released = Date.now();
+    await hold.release();
+    expect(await within(waited.promise, 10_000, 'the waiting worker')).toBe(1);
+    await waitFor(() => notes.some((n) => n === `${ns}:${api[0]!.id}` || n.startsWith(`${ns}:${api[0]!.id}:`)), { timeout: 5_000, what: "the release's NOTIFY" });
+    console.log(`[security] worker role, session holding: woken ${waited.at! - released} ms after the other worker's release (waited ${waited.at! - started} ms)`);
+    expect(await heldOf(ctx.sem, 'api')).toBe(0);
+    // a whole limited job in session holding (a stand-in Job: the wrapper only needs these fields here)
+    const processor = limitProcessor(a, async (_job, _token, signal) => (signal.aborted ? 'aborted' : 'ran'), { semaphore: 'api' });
+    const job = { id: 's1', name: 'j', queueName: 'q', queueQualifiedName: 'bull:q', timestamp: Date.now(), attemptsMade: 0, attemptsStarted: 1, data: {} };
+    expect(await processor(job as unknown as Job, 'token', new AbortController().signal)).toBe('ran');
+    await waitFor(async () => (await heldOf(ctx.sem, 'api')) === 0, { what: "the limited job's ticket to be returned" });
+  });
+
+  it('a role without acquire_session / release_session gets a permission error naming the function, and nothing is left held', async () => {
+    // the worker grants of docs/SECURITY.md, then the two session functions taken away
+    await ctx.admin.query(docSql('grants', ctx.schema, { worker: NOSESSION, admin: ADMIN }));
+    await ctx.admin.query(`REVOKE EXECUTE ON FUNCTION "${ctx.schema}".acquire_session, "${ctx.schema}".release_session FROM "${NOSESSION}"`);
+    const transaction = semAs(NOSESSION, ctx.schema);
+    await (await transaction.hold('api')).release(); // transaction holding does not need them
+    const session = semAs(NOSESSION, ctx.schema, { holding: 'session' });
+    for (const call of [() => session.hold('api'), () => session.tryHold('api'), () => session.withTickets('api', () => 1, { wait: 5_000 })]) {
+      const err = (await errorOf(call)) as { code?: string; message?: string };
+      expect(err.code).toBe('42501');
+      expect(err.message).toBe('permission denied for function acquire_session');
+    }
+    expect(await heldOf(ctx.sem, 'api')).toBe(0);
+
+    // acquire_session but no release_session: the release fails, so the holding connection is
+    // closed (which frees every session lock on it), with a warning naming the function
+    await ctx.admin.query(docSql('grants', ctx.schema, { worker: NORELEASE, admin: ADMIN }));
+    await ctx.admin.query(`REVOKE EXECUTE ON FUNCTION "${ctx.schema}".release_session FROM "${NORELEASE}"`);
+    const warnings: string[] = [];
+    const logger = { ...console, warn: (...args: unknown[]) => void warnings.push(args.map(String).join(' ')) };
+    const halfway = semAs(NORELEASE, ctx.schema, { holding: 'session', logger });
+    const hold = await halfway.hold({ name: 'api', tickets: 2 });
+    expect(await heldOf(ctx.sem, 'api')).toBe(2);
+    await hold.release();
+    await waitFor(async () => (await heldOf(ctx.sem, 'api')) === 0, { timeout: 5_000, what: 'the session locks to be freed with their connection' });
+    expect(warnings.join('\n')).toMatch(/releasing session tickets failed \(permission denied for function release_session\)/);
+    // the next acquire opens a new holding connection
+    const again = await halfway.tryHold('api');
+    expect(again).not.toBeNull();
+    expect(await heldOf(ctx.sem, 'api')).toBe(1);
+    await again!.release();
+    await waitFor(async () => (await heldOf(ctx.sem, 'api')) === 0, { timeout: 5_000, what: 'the second session lock to be freed' });
+  });
+});
+
 describe('least privilege: the admin role', () => {
   it('can make, resize, ensure and destroy; cannot drop the tables', async () => {
     const admin = semAs(ADMIN, ctx.schema);
@@ -206,6 +302,12 @@ describe('the SECURITY DEFINER option of docs/SECURITY.md', () => {
     const perKey = await lean.hold('tenant:42', { createWith: 2 });
     await perKey.release();
     expect((await definerCtx.sem.status('tenant:42')).tickets).toBe(2);
+    // session holding with these grants too, creating a per-key semaphore on first use
+    const leanSession = semAs(LEAN, schema, { holding: 'session' });
+    const sessionHold = await leanSession.hold(['api', 'tenant:43'], { createWith: 2 });
+    expect((await definerCtx.sem.status('tenant:43')).held).toBe(1);
+    await sessionHold.release();
+    await waitFor(async () => (await definerCtx.sem.status('api')).held === 0, { what: "the lean worker's session tickets to be returned" });
     const pool = poolAs(LEAN);
     await pool.query(`SELECT "${schema}".ensure(ARRAY['tenant:42'], 50)`);
     expect((await definerCtx.sem.status('tenant:42')).tickets).toBe(2);
