@@ -517,39 +517,50 @@ describe('losing the holding connection', () => {
     await next.release();
   });
 
-  it('a waiter whose holding connection is replaced while its LISTEN connection fills a small pool: a clear error, not a hang', async () => {
-    // pool max 2: the LISTEN connection of the waiting acquire and the new holding connection
-    // take both; the probe NOTIFY needs a third (max 3: the same story ends with the ticket)
+  it('a waiter whose holding connection is replaced while its LISTEN connection and the application fill a shared pool: a clear error, not a hang', async () => {
+    // A pool of 3 shared with the application, which has one connection checked out: the
+    // LISTEN connection of the waiting acquire and the new holding connection take the other
+    // two; the probe NOTIFY needs one more (with the application's connection free, the same
+    // story ends with the ticket). A pool of fewer than 3 is refused up front (session-pool.test.ts).
     await ctx.sem.make('small-pool', 1);
     const other = transaction();
-    const scenario = async (max: number) => {
-      const sem = session({ connection: { connectionString: databaseUrl(), max }, maxPollInterval: 60_000 });
-      const blocker = await other.hold('small-pool');
-      stray.push(blocker);
-      const start = sem.roundTrips;
-      const waiting = track(sem.hold('small-pool', { wait: 20_000 }));
-      // opened (3 round trips) and 6 tries: asleep for at least 800 ms, no statement running
-      const running = () => (sem as unknown as { session: { current?: { running: number } } }).session.current?.running;
-      await waitFor(() => sem.roundTrips - start >= 9 && running() === 0 && sem.pool.totalCount - sem.pool.idleCount === 2, {
-        timeout: 10_000,
-        interval: 2,
-        what: 'the waiter to listen and back off',
-      });
-      const pid = holdingPid(sem)!;
-      await ctx.admin.query('SELECT pg_terminate_backend($1)', [pid]);
-      const killedAt = Date.now();
-      // the next try (within the backoff) opens a new holding connection, or fails to
-      await waitFor(() => waiting.settled || (holdingPid(sem) !== undefined && holdingPid(sem) !== pid), { timeout: 15_000, what: 'the next try' });
-      await blocker.release();
-      await within(waiting.promise.catch(() => undefined), 15_000, 'the wait to end');
-      if (waiting.value) await waiting.value.release();
-      return { ...waiting, after: waiting.at! - killedAt };
+    const scenario = async (appClients: number) => {
+      const pool = new pg.Pool({ connectionString: databaseUrl(), max: 3 });
+      pool.on('error', () => undefined);
+      const app = await Promise.all(Array.from({ length: appClients }, () => pool.connect()));
+      try {
+        const sem = session({ connection: pool, maxPollInterval: 60_000 });
+        const blocker = await other.hold('small-pool');
+        stray.push(blocker);
+        const start = sem.roundTrips;
+        const waiting = track(sem.hold('small-pool', { wait: 20_000 }));
+        // opened (3 round trips) and 6 tries: asleep for at least 800 ms, no statement running
+        const running = () => (sem as unknown as { session: { current?: { running: number } } }).session.current?.running;
+        await waitFor(() => sem.roundTrips - start >= 9 && running() === 0 && sem.pool.totalCount - sem.pool.idleCount === 2 + appClients, {
+          timeout: 10_000,
+          interval: 2,
+          what: 'the waiter to listen and back off',
+        });
+        const pid = holdingPid(sem)!;
+        await ctx.admin.query('SELECT pg_terminate_backend($1)', [pid]);
+        const killedAt = Date.now();
+        // the next try (within the backoff) opens a new holding connection, or fails to
+        await waitFor(() => waiting.settled || (holdingPid(sem) !== undefined && holdingPid(sem) !== pid), { timeout: 15_000, what: 'the next try' });
+        await blocker.release();
+        await within(waiting.promise.catch(() => undefined), 15_000, 'the wait to end');
+        if (waiting.value) await waiting.value.release();
+        await sem.close();
+        return { ...waiting, after: waiting.at! - killedAt };
+      } finally {
+        for (const c of app) c.release();
+        await pool.end();
+      }
     };
-    const small = await scenario(2);
+    const small = await scenario(1);
     expect(small.error).toBeInstanceOf(HoldingModeError);
     expect((small.error as Error).message).toMatch(/free connection in the pool/);
     expect(small.after).toBeLessThan(10_000);
-    const enough = await scenario(3);
+    const enough = await scenario(0);
     expect(enough.error).toBeUndefined();
     expect(enough.value!.tickets).toEqual([{ name: 'small-pool', ticket: 1 }]);
     expect(await ticketLocks()).toBe(0);
