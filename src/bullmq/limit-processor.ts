@@ -295,8 +295,10 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     const ctx: LimitedContext = {
       tickets: hold.tickets,
       get tx() {
+        // read first: in session holding it throws, and nothing was used then
+        const tx = hold.tx;
         txUsed = true;
-        return hold.tx;
+        return tx;
       },
     };
     const combined = signal ? anySignal(signal, hold.signal) : { signal: hold.signal, dispose: () => undefined };
