@@ -1,6 +1,6 @@
 import { Worker, type Job } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { InvalidArgumentError } from '../../src/index.js';
+import { HoldingModeError, InvalidArgumentError } from '../../src/index.js';
 import { limitProcessor, RescheduleBudgetError } from '../../src/bullmq/index.js';
 import { bullmqQueues } from '../helpers/bullmq.js';
 import { setupSchema, waitFor } from '../helpers/db.js';
@@ -14,7 +14,7 @@ const workers: Worker[] = [];
 
 beforeAll(async () => {
   ctx = await setupSchema('wrapper');
-  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label', 'w-weight', 'w-weight-bad']);
+  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label', 'w-weight', 'w-weight-bad', 'w-session-tx']);
 });
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.close(true)));
@@ -268,6 +268,40 @@ describe('limitProcessor', () => {
     expect(status!.holders[0]!.label).toBe(`w-label:${job.id}`);
     release();
     await f.promise;
+  });
+
+  it('session holding: ctx.tx throws HoldingModeError, and a processor that caught it still hands its ticket on', async () => {
+    await ctx.sem.make('session-tx', 1);
+    const sem = ctx.another({ holding: 'session' });
+    try {
+      const errors: unknown[] = [];
+      const processor = limitProcessor(
+        sem,
+        async (_job, _token, _signal, c) => {
+          try {
+            void c.tx;
+          } catch (err) {
+            errors.push(err);
+          }
+          await new Promise((r) => setTimeout(r, 5));
+        },
+        { semaphore: 'session-tx', localWait: 10_000 },
+      );
+      const w = worker('w-session-tx', processor, 6);
+      const f = finished(w, 12);
+      await queue('w-session-tx').addBulk(Array.from({ length: 12 }, (_, n) => ({ name: 'x', data: { n } })));
+      await f.promise;
+      expect(f.failed).toHaveLength(0);
+      expect(errors).toHaveLength(12);
+      expect(errors.every((e) => e instanceof HoldingModeError && e.name === 'HoldingModeError' && e.holding === 'session')).toBe(true);
+      // one ticket and six slots: jobs waited in the worker and got the ticket by hand-off (a
+      // tx read that threw must not count as a used transaction, which would forbid it)
+      expect(processor.stats.handoffs).toBeGreaterThan(0);
+      await waitFor(async () => (await sem.status('session-tx')).held === 0, { timeout: 5_000, what: 'the ticket back' });
+    } finally {
+      await Promise.all(workers.map((w) => w.close()));
+      await sem.close();
+    }
   });
 
   it('rejects bad options with a typed error', () => {
