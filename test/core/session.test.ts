@@ -252,7 +252,41 @@ describe('batching', () => {
     expect((await ctx.sem.status('b-new-2')).tickets).toBe(4);
     // 1 statement for the four, an ensure per request that found its semaphore missing, and the retries
     expect(statements2).toBeLessThanOrEqual(1 + 4 + 4);
-    console.log(`[session] batching: ${N} requests queued at once -> ${statements} statement; 4 requests on 3 missing semaphores -> ${statements2} round trips`);
+    for (const h of stray.splice(0)) await h.release();
+
+    // requests that arrive while a statement is in flight all go in the next one
+    await ctx.sem.make('b-wide', 300);
+    // (asked for from inside the holding client's query(), right after the first statement went out)
+    const client = (sem as unknown as { session: { current: { client: pg.PoolClient } } }).session.current.client;
+    const query = client.query;
+    let late: Array<Promise<Hold | null>> = [];
+    client.query = function (this: pg.PoolClient, ...args: unknown[]) {
+      client.query = query;
+      const sent = (query as (...a: unknown[]) => unknown).apply(this, args);
+      late = Array.from({ length: 20 }, () => sem.tryHold('b-wide'));
+      return sent;
+    } as typeof client.query;
+    const before3 = sem.roundTrips;
+    const early = await sem.tryHold('b-wide');
+    expect(late).toHaveLength(20);
+    const third = [early, ...(await Promise.all(late))];
+    stray.push(...third.filter((h): h is Hold => h !== null));
+    expect(third.every(Boolean)).toBe(true);
+    const statements3 = sem.roundTrips - before3;
+    expect(statements3).toBe(2);
+    for (const h of stray.splice(0)) await h.release();
+    // at most 200 requests per statement
+    const before4 = sem.roundTrips;
+    const wide = await Promise.all(Array.from({ length: 250 }, () => sem.tryHold('b-wide')));
+    stray.push(...wide.filter((h): h is Hold => h !== null));
+    const statements4 = sem.roundTrips - before4;
+    expect(wide.every(Boolean)).toBe(true);
+    expect(new Set(ticketKeys(wide)).size).toBe(250);
+    expect(statements4).toBeLessThanOrEqual(2);
+    console.log(
+      `[session] batching: ${N} requests queued at once -> ${statements} statement; 4 requests on 3 missing semaphores -> ${statements2} round trips; ` +
+        `1 + 20 arriving while it runs -> ${statements3} statements; 250 at once -> ${statements4} statements`,
+    );
   });
 });
 
