@@ -664,13 +664,38 @@ describe('an acquire statement that fails half-way', () => {
   });
 });
 
-describe.skipIf(!pgbouncerBinary())('behind PgBouncer in transaction mode', () => {
+describe.skipIf(!pgbouncerBinary())('behind PgBouncer', () => {
   let bouncer: PgBouncerServer | undefined;
+  let sessionBouncer: PgBouncerServer | undefined;
   afterAll(async () => {
     await bouncer?.stop();
+    await sessionBouncer?.stop();
   });
 
-  it('session holding is refused with HoldingModeError and leaves no lock behind', async ({ skip }) => {
+  it('in session mode, session holding works: the probe passes, tickets are held and freed', async ({ skip }) => {
+    const url = new URL(databaseUrl());
+    if (!['127.0.0.1', 'localhost'].includes(url.hostname)) skip();
+    sessionBouncer = await startPgBouncer(Number(url.port || 5432), { poolMode: 'session', poolSize: 4 });
+    await ctx.sem.make('pooled', 3);
+    const sem = new PgSemaphore({ connection: { connectionString: sessionBouncer.url(url.pathname.slice(1)), max: 4 }, schema: ctx.schema, holding: 'session' });
+    opened.push(sem);
+    const started = Date.now();
+    const holds = await Promise.all([sem.hold('pooled'), sem.hold({ name: 'pooled', tickets: 2 })]);
+    stray.push(...holds);
+    const openedIn = Date.now() - started;
+    expect(openedIn).toBeLessThan(4_000); // the probe arrived (a refusal takes 5 s)
+    const status = await ctx.sem.status('pooled');
+    expect(status.held).toBe(3);
+    expect(new Set(status.holders.map((h) => h.pid)).size).toBe(1);
+    expect(await sem.tryHold('pooled')).toBeNull();
+    for (const h of holds) await h.release();
+    expect(await ticketLocks()).toBe(0);
+    await (await sem.hold({ name: 'pooled', tickets: 3 })).release();
+    await sem.close();
+    expect(await ticketLocks()).toBe(0);
+  });
+
+  it('in transaction mode, session holding is refused with HoldingModeError and leaves no lock (and no setting) behind', async ({ skip }) => {
     const url = new URL(databaseUrl());
     // the PgBouncer of servers.ts talks to 127.0.0.1 only
     if (!['127.0.0.1', 'localhost'].includes(url.hostname)) skip();
