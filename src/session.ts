@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import type { Pool, PoolClient } from 'pg';
 import { HoldingModeError } from './errors/holding-mode-error.js';
+import { PgSemaphoreError } from './errors/pg-semaphore-error.js';
 import type { Hold, ReleaseResult } from './hold.js';
 import type { Logger } from './logger.js';
 import { errorCode, isConnectionLost, SQLSTATE } from './sqlstate.js';
@@ -182,8 +183,18 @@ export class HoldingSession {
       idleSince: Date.now(),
       release: (hold, ids, options) => this.release(generation, hold, ids, options),
     };
-    const onError = (err: Error) => this.lose(generation, `the holding connection failed (${err.message})`, err);
-    const onEnd = () => this.lose(generation, 'the holding connection closed');
+    // a loss while opening ends the open at once (the probe would wait for nothing)
+    let failOpen: (err: Error) => void = () => undefined;
+    const lostWhileOpening = new Promise<never>((_, reject) => (failOpen = reject));
+    lostWhileOpening.catch(() => undefined);
+    const onError = (err: Error) => {
+      failOpen(err);
+      this.lose(generation, `the holding connection failed (${err.message})`, err);
+    };
+    const onEnd = () => {
+      failOpen(new PgSemaphoreError('expected the holding connection to open, got it closed while opening'));
+      this.lose(generation, 'the holding connection closed');
+    };
     client.on('error', onError);
     client.on('end', onEnd);
     try {
@@ -206,14 +217,14 @@ export class HoldingSession {
         // not hang the acquire
         const sent = pool.query(statements.sessionProbe(generation.pid)).then(() => 'sent' as const);
         sent.catch(() => undefined);
-        if ((await Promise.race([sent, timedOut])) === 'late') {
+        if ((await Promise.race([sent, timedOut, lostWhileOpening])) === 'late') {
           throw new HoldingModeError(
             'session',
             `a free connection in the pool to send the holding connection's probe within ${PROBE_TIMEOUT_MS} ms`,
             `none (session holding needs the holding connection, the LISTEN connection while waiting, and one more: raise the pool's max)`,
           );
         }
-        late = await Promise.race([arrived.then(() => false), timedOut.then(() => true)]);
+        late = await Promise.race([arrived.then(() => false), timedOut.then(() => true), lostWhileOpening]);
       } finally {
         clearTimeout(timer);
       }
@@ -229,10 +240,13 @@ export class HoldingSession {
       roundTrips(1);
       await client.query(statements.settleSession(livenessMs, this.label));
     } catch (err) {
-      generation.dead = true;
       client.removeListener('error', onError);
       client.removeListener('end', onEnd);
-      client.release(true);
+      // lose() already gave a connection that died back (a second release throws)
+      if (!generation.dead) {
+        generation.dead = true;
+        client.release(true);
+      }
       if (errorCode(err) === SQLSTATE.undefinedObject) {
         throw new HoldingModeError(
           'session',
@@ -243,11 +257,12 @@ export class HoldingSession {
       }
       throw err;
     }
-    if (this.closed) {
+    if (this.closed && !generation.dead) {
       generation.dead = true;
       client.release(true);
       throw new HoldingModeError('session', 'an open PgSemaphore', 'one closed while connecting');
     }
+    if (generation.dead) throw new PgSemaphoreError('expected the holding connection to open, got it lost while opening');
     this.current = generation;
     return generation;
   }

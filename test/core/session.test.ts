@@ -600,6 +600,26 @@ describe('losing the holding connection', () => {
     expect(await ticketLocks()).toBe(0);
   });
 
+  it('a holding connection lost while it opens: the acquire fails at once with the connection error', async () => {
+    // pool max 1: the probe cannot be sent, so the open waits (up to 5 s); the backend is killed meanwhile
+    await ctx.sem.make('opening', 1);
+    const sem = session({ connection: { connectionString: databaseUrl(), max: 1 } });
+    const pending = track(sem.tryHold('opening'));
+    const pid = await waitFor(
+      async () => {
+        const { rows } = await ctx.admin.query<{ pid: number }>(`SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN pg_semaphore_session%' AND state = 'idle'`);
+        return rows[0]?.pid;
+      },
+      { interval: 5, what: 'the holding connection to be opening' },
+    );
+    await ctx.admin.query('SELECT pg_terminate_backend($1)', [pid]);
+    const killedAt = Date.now();
+    const err = await within(rejection(pending.promise), 10_000, 'the acquire to fail');
+    expect(pending.at! - killedAt).toBeLessThan(2_000);
+    expect(err).toMatchObject({ code: '57P01' });
+    expect(await ticketLocks()).toBe(0);
+  });
+
   it('a connection that held nothing for half the window is closed; the next acquire opens another', async () => {
     await ctx.sem.make('idle', 1);
     const LIVENESS = 600;
