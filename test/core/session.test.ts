@@ -126,7 +126,7 @@ describe('a session never hands one ticket to two holders of the process', () =>
     expect(await ticketLocks()).toBe(0);
   });
 
-  it('a storm of waiting holds and tryHolds: never more than K in flight, never one ticket twice, locks = holds at every sample', async () => {
+  it('a storm of waiting holds and tryHolds: never more than K in flight, never one ticket twice, never more than K locks in pg_locks', async () => {
     const K = 4;
     await ctx.sem.make('storm', K);
     const sem = session();
