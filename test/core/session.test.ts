@@ -601,9 +601,11 @@ describe('losing the holding connection', () => {
   });
 
   it('a holding connection lost while it opens: the acquire fails at once with the connection error', async () => {
-    // pool max 1: the probe cannot be sent, so the open waits (up to 5 s); the backend is killed meanwhile
+    // the application holds two of the pool's three connections: the probe cannot be sent, so
+    // the open waits (up to 5 s); the holding backend is killed meanwhile
     await ctx.sem.make('opening', 1);
-    const sem = session({ connection: { connectionString: databaseUrl(), max: 1 } });
+    const sem = session({ connection: { connectionString: databaseUrl(), max: 3 } });
+    const app = [await sem.pool.connect(), await sem.pool.connect()];
     const pending = track(sem.tryHold('opening'));
     const pid = await waitFor(
       async () => {
@@ -618,6 +620,9 @@ describe('losing the holding connection', () => {
     expect(pending.at! - killedAt).toBeLessThan(2_000);
     expect(err).toMatchObject({ code: '57P01' });
     expect(await ticketLocks()).toBe(0);
+    for (const c of app) c.release();
+    const h = await sem.hold('opening');
+    await h.release();
   });
 
   it('a connection that held nothing for half the window is closed; the next acquire opens another', async () => {
