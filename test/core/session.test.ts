@@ -324,6 +324,21 @@ describe('the API in session holding', () => {
     expect(sem.openHolds).toBe(0);
   });
 
+  it('the holding connection: idle_session_timeout = livenessTimeout, READ COMMITTED, keepalives, the process label, no probe channel left', async () => {
+    await ctx.sem.make('settings', 1);
+    const sem = session({ livenessTimeout: 4_321 });
+    const hold = await sem.hold('settings');
+    stray.push(hold);
+    const client = (sem as unknown as { session: { current: { client: pg.PoolClient } } }).session.current.client;
+    const { rows } = await client.query(
+      `SELECT current_setting('idle_session_timeout') AS idle, current_setting('default_transaction_isolation') AS iso,
+              current_setting('tcp_keepalives_idle') AS ka_idle, current_setting('application_name') AS app,
+              (SELECT count(*)::int FROM pg_listening_channels()) AS channels, pg_backend_pid() AS pid`,
+    );
+    expect(rows[0]).toEqual({ idle: '4321ms', iso: 'read committed', ka_idle: '10', app: `pg-semaphore:${processLabel}`, channels: 0, pid: holdingPid(sem) });
+    await hold.release();
+  });
+
   it('tryHold: null and onBusy with the short semaphore when full', async () => {
     await ctx.sem.make('try', 1);
     await ctx.sem.make('try-free', 1);
