@@ -5,6 +5,7 @@ import { UnrecoverableError } from 'bullmq';
 import { describe, expect, it, vi } from 'vitest';
 import { RescheduleBudgetError, WaitCancelledError } from '../../src/bullmq/index.js';
 import {
+  HoldingModeError,
   InvalidArgumentError,
   PgSemaphoreError,
   SemaphoreBusyError,
@@ -41,12 +42,16 @@ describe('instanceof PgSemaphoreError', () => {
       new SemaphoreBusyError(['openai']),
       new SemaphoreTimeoutError('acquire', ['openai'], 100),
       new TicketLostError(['openai'], 'connection lost'),
+      new HoldingModeError('session', 'a transaction', 'a session hold'),
     ];
     for (const err of errors) expect(err instanceof PgSemaphoreError, err.name).toBe(true);
     expect(errors[0] instanceof InvalidArgumentError).toBe(true);
     expect(errors[0] instanceof TicketLostError).toBe(false);
     expect(errors[4] instanceof InvalidArgumentError).toBe(false);
     expect(new PgSemaphoreError('base') instanceof TicketLostError).toBe(false);
+    expect(errors[5]!.name).toBe('HoldingModeError');
+    expect((errors[5] as HoldingModeError).holding).toBe('session');
+    expect(errors[5]!.message).toBe('expected a transaction, got a session hold');
   });
 
   it('is false for errors that are not the library’s, and for non-objects', () => {

@@ -20,6 +20,7 @@ const PUBLIC = {
     values: [
       'DEFAULT_SCHEMA',
       'DISABLE_ENV',
+      'HoldingModeError',
       'InvalidArgumentError',
       'MAX_NAME_LENGTH',
       'MAX_TICKETS',
@@ -44,6 +45,7 @@ const PUBLIC = {
       'HoldTx',
       'HoldTxTypes',
       'HolderInfo',
+      'HoldingMode',
       'InstallPart',
       'Logger',
       'NotInstalledProblem',
