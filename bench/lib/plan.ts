@@ -62,6 +62,8 @@ export function fullPlan(): WorkloadSpec[] {
       tenants: 0,
       contenders: ['pgsem-redis', 'pgsem-pg', 'pgsem-redis-session', 'pgsem-pg-session'],
     },
+    // issue 12's comparison, early so a short budget does not skip it
+    LARGE_CAP,
     {
       id: 'saturated-0ms',
       title: 'Saturated, one semaphore: K=5, 4 processes x concurrency 20, 0 ms holds',
@@ -104,7 +106,6 @@ export function fullPlan(): WorkloadSpec[] {
       tenants: 12,
       contenders: ['pgsem-redis', 'pgsem-pg', 'redis-semaphore', 'plain'],
     },
-    LARGE_CAP,
   ];
 }
 

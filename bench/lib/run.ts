@@ -165,7 +165,12 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
   const cleanup = () => (cleaning ??= doCleanup());
   const doCleanup = async () => {
     cleaned = true;
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    // a host that sent its result is closing its connections and exiting: give it a moment
+    // (a profiled host, BENCH_HOST_NODE_ARGS=--cpu-prof, writes its profile on exit)
+    const alive = () => children.filter((c) => c.exitCode === null && c.signalCode === null);
+    const until = Date.now() + 5_000;
+    while (alive().some((c) => c.connected) && Date.now() < until) await sleep(25);
+    for (const c of alive()) c.kill('SIGKILL');
     if (queue) {
       await queue.obliterate({ force: true }).catch((err) => errors.push(`obliterate: ${(err as Error).message}`));
       await queue.close().catch(() => undefined);
