@@ -6,7 +6,7 @@ const ALL: ContenderId[] = ['pgsem-redis', 'pgsem-pg', 'pgsem-nowake', 'bullmq-g
 /** The large-cap workload (issue 12): a cap larger than a connection budget, both holding modes. */
 const LARGE_CAP: WorkloadSpec = {
   id: 'large-cap',
-  title: 'Large cap: K=200, 4 processes x concurrency 60 (240 slots), 500 ms holds, pool max 64 per process',
+  title: 'Large cap: K=200, 4 processes x concurrency 60 (240 slots), 500 ms holds; pool max 64 per process in transaction holding (8 in session holding)',
   // ideal 200 / 0.5 s = 400 jobs/s: ~15-40 s per contender on 2 shared cores
   jobs: 6_000,
   holdMs: 500,
@@ -16,7 +16,8 @@ const LARGE_CAP: WorkloadSpec = {
   mode: 'single',
   tenants: 0,
   // transaction holding pins one connection per held ticket: 60 jobs of a process need 60
-  // (+ the LISTEN connection); session holding opens one holding connection per process
+  // (+ the LISTEN connection); session holding opens one holding connection per process and
+  // keeps the default pool (8: LISTEN, wake-up relays)
   semPoolMax: 64,
   contenders: ['pgsem-redis', 'pgsem-redis-session', 'pgsem-pg', 'pgsem-pg-session', 'bullmq-global', 'redis-semaphore'],
 };

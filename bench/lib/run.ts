@@ -243,7 +243,8 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
         bqSchema,
         prefix,
         apiUrl: api.url,
-        semPoolMax: workload.semPoolMax ?? env.semPoolMax,
+        // a workload's own pool size is for transaction holding (a connection per held ticket set)
+        semPoolMax: info.holding === 'transaction' ? (workload.semPoolMax ?? env.semPoolMax) : env.semPoolMax,
         bqPoolMax: env.bqPoolMax,
         semAppName,
         bqAppName,
@@ -330,8 +331,12 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
         }
         try {
           const { rows } = await admin.query<{ application_name: string; n: number; tx: number }>(
-            `SELECT application_name, count(*)::int AS n, count(xact_start)::int AS tx FROM pg_stat_activity WHERE application_name LIKE $1 GROUP BY 1`,
-            [`%${runId}%`],
+            // a session holding connection names itself 'pg-semaphore:session <host>:<process pid>'
+            `SELECT application_name, count(*)::int AS n, count(xact_start)::int AS tx FROM pg_stat_activity
+              WHERE application_name LIKE $1
+                 OR (application_name LIKE 'pg-semaphore:session %' AND substring(application_name FROM ':([0-9]+)$')::int = ANY ($2::int[]))
+              GROUP BY 1`,
+            [`%${runId}%`, children.map((c) => c.pid ?? -1)],
           );
           let s = 0;
           let b = 0;

@@ -64,8 +64,9 @@ export interface WorkloadSpec {
   /** global-tenant: share of jobs weighing 2 on the global semaphore. */
   heavyShare?: number;
   /**
-   * pg-semaphore's pool max per worker process for this workload (else --pool, 8): a large cap
-   * in transaction holding needs one connection per held ticket set.
+   * pg-semaphore's pool max per worker process for this workload in transaction holding (else
+   * --pool, 8): a large cap there needs one connection per held ticket set. Session holding
+   * keeps --pool.
    */
   semPoolMax?: number;
   contenders: ContenderId[];
