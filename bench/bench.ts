@@ -1,7 +1,8 @@
 // pg-semaphore benchmark: fleet-wide caps for BullMQ workers, against BullMQ's global
 // concurrency, redis-semaphore, the wrapper without wake-ups, and a plain uncapped worker.
 //
-//   npm run bench                      full run (< 18 min), writes bench/results/latest.*
+//   npm run bench                      full run (< 24 min; ~15 min), writes bench/results/latest.*
+//   npx tsx bench/bench.ts --workloads=large-cap      one workload (ids in bench/lib/plan.ts)
 //   npx tsx bench/bench.ts --quick     < 1 min; exits non-zero if a cap broke or a job was lost
 //
 // Postgres: by default the benchmark starts its own Postgres 15 from the machine's binaries
@@ -10,7 +11,7 @@
 // SIGINT/SIGTERM. With DATABASE_URL set (or --pg=url) it uses that server instead and reads
 // what it can there; --pg=own starts its own even so. REDIS_URL overrides the Redis default.
 //
-// Options: --quick, --raw (also write every run's job timestamps), --pool=<pg-semaphore pool max per process, 8>, --only=<contender,...>, --workloads=<id,...>, --jobs=<n>, --deadline=<s per run>,
+// Options: --quick, --raw (also write every run's job timestamps), --pool=<pg-semaphore pool max per process, 8; a workload may set its own>, --only=<contender,...>, --workloads=<workload id,...>, --jobs=<n>, --deadline=<s per run>,
 // --budget=<s in all>, --out=<dir>, --pg=own|url. The full run (no --only/--workloads) ends with the acquire microbenchmark (bench/acquire.ts).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -37,7 +38,7 @@ for (const a of args) {
 }
 const quick = flag('quick');
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
-const budgetMs = Number(opt('budget') ?? (quick ? 55 : 18 * 60)) * 1000;
+const budgetMs = Number(opt('budget') ?? (quick ? 55 : 24 * 60)) * 1000;
 const runDeadlineMs = Number(opt('deadline') ?? (quick ? 20 : 90)) * 1000;
 // pg-semaphore's pool per worker process stays small (a shared DATABASE_URL server may have max_connections 100).
 const semPoolMax = Number(opt('pool') ?? 8);

@@ -166,11 +166,14 @@ let processor: (job: Job<JobData>, token: string | undefined, signal: AbortSigna
 switch (cfg.contender) {
   case 'pgsem-redis':
   case 'pgsem-pg':
+  case 'pgsem-redis-session':
+  case 'pgsem-pg-session':
   case 'pgsem-nowake': {
     sem = new PgSemaphore({
       connection: { connectionString: cfg.databaseUrl, max: cfg.semPoolMax },
       schema: cfg.semSchema,
       applicationName: cfg.semAppName,
+      holding: cfg.holding ?? 'transaction',
     });
     limited = // (ticket numbers count per semaphore: per key, the tenant makes them unique)
     limited = limitProcessor<JobData, void>(sem, async (job, _token, signal, ctx) => body(job, signal, ticketKey(job, ctx.tickets[0])), {

@@ -6,6 +6,8 @@ import { CONTENDERS, type ContenderId } from './types.js';
 const COLORS: Record<ContenderId, string> = {
   'pgsem-redis': '#2563eb',
   'pgsem-pg': '#0891b2',
+  'pgsem-redis-session': '#7c3aed',
+  'pgsem-pg-session': '#a78bfa',
   'pgsem-nowake': '#93c5fd',
   'bullmq-global': '#ea580c',
   'redis-semaphore': '#dc2626',
@@ -16,13 +18,14 @@ const TITLES: Record<string, string> = {
   'saturated-10ms': 'Saturated: one semaphore, K = 5, 80 worker slots, 10 ms holds (ideal = K / mean hold)',
   'per-key': 'Per key: 100 tenants x cap 2, uneven (ideal = busiest tenant through its cap, or all jobs through 80 slots)',
   uncontended: 'Uncontended: K = 100 > 20 worker slots, 10 ms holds (ideal = slots / mean hold)',
+  'large-cap': 'Large cap: K = 200, 240 worker slots (4 x 60), 500 ms holds (ideal = K / mean hold)',
   'global-tenant': 'Global cap 3 + 12 tenants x cap 1, some jobs weigh 2, 5-40 ms holds (ideal = weighted holds through 3 tickets)',
 };
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 
 export function renderChart(figures: RunFigures[], env: Environment): string {
-  const groups = ['saturated-10ms', 'per-key', 'global-tenant', 'uncontended']
+  const groups = ['saturated-10ms', 'per-key', 'global-tenant', 'large-cap', 'uncontended']
     .map((w) => ({ w, bars: figures.filter((f) => f.workload === w && f.shareOfIdeal !== null) }))
     .filter((g) => g.bars.length > 0);
   const width = 960;

@@ -43,7 +43,10 @@ export async function startFakeApi(tenants: number) {
     if (hold > 0) setTimeout(reply, hold);
     else setImmediate(reply);
   });
-  server.keepAliveTimeout = 10_000;
+  // Longer than any run: a worker's socket may sit idle for seconds while its job waits for a
+  // ticket (large cap: 40 of 240 slots wait), and a server closing an idle keep-alive socket
+  // just as the worker reuses it fails that job's call with "socket hang up".
+  server.keepAliveTimeout = 120_000;
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   return {

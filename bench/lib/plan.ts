@@ -3,6 +3,25 @@ import type { ContenderId, WorkloadSpec } from './types.js';
 
 const ALL: ContenderId[] = ['pgsem-redis', 'pgsem-pg', 'pgsem-nowake', 'bullmq-global', 'redis-semaphore', 'plain'];
 
+/** The large-cap workload (issue 12): a cap larger than a connection budget, both holding modes. */
+const LARGE_CAP: WorkloadSpec = {
+  id: 'large-cap',
+  title: 'Large cap: K=200, 4 processes x concurrency 60 (240 slots), 500 ms holds; pool max 64 per process in transaction holding (8 in session holding)',
+  // ideal 200 / 0.5 s = 400 jobs/s: ~15-40 s per contender on 2 shared cores
+  jobs: 6_000,
+  holdMs: 500,
+  processes: 4,
+  concurrency: 60,
+  cap: 200,
+  mode: 'single',
+  tenants: 0,
+  // transaction holding pins one connection per held ticket: 60 jobs of a process need 60
+  // (+ the LISTEN connection); session holding opens one holding connection per process and
+  // keeps the default pool (8: LISTEN, wake-up relays)
+  semPoolMax: 64,
+  contenders: ['pgsem-redis', 'pgsem-redis-session', 'pgsem-pg', 'pgsem-pg-session', 'bullmq-global', 'redis-semaphore'],
+};
+
 /** The full run; the cheap uncontended runs come early so the targets are measured even if time runs short. */
 export function fullPlan(): WorkloadSpec[] {
   return [
@@ -16,7 +35,7 @@ export function fullPlan(): WorkloadSpec[] {
       cap: 5,
       mode: 'single',
       tenants: 0,
-      contenders: ALL,
+      contenders: ['pgsem-redis', 'pgsem-pg', 'pgsem-redis-session', 'pgsem-nowake', 'bullmq-global', 'redis-semaphore', 'plain'],
     },
     {
       id: 'uncontended',
@@ -28,7 +47,7 @@ export function fullPlan(): WorkloadSpec[] {
       cap: 100,
       mode: 'single',
       tenants: 0,
-      contenders: ['pgsem-redis', 'pgsem-pg', 'redis-semaphore', 'plain'],
+      contenders: ['pgsem-redis', 'pgsem-pg', 'pgsem-redis-session', 'redis-semaphore', 'plain'],
     },
     {
       // One job at a time in one process: every acquire and release is alone, so the round
@@ -42,8 +61,10 @@ export function fullPlan(): WorkloadSpec[] {
       cap: 100,
       mode: 'single',
       tenants: 0,
-      contenders: ['pgsem-redis', 'pgsem-pg'],
+      contenders: ['pgsem-redis', 'pgsem-pg', 'pgsem-redis-session', 'pgsem-pg-session'],
     },
+    // issue 12's comparison, early so a short budget does not skip it
+    LARGE_CAP,
     {
       id: 'saturated-0ms',
       title: 'Saturated, one semaphore: K=5, 4 processes x concurrency 20, 0 ms holds',
@@ -106,5 +127,7 @@ export function quickPlan(): WorkloadSpec[] {
     // two semaphores taken together, weighted: its own cap check (a few s of jobs; last, so a
     // short budget skips it rather than cutting it off)
     { ...globalTenant!, jobs: 120, contenders: ['pgsem-redis'] },
+    // session holding: the large cap's cap check (240 slots on 200 tickets, ~2 s of jobs)
+    { ...LARGE_CAP, jobs: 800, contenders: ['pgsem-redis-session'] },
   ];
 }

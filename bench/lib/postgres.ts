@@ -24,7 +24,8 @@ export const BQ_DB = 'bullmq';
 /** Settings of the benchmark's own server (recorded in the results). */
 export const OWN_SETTINGS: Record<string, string | number> = {
   listen_addresses: '127.0.0.1',
-  max_connections: 200,
+  // the large-cap workload in transaction holding: 4 processes x (60 holders + LISTEN) + BullMQ's
+  max_connections: 400,
   shared_buffers: '128MB',
   // A throwaway benchmark server: no fsync (commits still write WAL; it is just not flushed
   // to disk), so the disk of a shared machine does not decide the figures. Never do this for real.

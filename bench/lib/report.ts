@@ -5,11 +5,11 @@ import { acquireLines, type AcquireResult } from './acquire-bench.js';
 import type { RunFigures } from './analyze.js';
 import type { Environment } from './environment.js';
 import { renderChart } from './chart.js';
-import type { ContenderId, WorkloadSpec } from './types.js';
+import { CONTENDERS, type ContenderId, type WorkloadSpec } from './types.js';
 
 export interface TargetResult {
-  /** The item of issue 11's "What must be true" list. */
-  item: number;
+  /** The item of issue 11's "What must be true" list (numbers), or of issue 12's ('12: ...'). */
+  item: number | string;
   target: string;
   contender: string;
   value: string;
@@ -18,7 +18,8 @@ export interface TargetResult {
   why?: string;
 }
 
-const OURS: ContenderId[] = ['pgsem-redis', 'pgsem-pg'];
+const OURS: ContenderId[] = ['pgsem-redis', 'pgsem-pg', 'pgsem-redis-session', 'pgsem-pg-session'];
+const isSession = (c: string) => CONTENDERS[c as ContenderId]?.holding === 'session';
 
 const pct = (x: number | null | undefined, digits = 1) => (x === null || x === undefined || !Number.isFinite(x) ? '—' : `${(x * 100).toFixed(digits)}%`);
 const num = (x: number | null | undefined, digits = 2) => (x === null || x === undefined || !Number.isFinite(x) ? '—' : x.toFixed(digits));
@@ -67,7 +68,7 @@ export const WAL_ABOUT_ZERO = 50;
  */
 export function evaluateTargets(figures: RunFigures[], env: Environment, acquire?: AcquireResult | null): TargetResult[] {
   const out: TargetResult[] = [];
-  const add = (item: number, target: string, contender: string, value: string, pass: boolean | null, why?: string) =>
+  const add = (item: number | string, target: string, contender: string, value: string, pass: boolean | null, why?: string) =>
     out.push({ item, target, contender, value, pass, why: pass === true ? undefined : why });
   const notRun = (w: string, c: string) => `${c}: not run on ${w} in this run`;
 
@@ -151,12 +152,14 @@ export function evaluateTargets(figures: RunFigures[], env: Environment, acquire
     if (critOf) {
       const cr = critOf.critRt;
       const crit = cr ? cr.pre + cr.post : null;
+      // issue 12: session holding takes tickets in 1 round trip and releases without a wait
+      const maxCrit = isSession(c) ? 1 : 2;
       add(
-        6,
-        "<= 2 Postgres round trips on an uncontended job's critical path",
+        isSession(c) ? '12' : 6,
+        `<= ${maxCrit} Postgres round trip${maxCrit > 1 ? 's' : ''} on an uncontended job's critical path`,
         c,
         cr ? `${num(crit)} (${num(cr.pre)} before the body + ${num(cr.post)} after; ${critOf.workload}, ${cr.nPre}/${cr.nPost} phases measured alone)` : '—',
-        crit === null ? null : crit <= 2.0001,
+        crit === null ? null : crit <= maxCrit + 0.0001,
         crit === null ? `no job of ${critOf.workload} ran its acquire or release alone in its process` : roundTripWhy(critOf),
       );
     }
@@ -175,6 +178,22 @@ export function evaluateTargets(figures: RunFigures[], env: Environment, acquire
       const f = find(figures, w, c);
       if (!f) continue;
       add(7, `busiest host <= 1.5 x least busy host's jobs (${w})`, c, f.hostSpread === null ? '—' : `${num(f.hostSpread)} (${f.hostJobs.join('/')})`, f.hostSpread === null ? null : f.hostSpread <= 1.5, `jobs per host ${f.hostJobs.join(', ')}`);
+    }
+  }
+  // Issue 12: a large cap on few connections.
+  for (const c of OURS) {
+    const f = find(figures, 'large-cap', c);
+    if (!f || f.conns.holdPeak === undefined) continue;
+    const processes = f.hostJobs.length;
+    if (isSession(c)) {
+      add(
+        '12',
+        `at most one holding connection per worker process (large-cap: <= ${processes})`,
+        c,
+        `${f.conns.holdPeak} backends held tickets at once (peak of ${f.conns.lockSamples} pg_locks samples; ${f.conns.ticketsPeak} tickets held at peak)`,
+        f.conns.holdPeak <= processes,
+        `pg-semaphore connections open at peak ${f.conns.semPeak}`,
+      );
     }
   }
   // 5. Acquire microbenchmark
@@ -271,7 +290,9 @@ function row(f: RunFigures): string[] {
     f.hostSpread === null ? '—' : num(f.hostSpread),
     f.gap ? `${num(f.gap.p50)} / ${num(f.gap.p99)}${f.gapNote?.startsWith('virtual') ? '*' : ''}` : '—',
     `${f.maxHolders}, ${f.maxHoldersByClock} / ${f.cap ?? '∞'}` + (f.tenantHolders ? `; tenant ${f.tenantHolders.api}, ${f.tenantHolders.clock} / ${f.tenantHolders.cap}` : ''),
-    ours ? `${f.conns.semPeak} (${f.conns.semTxPeak} tx)${f.contender === 'pgsem-pg' ? ` +${f.conns.bqPeak} bq` : ''}` : '—',
+    ours
+      ? `${f.conns.semPeak} (${f.conns.semTxPeak} tx${f.conns.holdPeak !== undefined ? `, ${f.conns.holdPeak} hold` : ''})${CONTENDERS[f.contender as ContenderId]?.backend === 'postgres' ? ` +${f.conns.bqPeak} bq` : ''}`
+      : '—',
     f.rssPeakMB.toFixed(0),
     `${num(f.workerCpuMsPerJob, 1)}/${num(f.serverCpuMsPerJob?.postgres, 1)}/${num(f.serverCpuMsPerJob?.redis, 1)}`,
     pct(f.cpuBusy, 0),
@@ -290,10 +311,10 @@ function checkOf(f: RunFigures): string {
   return bad.length ? bad.join(', ') : 'ok';
 }
 
-function textTable(rows: string[][]): string {
-  const widths = COLUMNS.map((c, i) => Math.max(c.length, ...rows.map((r) => r[i]!.length)));
+function textTable(rows: string[][], columns: string[] = COLUMNS): string {
+  const widths = columns.map((c, i) => Math.max(c.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
-  return [line(COLUMNS), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
+  return [line(columns), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
 const NOTES = [
@@ -304,9 +325,52 @@ const NOTES = [
   "PG ms/job: Postgres execution time (pg_stat_statements total_exec_time of top-level statements, BEGIN/COMMIT/ROLLBACK/SELECT 1 included) per completed job, pg-semaphore's / BullMQ Postgres backend's. WAL B/job: their wal_bytes, and the whole server's WAL (pg_current_wal_lsn() before/after) per job. How statements were attributed is under Postgres.",
   'host spread: jobs completed by the busiest worker process / by the least busy one (all processes have the same concurrency).',
   'idle gap: body end of one holder to body start of the next on the same ticket id; * = no ticket ids, intervals laid on K virtual slots (each start takes the most recently freed slot: a lower bound).',
-  "holders: most calls in flight at once (per tenant in per-key; weighted by tickets on the global cap, and per tenant, in global-tenant) as the fake API counted them, and as the processes' body timestamps show (the API answers 0 ms calls within one tick, so only the clock sees their overlap); both must be <= cap. PG conns: peak of pg-semaphore connections open (pooled, idle ones included) sampled from pg_stat_activity every 200 ms, in brackets the peak of those inside a transaction (holding or acquiring), + BullMQ Postgres backend connections.",
+  "holders: most calls in flight at once (per tenant in per-key; weighted by tickets on the global cap, and per tenant, in global-tenant) as the fake API counted them, and as the processes' body timestamps show (the API answers 0 ms calls within one tick, so only the clock sees their overlap); both must be <= cap. PG conns: peak of pg-semaphore connections open (pooled, idle ones included) sampled from pg_stat_activity every 200 ms, in brackets the peak of those inside a transaction (holding or acquiring) and the peak of backends holding ticket locks (pg_locks: distinct pids with an advisory lock on the run's ticket keys), + BullMQ Postgres backend connections.",
   "RSS: peak of any worker process. CPU ms/job: CPU time per completed job of the worker processes / the Postgres server's processes (only the benchmark's own server when it runs one) / Redis (shared). CPU: whole machine busy during the run (everything shares the cores).",
 ];
+
+const LARGE_CAP_COLUMNS = [
+  'contender',
+  'jobs/s',
+  '% ideal',
+  'holding backends peak (mean)',
+  'tickets held peak',
+  'lib conns peak',
+  'PG ms/job',
+  'WAL B/job',
+  'PG RT/job',
+  'crit RT (serial)',
+  'CPU ms/job wrk/pg/rds',
+  'check',
+];
+
+/**
+ * Issue 12's table: the large-cap workload side by side. Holding backends: distinct backends
+ * with a lock on one of the run's tickets (pg_locks, every 200 ms); lib conns: pg-semaphore's
+ * connections open (pg_stat_activity); crit RT from the uncontended-serial run of the same contender.
+ */
+export function largeCapRows(figures: RunFigures[]): string[][] {
+  return figures
+    .filter((f) => f.workload === 'large-cap')
+    .map((f) => {
+      const ours = f.contender.startsWith('pgsem');
+      const serial = find(figures, 'uncontended-serial', f.contender)?.critRt;
+      return [
+        f.contender,
+        f.jobsPerSec.toFixed(0),
+        pct(f.shareOfIdeal),
+        ours && f.conns.holdPeak !== undefined ? `${f.conns.holdPeak} (${num(f.conns.holdMean, 1)})` : '— (no Postgres)',
+        ours && f.conns.ticketsPeak !== undefined ? `${f.conns.ticketsPeak} / ${f.cap}` : '—',
+        ours ? `${f.conns.semPeak}${CONTENDERS[f.contender as ContenderId]?.backend === 'postgres' ? ` +${f.conns.bqPeak} bq` : ''}` : '—',
+        ours && f.pg ? fmtMs(f.pg.semMsPerJob) : '—',
+        ours && f.pg ? fmtBytes(f.pg.semWalPerJob) : '—',
+        num(f.roundTripsPerJob),
+        serial ? `${num(serial.pre, 1)}+${num(serial.post, 1)}` : '—',
+        `${num(f.workerCpuMsPerJob, 1)}/${num(f.serverCpuMsPerJob?.postgres, 1)}/${num(f.serverCpuMsPerJob?.redis, 1)}`,
+        checkOf(f),
+      ];
+    });
+}
 
 /** The uncontended path against the plain worker: what the cap adds to every job. */
 export function overheadLines(figures: RunFigures[]): string[] {
@@ -329,6 +393,12 @@ export function printTable(figures: RunFigures[], targets: TargetResult[], extra
   console.log('');
   for (const n of NOTES) console.log(`  ${n}`);
   console.log('');
+  const large = largeCapRows(figures);
+  if (large.length) {
+    console.log('Large cap (issue 12): K=200, 4 processes x 60, both holding modes:');
+    console.log(textTable(large, LARGE_CAP_COLUMNS));
+    console.log('');
+  }
   const overhead = overheadLines(figures);
   if (overhead.length) {
     console.log('Uncontended overhead against the plain worker:');
@@ -377,6 +447,18 @@ function markdown(env: Environment, plan: WorkloadSpec[], figures: RunFigures[],
   for (const f of figures) md.push(`| ${row(f).join(' | ')} |`);
   md.push('');
   for (const n of NOTES) md.push(`- ${n}`);
+  const large = largeCapRows(figures);
+  if (large.length) {
+    md.push('', '## Large cap (issue 12): K=200, 4 processes x 60, both holding modes', '');
+    md.push(`| ${LARGE_CAP_COLUMNS.join(' | ')} |`, `| ${LARGE_CAP_COLUMNS.map((_, i) => (i < 1 ? '---' : '---:')).join(' | ')} |`);
+    for (const r of large) md.push(`| ${r.join(' | ')} |`);
+    md.push(
+      '',
+      "- holding backends: distinct Postgres backends holding one of the run's ticket locks at once (pg_locks sampled every 200 ms; mean over the samples in brackets); tickets held peak: ticket locks held at once in the same samples. Transaction holding pins one backend per held ticket set, session holding one per worker process.",
+      "- lib conns peak: pg-semaphore's connections open (pool, LISTEN and holding connections, idle ones included) from pg_stat_activity; + BullMQ's Postgres backend's own.",
+      '- crit RT (serial): round trips before + after the body of a job alone, from the uncontended-serial run of the same contender (blank when it did not run).',
+    );
+  }
   const overhead = overheadLines(figures);
   if (overhead.length) {
     md.push('', '## Uncontended overhead against the plain worker', '');

@@ -35,8 +35,24 @@ export interface RawRun {
   api: { max: number; tenantMax: number; calls: number };
   /** Job counts BullMQ reports after the run. */
   queueCounts: Record<string, number>;
-  /** pg-semaphore's connections (peak, of them in a transaction at once, mean) and BullMQ Postgres backend's. */
-  conns: { semPeak: number; semTxPeak: number; semMean: number; bqPeak: number; bqMean: number; samples: number; names: string[] };
+  /**
+   * pg-semaphore's connections (peak, of them in a transaction at once, mean) and BullMQ
+   * Postgres backend's; holdPeak/holdMean: distinct backends holding this run's ticket locks
+   * (pg_locks), ticketsPeak: ticket locks held at once, lockSamples: pg_locks samples taken.
+   */
+  conns: {
+    semPeak: number;
+    semTxPeak: number;
+    semMean: number;
+    bqPeak: number;
+    bqMean: number;
+    samples: number;
+    names: string[];
+    holdPeak?: number;
+    holdMean?: number;
+    ticketsPeak?: number;
+    lockSamples?: number;
+  };
   cpuBusy: number | null;
   /** CPU the Postgres and Redis servers used during the run (others' load included). */
   serverCpuMs: { postgres: number; redis: number } | null;
@@ -149,7 +165,12 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
   const cleanup = () => (cleaning ??= doCleanup());
   const doCleanup = async () => {
     cleaned = true;
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    // a host that sent its result is closing its connections and exiting: give it a moment
+    // (a profiled host, BENCH_HOST_NODE_ARGS=--cpu-prof, writes its profile on exit)
+    const alive = () => children.filter((c) => c.exitCode === null && c.signalCode === null);
+    const until = Date.now() + 5_000;
+    while (alive().some((c) => c.connected) && Date.now() < until) await sleep(25);
+    for (const c of alive()) c.kill('SIGKILL');
     if (queue) {
       await queue.obliterate({ force: true }).catch((err) => errors.push(`obliterate: ${(err as Error).message}`));
       await queue.close().catch(() => undefined);
@@ -208,6 +229,7 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
         hostIndex: h,
         contender,
         backend: info.backend,
+        holding: info.holding,
         queue: queueName,
         concurrency: workload.concurrency,
         cap: workload.cap,
@@ -221,7 +243,8 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
         bqSchema,
         prefix,
         apiUrl: api.url,
-        semPoolMax: env.semPoolMax,
+        // a workload's own pool size is for transaction holding (a connection per held ticket set)
+        semPoolMax: info.holding === 'transaction' ? (workload.semPoolMax ?? env.semPoolMax) : env.semPoolMax,
         bqPoolMax: env.bqPoolMax,
         semAppName,
         bqAppName,
@@ -279,14 +302,41 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
 
     // ------------------------------------------------------------ run
     const connNames = new Set<string>();
-    const conns = { semPeak: 0, semTxPeak: 0, semSum: 0, bqPeak: 0, bqSum: 0, samples: 0 };
+    const conns = { semPeak: 0, semTxPeak: 0, semSum: 0, bqPeak: 0, bqSum: 0, samples: 0, holdPeak: 0, holdSum: 0, ticketsPeak: 0, lockSamples: 0 };
+    // The backends holding this run's tickets: advisory locks (ns, ticket id) of its schema
+    // (classid is the namespace key as an unsigned 32-bit number, objsubid 2: a two-key lock),
+    // in pg-semaphore's database. The session holding connection renames itself, so
+    // pg_stat_activity's application_name cannot tell holders apart; the lock table can.
+    const ns = usesSem ? (await semAdmin.query<{ ns: string }>(`SELECT (("${semSchema}"._ns()::bigint + 4294967296) % 4294967296)::text AS ns`)).rows[0]!.ns : null;
+    const semDbName = usesSem ? (await semAdmin.query<{ d: string }>('SELECT current_database() AS d')).rows[0]!.d : null;
     let sampling = true;
     const sampler = (async () => {
       while (sampling) {
+        if (ns !== null) {
+          try {
+            const { rows } = await admin.query<{ backends: number; tickets: number }>(
+              `SELECT count(DISTINCT pid)::int AS backends, count(*)::int AS tickets FROM pg_locks
+                WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid::bigint = $1::bigint
+                  AND database = (SELECT oid FROM pg_database WHERE datname = $2)`,
+              [ns, semDbName],
+            );
+            const r = rows[0]!;
+            conns.holdPeak = Math.max(conns.holdPeak, r.backends);
+            conns.ticketsPeak = Math.max(conns.ticketsPeak, r.tickets);
+            conns.holdSum += r.backends;
+            conns.lockSamples++;
+          } catch {
+            // sampling is best effort
+          }
+        }
         try {
           const { rows } = await admin.query<{ application_name: string; n: number; tx: number }>(
-            `SELECT application_name, count(*)::int AS n, count(xact_start)::int AS tx FROM pg_stat_activity WHERE application_name LIKE $1 GROUP BY 1`,
-            [`%${runId}%`],
+            // a session holding connection names itself 'pg-semaphore:session <host>:<process pid>'
+            `SELECT application_name, count(*)::int AS n, count(xact_start)::int AS tx FROM pg_stat_activity
+              WHERE application_name LIKE $1
+                 OR (application_name LIKE 'pg-semaphore:session %' AND substring(application_name FROM ':([0-9]+)$')::int = ANY ($2::int[]))
+              GROUP BY 1`,
+            [`%${runId}%`, children.map((c) => c.pid ?? -1)],
           );
           let s = 0;
           let b = 0;
@@ -378,6 +428,9 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
         bqMean: conns.samples ? conns.bqSum / conns.samples : 0,
         samples: conns.samples,
         names: [...connNames].sort(),
+        ...(ns !== null
+          ? { holdPeak: conns.holdPeak, holdMean: conns.lockSamples ? conns.holdSum / conns.lockSamples : 0, ticketsPeak: conns.ticketsPeak, lockSamples: conns.lockSamples }
+          : {}),
       },
       cpuBusy: busyBetween(cpu0, cpu1),
       serverCpuMs: srv0 && srv1 ? { postgres: srv1.postgres - srv0.postgres, redis: srv1.redis - srv0.redis } : null,

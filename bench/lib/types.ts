@@ -4,10 +4,18 @@
 export const HEAVY_TENANTS = 5;
 
 /** Who enforces the cap. */
-export type ContenderId = 'pgsem-redis' | 'pgsem-pg' | 'pgsem-nowake' | 'bullmq-global' | 'redis-semaphore' | 'plain';
+export type ContenderId =
+  | 'pgsem-redis'
+  | 'pgsem-pg'
+  | 'pgsem-redis-session'
+  | 'pgsem-pg-session'
+  | 'pgsem-nowake'
+  | 'bullmq-global'
+  | 'redis-semaphore'
+  | 'plain';
 
 /** Which load. */
-export type WorkloadId = 'saturated-10ms' | 'saturated-0ms' | 'per-key' | 'uncontended' | 'uncontended-serial' | 'global-tenant';
+export type WorkloadId = 'saturated-10ms' | 'saturated-0ms' | 'per-key' | 'uncontended' | 'uncontended-serial' | 'global-tenant' | 'large-cap';
 
 export interface ContenderInfo {
   id: ContenderId;
@@ -16,12 +24,16 @@ export interface ContenderInfo {
   backend: 'redis' | 'postgres';
   /** Whether the contender caps concurrency at all (the plain worker does not). */
   capped: boolean;
+  /** pg-semaphore's holding mode (PgSemaphoreOptions.holding); absent for the others. */
+  holding?: 'transaction' | 'session';
 }
 
 export const CONTENDERS: Record<ContenderId, ContenderInfo> = {
-  'pgsem-redis': { id: 'pgsem-redis', label: 'pg-semaphore (BullMQ Redis)', backend: 'redis', capped: true },
-  'pgsem-pg': { id: 'pgsem-pg', label: 'pg-semaphore (BullMQ Postgres)', backend: 'postgres', capped: true },
-  'pgsem-nowake': { id: 'pgsem-nowake', label: 'pg-semaphore wakeOnRelease:false', backend: 'redis', capped: true },
+  'pgsem-redis': { id: 'pgsem-redis', label: 'pg-semaphore (BullMQ Redis)', backend: 'redis', capped: true, holding: 'transaction' },
+  'pgsem-pg': { id: 'pgsem-pg', label: 'pg-semaphore (BullMQ Postgres)', backend: 'postgres', capped: true, holding: 'transaction' },
+  'pgsem-redis-session': { id: 'pgsem-redis-session', label: "pg-semaphore holding:'session' (BullMQ Redis)", backend: 'redis', capped: true, holding: 'session' },
+  'pgsem-pg-session': { id: 'pgsem-pg-session', label: "pg-semaphore holding:'session' (BullMQ Postgres)", backend: 'postgres', capped: true, holding: 'session' },
+  'pgsem-nowake': { id: 'pgsem-nowake', label: 'pg-semaphore wakeOnRelease:false', backend: 'redis', capped: true, holding: 'transaction' },
   'bullmq-global': { id: 'bullmq-global', label: 'BullMQ setGlobalConcurrency', backend: 'redis', capped: true },
   'redis-semaphore': { id: 'redis-semaphore', label: 'redis-semaphore (10 ms poll)', backend: 'redis', capped: true },
   plain: { id: 'plain', label: 'plain BullMQ, no cap (ceiling)', backend: 'redis', capped: false },
@@ -51,6 +63,12 @@ export interface WorkloadSpec {
   holdRange?: [number, number];
   /** global-tenant: share of jobs weighing 2 on the global semaphore. */
   heavyShare?: number;
+  /**
+   * pg-semaphore's pool max per worker process for this workload in transaction holding (else
+   * --pool, 8): a large cap there needs one connection per held ticket set. Session holding
+   * keeps --pool.
+   */
+  semPoolMax?: number;
   contenders: ContenderId[];
 }
 
@@ -60,6 +78,8 @@ export interface HostConfig {
   hostIndex: number;
   contender: ContenderId;
   backend: 'redis' | 'postgres';
+  /** pg-semaphore's holding mode (pg-semaphore contenders only). */
+  holding?: 'transaction' | 'session';
   queue: string;
   concurrency: number;
   cap: number;
