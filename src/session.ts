@@ -298,9 +298,12 @@ export class HoldingSession {
     // free for the next acquire at once: this statement goes before it on the connection
     for (const id of ids) generation.held.delete(id);
     const statement = statements.releaseSession(this.options.qs, ids, hold.semaphoreIds, options.checkJobsWaiting, options.after);
-    this.options.roundTrips(1);
     try {
       const { rows } = await this.run(generation, () => generation.client.query<{ notified: number; jobs_waiting?: boolean }>(statement));
+      // counted when answered: the BullMQ wrapper does not wait for a session release, so its
+      // round trip is on a job's critical path only when the next acquire queued behind it
+      // (then it lands in that acquire's count)
+      this.options.roundTrips(1);
       return { jobsWaiting: rows[0]?.jobs_waiting === true, notified: (rows[0]?.notified ?? 0) > 0 };
     } catch (err) {
       // a dead connection freed them anyway; anything else (a role without EXECUTE on wake())
