@@ -724,7 +724,10 @@ $$;
 CREATE OR REPLACE FUNCTION ${s}.holders(p_name text DEFAULT NULL)
 RETURNS TABLE (name text, ticket integer, pid integer, application_name text, client_addr inet, since timestamptz, label text)
 LANGUAGE sql STABLE AS $$
-  SELECT m.name, t.no, l.pid, a.application_name, a.client_addr, a.xact_start,
+  -- since: when the holding transaction began; null for a session holder (holding: 'session'),
+  -- whose transaction, if any, is just a statement it happens to run
+  SELECT m.name, t.no, l.pid, a.application_name, a.client_addr,
+         CASE WHEN a.application_name LIKE 'pg-semaphore:session %' THEN NULL ELSE a.xact_start END,
          CASE WHEN a.application_name LIKE 'pg-semaphore:%' THEN substr(a.application_name, 14) END
     FROM pg_locks l
     JOIN ${s}.tickets t ON t.id = l.objid::bigint

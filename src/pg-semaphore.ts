@@ -167,7 +167,7 @@ export interface HolderInfo {
   applicationName: string | null;
   /** The holder's client address (null over a Unix socket). */
   clientAddr: string | null;
-  /** When the holding transaction began. */
+  /** When the holding transaction began; null for a session holder (`holding: 'session'`), which holds no transaction. */
   since: Date | null;
   /** The label the holder chose, if any. */
   label: string | null;

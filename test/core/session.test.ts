@@ -305,6 +305,7 @@ describe('the API in session holding', () => {
       expect(h.pid).toBe(pid);
       expect(h.label).toBe(processLabel);
       expect(h.applicationName).toBe(`pg-semaphore:${processLabel}`);
+      expect(h.since).toBeNull();
     }
     expect(ticketKeys([a, b]).sort()).toEqual(['api#1', 'api#2', 'api#3']);
     expect(sem.openHolds).toBe(2);
@@ -322,6 +323,33 @@ describe('the API in session holding', () => {
     await a.release(); // twice is harmless
     expect(await ticketLocks()).toBe(0);
     expect(sem.openHolds).toBe(0);
+  });
+
+  it("status(): a session holder's since is null even while its holding connection is inside a statement's transaction", async () => {
+    await ctx.sem.make('since', 2);
+    const busy = new pg.Client({ connectionString: databaseUrl(), application_name: 'pg-semaphore:session otherhost:4242' });
+    busy.on('error', () => undefined);
+    await busy.connect();
+    const tx = await ctx.sem.hold('since', { label: 'job-7' });
+    stray.push(tx);
+    try {
+      await busy.query(
+        `SELECT pg_advisory_lock("${ctx.schema}"._ns(), t.id) FROM "${ctx.schema}".tickets t JOIN "${ctx.schema}".semaphores m ON m.id = t.semaphore_id
+          WHERE m.name = 'since' AND t.no = 2`,
+      );
+      // caught mid-statement: a transaction is open on the session holder's connection
+      await busy.query('BEGIN');
+      await busy.query('SELECT 1');
+      const status = await ctx.sem.status('since');
+      expect(status.holders.map((h) => [h.ticket, h.label, h.since instanceof Date])).toEqual([
+        [1, 'job-7', true],
+        [2, 'session otherhost:4242', false],
+      ]);
+      expect(status.holders[1]!.since).toBeNull();
+    } finally {
+      await busy.end();
+      await tx.release();
+    }
   });
 
   it('the holding connection: idle_session_timeout = livenessTimeout, READ COMMITTED, keepalives, the process label, no probe channel left', async () => {
