@@ -326,7 +326,7 @@ async function close(): Promise<void> {
     rssPeak,
     cpuMs: (cpu.user + cpu.system) / 1000,
     attemptsMadeNonZero,
-    ...(limited ? { stats: { ...limited.stats }, roundTrips: sem?.roundTrips ?? 0, putBackAfterMs: putBackAfter, soloRoundTrips: solo } : {}),
+    ...(limited ? { stats: { ...limited.stats }, roundTrips: (sem?.roundTrips ?? 0) + (sem?.backgroundRoundTrips ?? 0), putBackAfterMs: putBackAfter, soloRoundTrips: solo } : {}),
     ...(cfg.contender === 'redis-semaphore' ? { rsem } : {}),
   };
   await send(result);

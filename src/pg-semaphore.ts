@@ -259,6 +259,12 @@ export class PgSemaphore {
    * @internal
    */
   roundTrips = 0;
+  /**
+   * Round trips nobody waits for (session holding's releases on a pipelined connection), for
+   * the benchmark; not in {@link PgSemaphore.roundTrips}.
+   * @internal
+   */
+  backgroundRoundTrips = 0;
   private readonly countRoundTrip = () => void this.roundTrips++;
 
   constructor(options: PgSemaphoreOptions) {
@@ -314,7 +320,10 @@ export class PgSemaphore {
     }
     this.session =
       this.holding === 'session' && !this.disabled
-        ? new HoldingSession({ pool: this.pool, qs: this.qs, livenessMs: this.livenessMs, roundTrips: (n) => void (this.roundTrips += n), logger: this.logger })
+        ? new HoldingSession({ pool: this.pool, qs: this.qs, livenessMs: this.livenessMs, roundTrips: (n) => void (this.roundTrips += n),
+            backgroundRoundTrips: (n) => void (this.backgroundRoundTrips += n),
+            logger: this.logger,
+          })
         : undefined;
   }
 

@@ -20,8 +20,10 @@ export interface HoldingSessionOptions {
   qs: string;
   /** The idle window: `idle_session_timeout` of the holding session; the heartbeat runs every third of it. */
   livenessMs: number;
-  /** Counts round trips (for the benchmark). */
+  /** Counts round trips someone waits for (for the benchmark). */
   roundTrips(n: number): void;
+  /** Counts round trips nobody waits for: releases written on a pipelined connection. */
+  backgroundRoundTrips(n: number): void;
   logger: Logger;
 }
 
@@ -50,8 +52,10 @@ interface Generation extends SessionLink {
   running: number;
   /** Those statements, so close() can let them finish. */
   work: Set<Promise<unknown>>;
-  /** The last statement queued: the next one goes after it. */
+  /** The last statement queued: the next one goes after it (not pipelined). */
   chain: Promise<unknown>;
+  /** Whether node-postgres pipelines statements on this connection (its `pipeline` mode). */
+  pipelined: boolean;
   /** When the connection last had nothing held and nothing to do (closed after a liveness window of that). */
   idleSince: number | undefined;
 }
@@ -180,6 +184,7 @@ export class HoldingSession {
       running: 0,
       work: new Set(),
       chain: Promise.resolve(),
+      pipelined: false,
       idleSince: Date.now(),
       release: (hold, ids, options) => this.release(generation, hold, ids, options),
     };
@@ -239,6 +244,15 @@ export class HoldingSession {
       // server connection other clients share (idle_session_timeout would end it when idle)
       roundTrips(1);
       await client.query(statements.settleSession(livenessMs, this.label));
+      // From now on statements are pipelined where node-postgres can (its pipeline mode, 8.20+):
+      // each is written at once, so an acquire is not held back until the release before it is
+      // answered (they still run in the order written, which keeps a released ticket out of
+      // the next acquire's way). The connection is idle here, and never goes back to the pool.
+      const pipelined = client as unknown as { pipeline?: unknown };
+      if (typeof pipelined.pipeline === 'boolean') {
+        pipelined.pipeline = true;
+        generation.pipelined = true;
+      }
     } catch (err) {
       client.removeListener('error', onError);
       client.removeListener('end', onEnd);
@@ -269,8 +283,9 @@ export class HoldingSession {
 
   /**
    * Runs a statement on the holding connection after those queued before it (the order is
-   * what keeps a released ticket out of the next acquire's way, and node-postgres wants one
-   * query at a time).
+   * what keeps a released ticket out of the next acquire's way). Pipelined connections write
+   * it at once (Postgres runs it after the ones written before); otherwise it waits for the
+   * previous one to be answered, as node-postgres wants one query at a time there.
    */
   private run<T>(generation: Generation, fn: () => Promise<T>): Promise<T> {
     generation.running++;
@@ -280,7 +295,8 @@ export class HoldingSession {
       generation.work.delete(work);
       if (generation.running === 0 && generation.holds.size === 0) generation.idleSince = Date.now();
     };
-    const work = generation.chain.then(fn, fn);
+    // pipelined: written at once, answered in order; else one at a time
+    const work = generation.pipelined ? fn() : generation.chain.then(fn, fn);
     generation.chain = work.catch(() => undefined);
     generation.work.add(work);
     work.then(done, done);
@@ -298,12 +314,15 @@ export class HoldingSession {
     // free for the next acquire at once: this statement goes before it on the connection
     for (const id of ids) generation.held.delete(id);
     const statement = statements.releaseSession(this.options.qs, ids, hold.semaphoreIds, options.checkJobsWaiting, options.after);
+    // Nobody waits for a release (the BullMQ wrapper returns the job without its answer). On a
+    // pipelined connection the next acquire is written right behind it, so it is on no one's
+    // critical path; otherwise the next acquire waits for its answer, so it is counted when
+    // answered (in that acquire's count when it queued behind it).
+    const pipelined = generation.pipelined;
+    if (pipelined) this.options.backgroundRoundTrips(1);
     try {
       const { rows } = await this.run(generation, () => generation.client.query<{ notified: number; jobs_waiting?: boolean }>(statement));
-      // counted when answered: the BullMQ wrapper does not wait for a session release, so its
-      // round trip is on a job's critical path only when the next acquire queued behind it
-      // (then it lands in that acquire's count)
-      this.options.roundTrips(1);
+      if (!pipelined) this.options.roundTrips(1);
       return { jobsWaiting: rows[0]?.jobs_waiting === true, notified: (rows[0]?.notified ?? 0) > 0 };
     } catch (err) {
       // a dead connection freed them anyway; anything else (a role without EXECUTE on wake())
