@@ -740,7 +740,11 @@ export class PgSemaphore {
    */
   private async sessionAttempt(req: NormalizedRequest, ctx: AttemptContext): Promise<Awaited<ReturnType<typeof attempt>>> {
     const starts = req.names.map((n) => this.lastTickets.get(n) ?? null);
-    const { row, link, adopt, giveBack } = await this.session!.acquire({ names: req.names, counts: req.counts, starts });
+    let got = await this.session!.acquire({ names: req.names, counts: req.counts, starts });
+    // tickets taken on a connection that died before we heard: they went with it, so the
+    // hold would be born lost; ask again on a new connection (a second death is an answer)
+    if (got.row.status === 'ok' && !got.alive()) got = await this.session!.acquire({ names: req.names, counts: req.counts, starts });
+    const { row, link, adopt, giveBack } = got;
     if (row.status !== 'ok') {
       const veto = ctx.veto?.(row);
       if (veto !== undefined) throw veto;

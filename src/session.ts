@@ -56,6 +56,8 @@ interface Generation extends SessionLink {
   chain: Promise<unknown>;
   /** Whether node-postgres pipelines statements on this connection (its `pipeline` mode). */
   pipelined: boolean;
+  /** When each statement still unanswered was written, oldest first (the heartbeat's deadline). */
+  started: number[];
   /** When the connection last had nothing held and nothing to do (closed after a liveness window of that). */
   idleSince: number | undefined;
 }
@@ -93,7 +95,9 @@ export class HoldingSession {
    * Takes tickets for one request (queued behind the statement in flight, and sent with every
    * request queued meanwhile). On `ok`, `adopt` must be called synchronously with the hold.
    */
-  acquire(request: SessionRequest): Promise<{ row: SessionAcquireRow; link: SessionLink; adopt(hold: Hold): void; giveBack(): void }> {
+  acquire(
+    request: SessionRequest,
+  ): Promise<{ row: SessionAcquireRow; link: SessionLink; alive(): boolean; adopt(hold: Hold): void; giveBack(): void }> {
     if (this.closed) return Promise.reject(new HoldingModeError('session', 'an open PgSemaphore', 'one that is closed'));
     return new Promise<{ row: SessionAcquireRow; generation: Generation }>((resolve, reject) => {
       this.queue.push({ request, resolve, reject });
@@ -103,6 +107,8 @@ export class HoldingSession {
       return {
         row,
         link: generation,
+        /** Whether the connection that answered is still up (its locks died with it otherwise). */
+        alive: () => !generation.dead,
         adopt: (hold: Hold) => {
           // lost before the hold was built: it is born lost
           if (generation.dead) hold.lose('the holding connection was lost');
@@ -137,6 +143,7 @@ export class HoldingSession {
       }
       // everything queued while the connection opened goes in this statement
       batch = this.queue.splice(0, MAX_BATCH);
+      if (batch.length === 0) return; // close() took them meanwhile
       const statement = statements.acquireSession(this.options.qs, batch.map((p) => p.request), [...generation.held]);
       let rows: SessionAcquireRow[];
       this.options.roundTrips(1);
@@ -147,8 +154,11 @@ export class HoldingSession {
         // (an error, a cancel) may have taken session locks for the requests before the
         // failure: its rollback does not release them, and no hold knows of them. Only
         // ending the session frees them for sure (the holds on it are told they lost).
-        if (!isConnectionLost(err)) {
-          this.options.logger.warn(`pg-semaphore: acquiring session tickets failed (${(err as Error).message}); closing the holding connection`);
+        // Also when the error looks like a lost connection: one without a SQLSTATE (a client-side
+        // query_timeout, a type parser that threw) leaves the connection up and the statement
+        // maybe run. lose() does nothing to a connection already gone.
+        if (!generation.dead) {
+          if (!isConnectionLost(err)) this.options.logger.warn(`pg-semaphore: acquiring session tickets failed (${(err as Error).message}); closing the holding connection`);
           this.lose(generation, `an acquire on the holding connection failed (${(err as Error).message})`, err);
         }
         for (const p of batch) p.reject(err);
@@ -185,6 +195,7 @@ export class HoldingSession {
       work: new Set(),
       chain: Promise.resolve(),
       pipelined: false,
+      started: [],
       idleSince: Date.now(),
       release: (hold, ids, options) => this.release(generation, hold, ids, options),
     };
@@ -290,7 +301,11 @@ export class HoldingSession {
   private run<T>(generation: Generation, fn: () => Promise<T>): Promise<T> {
     generation.running++;
     generation.idleSince = undefined;
+    const started = Date.now();
+    generation.started.push(started);
     const done = () => {
+      // answers come in the order written: this one is the oldest still out
+      generation.started.shift();
       generation.running--;
       generation.work.delete(work);
       if (generation.running === 0 && generation.holds.size === 0) generation.idleSince = Date.now();
@@ -327,8 +342,9 @@ export class HoldingSession {
     } catch (err) {
       // a dead connection freed them anyway; anything else (a role without EXECUTE on wake())
       // must not leave the locks behind: end the session, which frees every one of them
-      if (!isConnectionLost(err)) {
-        this.options.logger.warn(`pg-semaphore: releasing session tickets failed (${(err as Error).message}); closing the holding connection`);
+      // (also an error without a SQLSTATE, which may leave the connection up with the locks)
+      if (!generation.dead) {
+        if (!isConnectionLost(err)) this.options.logger.warn(`pg-semaphore: releasing session tickets failed (${(err as Error).message}); closing the holding connection`);
         this.lose(generation, `a release on the holding connection failed (${(err as Error).message})`, err);
       }
       return none;
@@ -353,7 +369,19 @@ export class HoldingSession {
    */
   private async beat(): Promise<void> {
     const generation = this.current;
-    if (!generation || generation.dead || generation.running > 0) return;
+    if (!generation || generation.dead) return;
+    // A statement unanswered for two thirds of the window (a network that drops packets
+    // without a reset): Postgres may already have ended the session and given the tickets to
+    // others, so the holds must hear it now, not when TCP gives up.
+    const oldest = generation.started[0];
+    if (oldest !== undefined && Date.now() - oldest > (this.options.livenessMs * 2) / 3) {
+      const lost = new Error(`the holding connection did not answer for ${Date.now() - oldest} ms`);
+      // cut the socket: a graceful end would wait for the statements still out
+      (generation.client as unknown as { connection?: { stream?: { destroy?: (err?: Error) => void } } }).connection?.stream?.destroy?.(lost);
+      this.lose(generation, lost.message, lost);
+      return;
+    }
+    if (generation.running > 0) return;
     if (generation.holds.size === 0) {
       // nothing to keep alive: no ping (it would restart the idle clock, so an idle
       // connection would never close); closed once idle for half the window, before

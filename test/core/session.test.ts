@@ -501,6 +501,46 @@ describe('what session holding cannot do', () => {
 });
 
 describe('losing the holding connection', () => {
+  it('a statement on the holding connection unanswered for 2/3 of the window: every hold is told (TicketLostError), nothing stays locked', async () => {
+    await ctx.sem.make('mute', 2);
+    const sem = session({ livenessTimeout: 1_500 });
+    const held = await sem.hold('mute');
+    stray.push(held);
+    const pid = holdingPid(sem)!;
+    // An acquire that cannot be answered: a migration holds the semaphores table (to the
+    // client this is what a network dropping packets looks like: no answer at all)
+    const blocker = await ctx.admin.connect();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query(`LOCK TABLE "${ctx.schema}".semaphores IN ACCESS EXCLUSIVE MODE`);
+      const started = Date.now();
+      const stuck = track(sem.tryHold('mute'));
+      const lost = await within(
+        new Promise<unknown>((resolve) => held.signal.addEventListener('abort', () => resolve(held.signal.reason), { once: true })),
+        5_000,
+        'the hold to be told',
+      );
+      const after = Date.now() - started;
+      expect(lost).toBeInstanceOf(TicketLostError);
+      expect((lost as Error).message).toMatch(/did not answer for \d+ ms/);
+      // between 2/3 of the window (1,000 ms) and that plus one heartbeat period (500 ms)
+      expect(after).toBeGreaterThanOrEqual(1_000);
+      // the socket was cut: the stuck acquire ends with an error, not when the lock goes
+      await within(stuck.promise.catch(() => undefined), 5_000, 'the stuck acquire to end');
+      expect(stuck.error).toBeInstanceOf(Error);
+    } finally {
+      await blocker.query('ROLLBACK');
+      blocker.release();
+    }
+    await waitFor(async () => !(await alive(pid)), { timeout: 5_000, what: 'the old holding backend to end' });
+    expect(await ticketLocks()).toBe(0);
+    // the next acquire opens a new holding connection
+    const again = await sem.hold('mute');
+    stray.push(again);
+    expect(holdingPid(sem)).not.toBe(pid);
+    await again.release();
+  });
+
   it('pg_terminate_backend: every hold on it aborts with TicketLostError, the tickets are free, the next acquire opens a new connection', async () => {
     await ctx.sem.make('lose', 4);
     const sem = session();
