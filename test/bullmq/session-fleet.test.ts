@@ -3,7 +3,7 @@ import { setupSchema, waitFor } from '../helpers/db.js';
 import { bullmqQueues } from '../helpers/bullmq.js';
 import { startFakeApi } from '../helpers/fake-api.js';
 import { startChild, type Child } from '../helpers/processes.js';
-import { startOracle } from '../helpers/oracle.js';
+import { startOracle, type Oracle } from '../helpers/oracle.js';
 import { oneFleetAtATime } from '../helpers/heavy.js';
 
 // Session holding in a fleet (issue 12): worker OS processes whose PgSemaphore holds every
@@ -135,35 +135,7 @@ describe('session holding in a fleet', () => {
       const ready = Date.now();
       const [queue] = bq.queues;
       const locks = sampler('api', { app: 'pgsem-sfleet', pids: children.map((c) => c.pid) });
-      const t0 = Date.now();
-      let finishedAt = 0;
-      try {
-        await queue!.addBulk(Array.from({ length: JOBS }, (_, i) => ({ name: 'call', data: i < LONG ? { i, hold: LONG_MS } : { i } })));
-        await waitFor(
-          async () => {
-            const c = await queue!.getJobCounts('completed', 'failed');
-            return (c.completed ?? 0) + (c.failed ?? 0) >= JOBS;
-          },
-          { timeout: 120_000, interval: 50, what: 'all jobs to finish' },
-        );
-        finishedAt = Date.now();
-      } finally {
-        await locks.stop();
-      }
-      const samples = locks.samples;
-      const failed = await queue!.getFailed(0, 5);
-      expect(failed.map((j) => j.failedReason)).toEqual([]);
-      expect(await queue!.getJobCounts('completed', 'failed')).toMatchObject({ completed: JOBS, failed: 0 });
-      // The oracle (whose intervals lie inside the ticket holds) never saw more than the cap,
-      // and the run reached it; the API agrees.
-      expect(oracle.violations, JSON.stringify(oracle.violations.slice(0, 1))).toEqual([]);
-      expect(oracle.errors).toEqual([]);
-      expect(oracle.max.get('api')).toBe(CAP);
-      expect(oracle.enters.get('api')).toBe(JOBS);
-      expect(api.max).toBeLessThanOrEqual(CAP);
-      // Every job called the API exactly once, and each ran on its first attempt.
-      expect(api.calls.size).toBe(JOBS);
-      expect([...api.calls.values()].every((n) => n === 1)).toBe(true);
+      const { samples, t0, finishedAt } = await runAll(queue!, locks, { jobs: JOBS, name: 'api', cap: CAP, api, oracle, timeout: 120_000, data: (i) => (i < LONG ? { i, hold: LONG_MS } : { i }) });
       const completed = await queue!.getCompleted(0, -1);
       expect(completed).toHaveLength(JOBS);
       expect(completed.every((j) => j.returnvalue.attemptsMade === 0)).toBe(true);
@@ -233,32 +205,7 @@ describe('session holding in a fleet', () => {
       await Promise.all(children.map((c) => c.next((m: { type: string }) => m.type === 'ready', 60_000)));
       const [queue] = bq.queues;
       const locks = sampler('mixed');
-      const t0 = Date.now();
-      let finishedAt = 0;
-      try {
-        await queue!.addBulk(Array.from({ length: JOBS }, (_, i) => ({ name: 'call', data: { i } })));
-        await waitFor(
-          async () => {
-            const c = await queue!.getJobCounts('completed', 'failed');
-            return (c.completed ?? 0) + (c.failed ?? 0) >= JOBS;
-          },
-          { timeout: 90_000, interval: 50, what: 'all jobs to finish' },
-        );
-        finishedAt = Date.now();
-      } finally {
-        await locks.stop();
-      }
-      const samples = locks.samples;
-      const failed = await queue!.getFailed(0, 5);
-      expect(failed.map((j) => j.failedReason)).toEqual([]);
-      expect(await queue!.getJobCounts('completed', 'failed')).toMatchObject({ completed: JOBS, failed: 0 });
-      expect(oracle.violations, JSON.stringify(oracle.violations.slice(0, 1))).toEqual([]);
-      expect(oracle.errors).toEqual([]);
-      expect(oracle.max.get('mixed')).toBe(CAP);
-      expect(oracle.enters.get('mixed')).toBe(JOBS);
-      expect(api.max).toBeLessThanOrEqual(CAP);
-      expect(api.calls.size).toBe(JOBS);
-      expect([...api.calls.values()].every((n) => n === 1)).toBe(true);
+      const { samples, t0, finishedAt } = await runAll(queue!, locks, { jobs: JOBS, name: 'mixed', cap: CAP, api, oracle, timeout: 90_000, data: (i) => ({ i }) });
       // Processes of both modes ran jobs, and held tickets at the same time.
       const completed = await queue!.getCompleted(0, -1);
       const ranBy = new Set(completed.map((j) => j.returnvalue.pid));
@@ -284,6 +231,45 @@ describe('session holding in a fleet', () => {
     }
   }, 150_000);
 });
+
+/**
+ * Adds the jobs, waits for all of them while `locks` samples, and checks what both fleet tests
+ * assert: none failed, the oracle (whose intervals lie inside the ticket holds) never saw more
+ * than the cap and the run reached it, the API agrees, every job called the API exactly once.
+ */
+async function runAll(
+  queue: Awaited<ReturnType<typeof bullmqQueues>>['queues'][number],
+  locks: ReturnType<typeof sampler>,
+  run: { jobs: number; name: string; cap: number; api: Awaited<ReturnType<typeof startFakeApi>>; oracle: Oracle; timeout: number; data: (i: number) => object },
+): Promise<{ samples: LockSample[]; t0: number; finishedAt: number }> {
+  const { jobs, name, cap, api, oracle } = run;
+  const t0 = Date.now();
+  let finishedAt = 0;
+  try {
+    await queue.addBulk(Array.from({ length: jobs }, (_, i) => ({ name: 'call', data: run.data(i) })));
+    await waitFor(
+      async () => {
+        const c = await queue.getJobCounts('completed', 'failed');
+        return (c.completed ?? 0) + (c.failed ?? 0) >= jobs;
+      },
+      { timeout: run.timeout, interval: 50, what: 'all jobs to finish' },
+    );
+    finishedAt = Date.now();
+  } finally {
+    await locks.stop();
+  }
+  const failed = await queue.getFailed(0, 5);
+  expect(failed.map((j) => j.failedReason)).toEqual([]);
+  expect(await queue.getJobCounts('completed', 'failed')).toMatchObject({ completed: jobs, failed: 0 });
+  expect(oracle.violations, JSON.stringify(oracle.violations.slice(0, 1))).toEqual([]);
+  expect(oracle.errors).toEqual([]);
+  expect(oracle.max.get(name)).toBe(cap);
+  expect(oracle.enters.get(name)).toBe(jobs);
+  expect(api.max).toBeLessThanOrEqual(cap);
+  expect(api.calls.size).toBe(jobs);
+  expect([...api.calls.values()].every((n) => n === 1)).toBe(true);
+  return { samples: locks.samples, t0, finishedAt };
+}
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
