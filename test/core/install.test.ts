@@ -4,12 +4,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { databaseUrl, setupSchema } from '../helpers/db.js';
 import { killAll, within } from '../helpers/core.js';
 import { startChild, type Child } from '../helpers/processes.js';
+import { oneFleetAtATime } from '../helpers/heavy.js';
 import { PgSemaphore, functionsSql, installSql } from '../../src/index.js';
 import { loadMigrations } from '../../src/migrations.js';
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
 const children: Child[] = [];
 const extraSchemas: string[] = [];
+// 10 migrating processes with a pool each: beside a fleet file they ran the shared Postgres out
+// of connections ("sorry, too many clients already"), so this file takes the fleet slot too
+oneFleetAtATime();
 beforeAll(async () => {
   ctx = await setupSchema('install');
 });
