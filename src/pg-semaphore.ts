@@ -7,9 +7,9 @@ import { SemaphoreTimeoutError } from './errors/semaphore-timeout-error.js';
 import { UnknownSemaphoreError } from './errors/unknown-semaphore-error.js';
 import { attempt, type AttemptContext } from './attempt.js';
 import { AbortFanout } from './abort-fanout.js';
-import { Hold } from './hold.js';
+import { Hold, type HoldOptions } from './hold.js';
 import type { HoldingMode } from './errors/holding-mode-error.js';
-import { HoldingSession, type SessionLink } from './session.js';
+import { HoldingSession } from './session.js';
 import { Listener, type OnRelease } from './listener.js';
 import type { Logger } from './logger.js';
 import { migrate as runMigrate } from './migrate.js';
@@ -20,7 +20,7 @@ import { explainMigrateConflict, explainNotInstalled } from './not-installed.js'
 import { errorCode, isLibraryLockTimeout, SQLSTATE } from './sqlstate.js';
 import * as statements from './statements.js';
 import { heldTickets, type HeldTicket } from './tickets.js';
-import type { AcquireRow, SessionAcquireRow, Statement } from './statements.js';
+import type { AcquireRow, Statement } from './statements.js';
 import { backoff, sleep } from './timing.js';
 
 /** Environment variable that turns limiting off when set to `1`, `true` or `yes`. */
@@ -623,7 +623,7 @@ export class PgSemaphore {
     const ctx: AttemptContext = {
       pool: this.pool,
       roundTrips: (n) => void (this.roundTrips += n),
-      toHold: (client, row, portalOpen) => this.newHold(client, req.names, row, portalOpen),
+      toHold: (client, row, portalOpen) => this.newHold(req.names, row, { client, portalOpen }),
       veto: (row) => this.veto(row, req.names[0]!, wait?.signal, how.mutex === true),
     };
     // Ends the sleeps of this wait: close() aborts `stop`, and the caller's signal reaches us
@@ -711,17 +711,20 @@ export class PgSemaphore {
     }
   }
 
-  /** A hold on a connection whose transaction now holds the tickets of `row`; it leaves `holds` when settled. */
-  private newHold(client: PoolClient, names: string[], row: AcquireRow, portalOpen: boolean): Hold {
+  /**
+   * A hold on the tickets of `row`, held by a connection whose open transaction holds them
+   * (`client`, with `portalOpen` when the acquire left its portal open) or by the process's
+   * holding session (`session`); it leaves `holds` when settled.
+   */
+  private newHold(names: string[], row: AcquireRow, holder: { client: PoolClient; portalOpen: boolean } | { session: NonNullable<HoldOptions['session']> }): Hold {
     const hold = new Hold({
-      client,
+      client: 'client' in holder ? holder.client : undefined,
       names,
       tickets: heldTickets(row, this.schema),
       semaphoreIds: row.semaphore_ids ?? [],
       qs: this.qs,
       livenessMs: this.livenessMs,
-      portalOpen,
-      onRoundTrip: this.countRoundTrip,
+      ...('client' in holder ? { portalOpen: holder.portalOpen, onRoundTrip: this.countRoundTrip } : { session: holder.session }),
       wakeAfter: () => this.listener?.pid,
       logger: this.logger,
       onSettle: (h) => {
@@ -754,7 +757,7 @@ export class PgSemaphore {
     let veto: unknown;
     try {
       veto = ctx.veto?.(row);
-      hold = this.sessionHold(req.names, row, link);
+      hold = this.newHold(req.names, row, { session: { link, ticketIds: row.ticket_ids ?? [] } });
     } catch (err) {
       giveBack();
       throw err;
@@ -765,27 +768,6 @@ export class PgSemaphore {
       throw veto;
     }
     return { hold, row };
-  }
-
-  /** A hold on the session's locks of `row`; it leaves `holds` when settled. */
-  private sessionHold(names: string[], row: SessionAcquireRow, link: SessionLink): Hold {
-    const hold = new Hold({
-      client: undefined,
-      names,
-      tickets: heldTickets(row, this.schema),
-      semaphoreIds: row.semaphore_ids ?? [],
-      qs: this.qs,
-      livenessMs: this.livenessMs,
-      session: { link, ticketIds: row.ticket_ids ?? [] },
-      wakeAfter: () => this.listener?.pid,
-      logger: this.logger,
-      onSettle: (h) => {
-        this.holds.delete(h);
-        this.rememberTickets(h.tickets);
-      },
-    });
-    this.holds.add(hold);
-    return hold;
   }
 
   /** Remembers the tickets a hold returns as where the next acquire of their semaphores starts looking. */

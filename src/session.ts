@@ -48,15 +48,16 @@ interface Generation extends SessionLink {
   /** The holds whose tickets this session holds; each is told when the session is lost. */
   holds: Map<Hold, readonly number[]>;
   dead: boolean;
-  /** Statements queued or running on the connection (the heartbeat skips while any run). */
-  running: number;
-  /** Those statements, so close() can let them finish. */
+  /** The statements queued or running on the connection, so close() can let them finish. */
   work: Set<Promise<unknown>>;
   /** The last statement queued: the next one goes after it (not pipelined). */
   chain: Promise<unknown>;
   /** Whether node-postgres pipelines statements on this connection (its `pipeline` mode). */
   pipelined: boolean;
-  /** When each statement still unanswered was written, oldest first (the heartbeat's deadline). */
+  /**
+   * When each statement still unanswered was queued, oldest first: the heartbeat's deadline,
+   * and how many run (the heartbeat skips while any does).
+   */
   started: number[];
   /** When the connection last had nothing held and nothing to do (closed after a liveness window of that). */
   idleSince: number | undefined;
@@ -114,15 +115,8 @@ export class HoldingSession {
           if (generation.dead) hold.lose('the holding connection was lost');
           else generation.holds.set(hold, ids);
         },
-        // no hold could be built around them: unlock them at once
-        giveBack: () => {
-          if (generation.dead || ids.length === 0) return;
-          for (const id of ids) generation.held.delete(id);
-          this.options.roundTrips(1);
-          void this.run(generation, () => generation.client.query(statements.releaseSession(this.options.qs, ids, [], false))).catch((err: unknown) =>
-            this.lose(generation, `giving tickets back failed (${(err as Error).message})`, err),
-          );
-        },
+        // no hold could be built around them: unlock them at once (nobody to wake)
+        giveBack: () => void this.unlock(generation, ids, [], { checkJobsWaiting: false }),
       };
     });
   }
@@ -191,7 +185,6 @@ export class HoldingSession {
       held: new Set(),
       holds: new Map(),
       dead: false,
-      running: 0,
       work: new Set(),
       chain: Promise.resolve(),
       pipelined: false,
@@ -299,16 +292,13 @@ export class HoldingSession {
    * previous one to be answered, as node-postgres wants one query at a time there.
    */
   private run<T>(generation: Generation, fn: () => Promise<T>): Promise<T> {
-    generation.running++;
     generation.idleSince = undefined;
-    const started = Date.now();
-    generation.started.push(started);
+    generation.started.push(Date.now());
     const done = () => {
       // answers come in the order written: this one is the oldest still out
       generation.started.shift();
-      generation.running--;
       generation.work.delete(work);
-      if (generation.running === 0 && generation.holds.size === 0) generation.idleSince = Date.now();
+      if (generation.started.length === 0 && generation.holds.size === 0) generation.idleSince = Date.now();
     };
     // pipelined: written at once, answered in order; else one at a time
     const work = generation.pipelined ? fn() : generation.chain.then(fn, fn);
@@ -324,11 +314,22 @@ export class HoldingSession {
     ids: readonly number[],
     options: { checkJobsWaiting: boolean; after?: number },
   ): Promise<ReleaseResult> {
+    if (!generation.holds.delete(hold)) return { jobsWaiting: false, notified: false };
+    return this.unlock(generation, ids, hold.semaphoreIds, options);
+  }
+
+  /** Unlocks tickets of this session and wakes waiters of `semaphoreIds`: one statement. */
+  private async unlock(
+    generation: Generation,
+    ids: readonly number[],
+    semaphoreIds: readonly number[],
+    options: { checkJobsWaiting: boolean; after?: number },
+  ): Promise<ReleaseResult> {
     const none: ReleaseResult = { jobsWaiting: false, notified: false };
-    if (!generation.holds.delete(hold) || generation.dead) return none;
+    if (generation.dead || ids.length === 0) return none;
     // free for the next acquire at once: this statement goes before it on the connection
     for (const id of ids) generation.held.delete(id);
-    const statement = statements.releaseSession(this.options.qs, ids, hold.semaphoreIds, options.checkJobsWaiting, options.after);
+    const statement = statements.releaseSession(this.options.qs, ids, semaphoreIds, options.checkJobsWaiting, options.after);
     // Nobody waits for a release (the BullMQ wrapper returns the job without its answer). On a
     // pipelined connection the next acquire is written right behind it, so it is on no one's
     // critical path; otherwise the next acquire waits for its answer, so it is counted when
@@ -381,7 +382,7 @@ export class HoldingSession {
       this.lose(generation, lost.message, lost);
       return;
     }
-    if (generation.running > 0) return;
+    if (oldest !== undefined) return;
     if (generation.holds.size === 0) {
       // nothing to keep alive: no ping (it would restart the idle clock, so an idle
       // connection would never close); closed once idle for half the window, before

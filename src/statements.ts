@@ -119,10 +119,9 @@ export function release(
   jobsWaiting = false,
   options: { early?: boolean; after?: number } = {},
 ): Statement {
-  const ids = `'{${semaphoreIds.filter((n) => Number.isInteger(n)).join(',')}}'::integer[]`;
+  const ids = intArray(semaphoreIds);
   const after = options.after !== undefined && Number.isInteger(options.after) ? `, ${options.after}` : '';
-  const check = jobsWaiting ? `, EXISTS (SELECT 1 FROM ${qs}.waiting_jobs WHERE semaphore_id = ANY (${ids})) AS jobs_waiting` : '';
-  const wake = `SELECT ${qs}.wake(${ids}${after}) AS notified${check}`;
+  const wake = `SELECT ${qs}.wake(${ids}${after}) AS notified${jobsWaitingColumn(qs, ids, jobsWaiting)}`;
   if (commit && options.early) return { text: `${wake}; COMMIT` };
   return { text: `${commit ? 'COMMIT' : 'ROLLBACK'}; ${wake}` };
 }
@@ -176,11 +175,19 @@ export function acquireSession(qs: string, requests: readonly SessionRequest[], 
  * @internal
  */
 export function releaseSession(qs: string, ticketIds: readonly number[], semaphoreIds: readonly number[], jobsWaiting: boolean, after?: number): Statement {
-  const ints = (list: readonly number[]) => `'{${list.filter((n) => Number.isInteger(n)).join(',')}}'::integer[]`;
-  const ids = ints(semaphoreIds);
+  const ids = intArray(semaphoreIds);
   const pid = after !== undefined && Number.isInteger(after) ? `${after}` : 'NULL';
-  const check = jobsWaiting ? `, EXISTS (SELECT 1 FROM ${qs}.waiting_jobs WHERE semaphore_id = ANY (${ids})) AS jobs_waiting` : '';
-  return { text: `SELECT ${qs}.release_session(${ints(ticketIds)}, ${ids}, ${pid}) AS notified${check}` };
+  return { text: `SELECT ${qs}.release_session(${intArray(ticketIds)}, ${ids}, ${pid}) AS notified${jobsWaitingColumn(qs, ids, jobsWaiting)}` };
+}
+
+/** An `integer[]` literal of ids this library read from Postgres (anything else is dropped). */
+function intArray(list: readonly number[]): string {
+  return `'{${list.filter((n) => Number.isInteger(n)).join(',')}}'::integer[]`;
+}
+
+/** The release's optional column: whether the BullMQ wrapper recorded jobs as waiting on these semaphores. */
+function jobsWaitingColumn(qs: string, ids: string, asked: boolean): string {
+  return asked ? `, EXISTS (SELECT 1 FROM ${qs}.waiting_jobs WHERE semaphore_id = ANY (${ids})) AS jobs_waiting` : '';
 }
 
 /**

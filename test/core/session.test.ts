@@ -652,7 +652,7 @@ describe('losing the holding connection', () => {
         const start = sem.roundTrips;
         const waiting = track(sem.hold('small-pool', { wait: 20_000 }));
         // opened (3 round trips) and 6 tries: asleep for at least 800 ms, no statement running
-        const running = () => (sem as unknown as { session: { current?: { running: number } } }).session.current?.running;
+        const running = () => (sem as unknown as { session: { current?: { started: number[] } } }).session.current?.started.length;
         await waitFor(() => sem.roundTrips - start >= 9 && running() === 0 && sem.pool.totalCount - sem.pool.idleCount === 2 + appClients, {
           timeout: 10_000,
           interval: 2,
