@@ -1,7 +1,7 @@
 // What the benchmark runs: the workloads, their sizes and their contenders, full and quick.
 import type { ContenderId, WorkloadSpec } from './types.js';
 
-const ALL: ContenderId[] = ['pgsem-redis', 'pgsem-pg', 'pgsem-nowake', 'bullmq-global', 'redis-semaphore', 'plain'];
+const ALL: ContenderId[] = ['pgsem-redis', 'pgsem-pg', 'pgsem-redis-session', 'pgsem-nowake', 'bullmq-global', 'redis-semaphore', 'plain'];
 
 /** The large-cap workload (issue 12): a cap larger than a connection budget, both holding modes. */
 const LARGE_CAP: WorkloadSpec = {
@@ -88,7 +88,7 @@ export function fullPlan(): WorkloadSpec[] {
       mode: 'tenant',
       tenants: 100,
       // BullMQ's global concurrency is one cap per queue: nothing per key.
-      contenders: ['pgsem-redis', 'pgsem-pg', 'pgsem-nowake', 'redis-semaphore', 'plain'],
+      contenders: ['pgsem-redis', 'pgsem-pg', 'pgsem-redis-session', 'pgsem-nowake', 'redis-semaphore', 'plain'],
     },
     {
       // Issue 11: a global cap and per-tenant caps taken together, as users combine them.
@@ -105,7 +105,7 @@ export function fullPlan(): WorkloadSpec[] {
       tenantCap: 1,
       mode: 'global-tenant',
       tenants: 12,
-      contenders: ['pgsem-redis', 'pgsem-pg', 'redis-semaphore', 'plain'],
+      contenders: ['pgsem-redis', 'pgsem-pg', 'pgsem-redis-session', 'redis-semaphore', 'plain'],
     },
   ];
 }

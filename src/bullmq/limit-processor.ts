@@ -281,11 +281,17 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     if (got === 'stopping') return reschedule(job, token, gate, reschedules, true);
     if (!got) return reschedule(job, token, gate, reschedules, stop?.stopping === true);
     const { hold, handoff } = got;
+    let relabel: NodeJS.Timeout | undefined;
     if (handoff) {
       stats.handoffs++;
       metrics.attempts.add(1, { result: 'handoff' });
-      // queued on the idle holding connection; the ticket stays held meanwhile
-      void hold.relabel(label);
+      // status() shows the new job once it has run `relabelAfter`: a round trip per hand-off
+      // was most of the Postgres traffic of short jobs, for a label nobody could read in time
+      if (opts.relabelAfter === 0) void hold.relabel(label);
+      else {
+        relabel = setTimeout(() => void hold.relabel(label), opts.relabelAfter);
+        relabel.unref();
+      }
     }
     promotion.forget(job, reschedules);
 
@@ -315,6 +321,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       if (hold.lost) events.emit('ticketLost', { job: job as Job, names, error: hold.signal.reason });
       throw err;
     } finally {
+      clearTimeout(relabel);
       combined.dispose();
       const heldMs = Date.now() - started;
       gate.recordHoldTime(heldMs);

@@ -74,6 +74,14 @@ export interface LimitOptions<D = unknown, R = unknown, N extends string = strin
   maxWaitTime?: number;
   /** The holder label `status()` shows. @default `${queueName}:${jobId}` */
   label?: (job: Job<D, R, N>) => string;
+  /**
+   * A job handed a hold by the job before it (transaction holding) shows in `status()` under
+   * its own `label` once it has run this long, in ms; a job that ends sooner never relabels
+   * the holder (it keeps the previous job's label). Relabelling is one round trip on the
+   * holding connection: at once (`0`) that is one per job at saturation.
+   * @default 50
+   */
+  relabelAfter?: number;
   /** An OpenTelemetry meter for the metrics. @default metrics.getMeter('pg-semaphore') */
   meter?: Meter;
 }
@@ -89,6 +97,7 @@ export interface ResolvedOptions {
   maxDelay: number;
   maxReschedules: number | undefined;
   maxWaitTime: number | undefined;
+  relabelAfter: number;
 }
 
 /**
@@ -111,5 +120,6 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     maxDelay: validateInt(o.backoff?.maxDelay ?? 10_000, 'backoff.maxDelay', minDelay, 86_400_000),
     maxReschedules: optional(o.maxReschedules, 'maxReschedules', 0, 1e9),
     maxWaitTime: optional(o.maxWaitTime, 'maxWaitTime', 0, 2 ** 31 - 1),
+    relabelAfter: validateInt(o.relabelAfter ?? 50, 'relabelAfter', 0, 2 ** 31 - 1),
   };
 }

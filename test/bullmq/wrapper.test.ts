@@ -14,7 +14,7 @@ const workers: Worker[] = [];
 
 beforeAll(async () => {
   ctx = await setupSchema('wrapper');
-  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label', 'w-weight', 'w-weight-bad', 'w-session-tx']);
+  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label', 'w-relabel-0', 'w-relabel-late', 'w-relabel-long', 'w-weight', 'w-weight-bad', 'w-session-tx']);
 });
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.close(true)));
@@ -270,6 +270,71 @@ describe('limitProcessor', () => {
     await f.promise;
   });
 
+  describe('a job handed a hold relabels the holder only once it has run relabelAfter', () => {
+    /**
+     * Cap 1, two jobs: the first holds until told, the second waits in the same worker and is
+     * handed the hold when the first ends. Returns the round trips counted from the hand-off
+     * to the second job's release, and the second job's id.
+     */
+    async function handOff(name: string, relabelAfter: number, second: (job: Job) => Promise<void>) {
+      // a liveness window far beyond the test: no heartbeat round trip lands in the count;
+      // no LISTEN, so the waiter's try after it starts watching follows its first at once
+      const sem = ctx.another({ livenessTimeout: 600_000, listen: false });
+      try {
+        await sem.make(name, 1);
+        const gates = new Map<string, () => void>();
+        const processor = limitProcessor(
+          sem,
+          async (job: Job) => {
+            if (job.data.first) await new Promise<void>((r) => gates.set(job.id!, r));
+            else await second(job);
+          },
+          { semaphore: name, relabelAfter },
+        );
+        const released: boolean[] = [];
+        processor.events.on('released', ({ handedOff }) => released.push(handedOff));
+        const w = worker(`w-${name}`, processor, 2);
+        const first = await queue(`w-${name}`).add('first', { first: true });
+        await waitFor(async () => gates.has(first.id!) || undefined);
+        await queue(`w-${name}`).add('second', { first: false });
+        // Its try on arrival and the one when it started watching came back busy: it waits in
+        // the worker, idle (its next try is a poll at least 250 ms away, and nothing runs
+        // between this check and the release below), so the first job's hold goes to it.
+        await waitFor(async () => processor.stats.busy >= 2 || undefined);
+        const before = sem.roundTrips;
+        gates.get(first.id!)!();
+        await waitFor(async () => released.length === 2 || undefined);
+        expect(processor.stats).toMatchObject({ handoffs: 1 });
+        expect(released).toEqual([true, false]);
+        await w.close();
+        return sem.roundTrips - before;
+      } finally {
+        await sem.close();
+      }
+    }
+
+    it('at once with relabelAfter: 0 (one round trip more per hand-off)', async () => {
+      // the relabel and the release
+      expect(await handOff('relabel-0', 0, async () => undefined)).toBe(2);
+    });
+
+    it('not at all for a job shorter than relabelAfter: only the release is a round trip', async () => {
+      expect(await handOff('relabel-late', 600_000, async () => undefined)).toBe(1);
+    });
+
+    it('status() shows the handed-off job under its own label once it has run relabelAfter', async () => {
+      const seen: string[] = [];
+      await handOff('relabel-long', 50, async (job) => {
+        const s = await waitFor(async () => {
+          const status = await ctx.sem.status('relabel-long');
+          return status.holders[0]?.label === `w-relabel-long:${job.id}` ? status : undefined;
+        });
+        seen.push(s!.holders[0]!.label!);
+      });
+      expect(seen).toHaveLength(1);
+    });
+  });
+
   it('session holding: ctx.tx throws HoldingModeError, and a processor that caught it still hands its ticket on', async () => {
     await ctx.sem.make('session-tx', 1);
     const sem = ctx.another({ holding: 'session' });
@@ -309,6 +374,8 @@ describe('limitProcessor', () => {
     expect(() => limitProcessor(ctx.sem, fn, { semaphore: '' })).toThrow(InvalidArgumentError);
     expect(() => limitProcessor(ctx.sem, fn, { semaphore: 'x', tickets: 0 })).toThrow(/tickets: expected a whole number from 1/);
     expect(() => limitProcessor(ctx.sem, fn, { semaphore: 'x', maxReschedules: -1 })).toThrow(InvalidArgumentError);
+    expect(() => limitProcessor(ctx.sem, fn, { semaphore: 'x', relabelAfter: -1 })).toThrow(/relabelAfter: expected a whole number from 0/);
+    expect(() => limitProcessor(ctx.sem, fn, { semaphore: 'x', relabelAfter: '50' as never })).toThrow(InvalidArgumentError);
     expect(() => limitProcessor(ctx.sem, 'nope' as never, { semaphore: 'x' })).toThrow(/processor: expected a function/);
     // BullMQ passes its AbortSignal only to processors declared with three parameters
     expect(limitProcessor(ctx.sem, fn, { semaphore: 'x' }).length).toBe(3);
