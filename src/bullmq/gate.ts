@@ -1,5 +1,5 @@
 import type { NormalizedRequest } from '../request.js';
-import { backoff, sleep } from '../timing.js';
+import { backoff } from '../timing.js';
 
 /**
  * A hold is handed on for at most this long after it was acquired (besides `maxHandoffs`
@@ -114,8 +114,11 @@ export class Waiter<H> {
   private current: WaiterState = 'waiting';
   /** The hold handed over; set exactly when the state is `handed`. */
   private handed: H | undefined;
-  /** Cuts the current pause short; set only while the waiter pauses. */
-  private alarm: AbortController | undefined;
+  /**
+   * Cuts the current pause short; set only while the waiter pauses. A plain function, not an
+   * AbortController: aborting one creates a DOMException, two per hand-off at saturation.
+   */
+  private cut: (() => void) | undefined;
   /** Its pause was cut short because it became the head (not a wake-up): poll on, do not try at once. */
   private nudged = false;
   /** Passes the wake-up that woke it on to the next waiting process, if it named this one. */
@@ -140,7 +143,7 @@ export class Waiter<H> {
   wake(relay?: () => void): void {
     if (this.current === 'waiting') this.current = 'woken';
     if (relay) this.relayFn = relay;
-    this.alarm?.abort();
+    this.cut?.();
   }
 
   /** The relay of the wake-up it holds (and forgets it). */
@@ -155,9 +158,9 @@ export class Waiter<H> {
    * cut the pause short so that it re-enters the head's backoff poll, without marking it woken.
    */
   nudge(): void {
-    if (!this.alarm) return;
+    if (!this.cut) return;
     this.nudged = true;
-    this.alarm.abort();
+    this.cut();
   }
 
   /** Whether the last pause ended by {@link Waiter.nudge} (and forgets it). */
@@ -177,7 +180,7 @@ export class Waiter<H> {
     this.expectIdle('be handed a hold');
     this.current = 'handed';
     this.handed = hold;
-    this.alarm?.abort();
+    this.cut?.();
   }
 
   /** Starts an acquire call (it must be idle). */
@@ -199,16 +202,17 @@ export class Waiter<H> {
    */
   async pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
     if (this.state === 'handed' || signal?.aborted) return;
-    const alarm = new AbortController();
-    const onAbort = () => alarm.abort();
-    this.alarm = alarm;
-    signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      await sleep(ms, alarm.signal);
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
-      this.alarm = undefined;
-    }
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', done);
+        this.cut = undefined;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal?.addEventListener('abort', done, { once: true });
+      this.cut = done;
+    });
   }
 
   private expectIdle(what: string): void {

@@ -403,11 +403,14 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
     const [g1, g2, mail] = [g.set.gateFor(tenant(1)), g.set.gateFor(tenant(2)), g.set.gateFor({ names: ['mail'], counts: [1] })];
     expect(await g1.arrive('a')).toBeNull(); // busy
     g.wait(g1, 'a');
+    // the waiter's own try once its watch is in place (see below) comes and goes first
+    await tick();
+    const calls = g.ctx.tryHold.mock.calls.length;
     expect(await g2.arrive('b')).toBeNull();
-    expect(g.ctx.tryHold).toHaveBeenCalledTimes(1);
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(calls);
     // a set sharing no semaphore still tries
     expect(await mail.arrive('c')).toBeNull();
-    expect(g.ctx.tryHold).toHaveBeenCalledTimes(2);
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(calls + 1);
   });
 
   it('queues an arrival only behind a gate whose busy try found a semaphore it needs short', async () => {
@@ -422,8 +425,10 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
     g.shorts.push(['api']);
     expect(await g2!.arrive('c')).toBeNull(); // api short now
     g.wait(g2!, 'c');
+    await tick();
+    const calls = g.ctx.tryHold.mock.calls.length;
     expect(await g3!.arrive('d')).toBeNull();
-    expect(g.ctx.tryHold).toHaveBeenCalledTimes(3); // d queued without a try
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(calls); // d queued without a try
   });
 
   it('a wake-up that comes while a waiter tries is held back, not lost: the waiter tries again at once when its call comes back busy', async () => {
