@@ -7,10 +7,12 @@ import * as statements from './statements.js';
  * consumer did not take the wake-up (nobody of it could try): the listener offers it to the
  * next consumer. `relay` passes a wake-up that named this process on to the next waiting
  * process (a no-op for broadcasts, or once called): call it later when the try it caused came
- * back busy on another semaphore of the request.
+ * back busy on another semaphore of the request. `own`: the consumer is the only one of this
+ * process watching that semaphore (a per-key semaphore of its request, such as `tenant:7`);
+ * false for a semaphore several consumers watch, and for wake-ups of no one semaphore.
  * @internal
  */
-export type OnRelease = (relay: () => void) => boolean | void;
+export type OnRelease = (relay: () => void, own?: boolean) => boolean | void;
 
 interface Waiter {
   ids: number[];
@@ -204,7 +206,8 @@ export class Listener {
     const consumerRelay = from === undefined ? relay : noRelay;
     // the oldest consumer that takes it (two processors, or core waiters and the wrapper, may
     // watch the same semaphore); a wake-up naming this process that nobody takes is relayed
-    for (const w of [...(this.waiters.get(semaphoreId) ?? [])]) if (w.wake(consumerRelay) !== false) return;
+    const consumers = [...(this.waiters.get(semaphoreId) ?? [])];
+    for (const w of consumers) if (w.wake(consumerRelay, consumers.length === 1) !== false) return;
     relay();
   };
 

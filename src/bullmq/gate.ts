@@ -52,8 +52,9 @@ export interface GateContext<H extends GateHold> {
    * Calls `onRelease` when another process releases tickets of these semaphores; resolves to a
    * function that stops it. `onRelease` returns false when nobody here took the wake-up, and
    * may call `relay` later to pass a wake-up that named this process on to the next one.
+   * `own`: the freed semaphore is one only this watch waits on in the process (see `OnRelease`).
    */
-  watch(names: string[], onRelease: (relay: () => void) => boolean | void): Promise<() => Promise<void>>;
+  watch(names: string[], onRelease: (relay: () => void, own?: boolean) => boolean | void): Promise<() => Promise<void>>;
   /** NOTIFYs from other processes' releases reach this process (the LISTEN connection is confirmed). */
   hearsReleases(): boolean;
   /** After a release that found no local waiter while jobs are recorded as waiting. */
@@ -501,6 +502,19 @@ export class Gate<H extends GateHold> {
     return head !== undefined;
   }
 
+  /**
+   * A wake-up for a semaphore no other gate here waits on (`tenant:7` of `['api', 'tenant:7']`)
+   * goes to this gate's own head, not to the oldest waiter of the group: the release named this
+   * process because it waits on everything freed (see wake() in SQL), and another gate's waiter
+   * needs a semaphore of its own that did not come free. While one of its waiters tries, the
+   * group's rule (one try at a time, a wake-up held back) applies.
+   * @returns whether a waiter of this gate was woken.
+   */
+  private wakeOwn(relay: () => void, own: boolean | undefined): boolean {
+    if (!own || this.trying) return false;
+    return this.wakeHead(relay);
+  }
+
   /** A wake-up for this gate was held back because one of its waiters was trying (see GateSet.kick). */
   holdBackWakeUp(relay?: () => void): void {
     this.heldBackWakeUp = true;
@@ -552,7 +566,7 @@ export class Gate<H extends GateHold> {
   private startWatching(): void {
     if (this.watching) return;
     const watching = this.ctx
-      .watch(this.req.names, (relay) => this.ctx.kick(this, relay))
+      .watch(this.req.names, (relay, own) => this.wakeOwn(relay, own) || this.ctx.kick(this, relay))
       .then((stop) => {
         // A release between this gate's busy try and its waiter marker being granted found no
         // marker and sent no NOTIFY: one try now covers it (only after a busy try: otherwise

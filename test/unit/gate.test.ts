@@ -366,14 +366,14 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
     const results: Array<Attempt<FakeHold>> = [];
     /** What each busy try says was short (none given: unknown). */
     const shorts: string[][] = [];
-    const notify = new Map<string, () => void>();
+    const notify = new Map<string, (relay?: () => void, own?: boolean) => boolean | void>();
     const ctx = {
       tryHold: vi.fn(async (_req: { names: string[] }, _label: string, onShort?: (names: readonly string[]) => void) => {
         const r = results.shift() ?? 'busy';
         if (r === 'busy') onShort?.(shorts.shift() ?? []);
         return r;
       }),
-      watch: vi.fn(async (names: string[], onRelease: () => void) => {
+      watch: vi.fn(async (names: string[], onRelease: (relay?: () => void, own?: boolean) => boolean | void) => {
         notify.set(names.join(','), onRelease);
         return async () => undefined;
       }),
@@ -451,6 +451,25 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
     for (let i = 0; i < 10 && w1.settled === undefined; i++) await tick();
     expect(w1.settled).toEqual({ hold: h, handoff: false });
     expect(g.ctx.tryHold).toHaveBeenCalledTimes(3);
+  });
+
+  it("a NOTIFY for a semaphore only one gate here waits on (its tenant's) wakes that gate's head, not the group's older waiter", async () => {
+    const g = group();
+    const [g1, g2] = [g.set.gateFor(tenant(1)), g.set.gateFor(tenant(2))];
+    await g1.arrive('a'); // busy
+    const w1 = g.wait(g1, 'w1');
+    const w2 = g.wait(g2, 'w2');
+    await vi.waitFor(() => expect(g.notify.size).toBe(2));
+    await tick();
+    const calls = g.ctx.tryHold.mock.calls.length;
+    const h2 = hold('h2');
+    g.results.push(h2);
+    // the release of ['api', 'tenant:2'] named this process for 'tenant:2', which only tenant 2's gate watches
+    expect(g.notify.get('api,tenant:2')!(() => undefined, true)).toBe(true);
+    await vi.waitFor(() => expect(w2.settled).toEqual({ hold: h2, handoff: false }));
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(calls + 1);
+    expect(g.ctx.tryHold.mock.calls.at(-1)![1]).toBe('w2');
+    expect(w1.settled).toBeUndefined();
   });
 
   it('a NOTIFY or a release nobody of its own set waits for wakes the oldest waiter across those gates, one at a time', async () => {
