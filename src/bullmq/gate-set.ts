@@ -70,7 +70,8 @@ export class GateSet<H extends GateHold> {
    * Tickets of `from`'s semaphores may have come free: wakes the oldest idle waiter (arrival
    * order) among `from` and the gates sharing a semaphore with it, so gates such as
    * `['api', 'tenant:1']` and `['api', 'tenant:2']` take turns in order instead of each
-   * trying whenever `api` frees.
+   * trying whenever `api` frees. (A NOTIFY for a semaphore one gate alone watches goes to that
+   * gate's head first: `Gate.wakeOwn`.)
    */
   kick(from: Gate<H>, relay?: () => void): boolean {
     let first: Gate<H> | undefined;

@@ -124,6 +124,8 @@ export class Waiter<H> {
   private nudged = false;
   /** Passes the wake-up that woke it on to the next waiting process, if it named this one. */
   private relayFn: (() => void) | undefined;
+  /** A wake-up it holds was for a semaphore only its gate watches here (see `Gate.wakeOwn`). */
+  private own = false;
 
   /** Where the waiter stands (see {@link WaiterState}). */
   get state(): WaiterState {
@@ -140,17 +142,30 @@ export class Waiter<H> {
     return this.current === 'waiting' || this.current === 'woken';
   }
 
-  /** A ticket may be free: try as soon as you are the head. */
-  wake(relay?: () => void): void {
+  /**
+   * A ticket may be free: try as soon as you are the head. A second wake-up before the try
+   * keeps both relays (each passes on the wake-up of its own semaphore); `own`: see `Gate.wakeOwn`.
+   */
+  wake(relay?: () => void, own = false): void {
     if (this.current === 'waiting') this.current = 'woken';
-    if (relay) this.relayFn = relay;
+    if (relay) {
+      const before = this.relayFn;
+      this.relayFn = before && before !== relay ? () => (before(), relay()) : relay;
+    }
+    if (own) this.own = true;
     this.cut?.();
   }
 
-  /** The relay of the wake-up it holds (and forgets it). */
+  /** Whether a wake-up it holds was an own one (see `Gate.wakeOwn`); read before {@link Waiter.takeRelay}. */
+  get wokenOwn(): boolean {
+    return this.own;
+  }
+
+  /** The relay of the wake-ups it holds (and forgets them). */
   takeRelay(): (() => void) | undefined {
     const r = this.relayFn;
     this.relayFn = undefined;
+    this.own = false;
     return r;
   }
 
@@ -411,7 +426,7 @@ export class Gate<H extends GateHold> {
       if (me.state === 'woken') {
         // it leaves (deadline, abort) with a wake-up it did not use: the next waiter of the
         // group takes it, or the next process when nobody here waits
-        this.passOn(me.takeRelay());
+        this.passOnFrom(me);
       } else if (wasHead) {
         // the new head sleeps until its deadline (waiters behind the head do): make it poll
         this.head()?.nudge();
@@ -441,7 +456,7 @@ export class Gate<H extends GateHold> {
       next.handOver(hold);
       // it was told that a ticket came free (a NOTIFY, a kick) and takes a hold instead: the
       // wake-up goes to the next waiter (of the group), or nobody would use that ticket
-      if (wasWoken) this.passOn(next.takeRelay());
+      if (wasWoken) this.passOnFrom(next);
       // the new head was asleep until its deadline: make it poll
       else this.head()?.nudge();
       return true;
@@ -496,23 +511,24 @@ export class Gate<H extends GateHold> {
    * Wakes the oldest idle waiter: it tries as soon as it is the head (see `Waiter.wake`).
    * @returns whether there was one.
    */
-  wakeHead(relay?: () => void): boolean {
+  wakeHead(relay?: () => void, own = false): boolean {
     const head = this.head();
-    head?.wake(relay);
+    head?.wake(relay, own);
     return head !== undefined;
   }
 
   /**
-   * A wake-up for a semaphore no other gate here waits on (`tenant:7` of `['api', 'tenant:7']`)
-   * goes to this gate's own head, not to the oldest waiter of the group: the release named this
-   * process because it waits on everything freed (see wake() in SQL), and another gate's waiter
-   * needs a semaphore of its own that did not come free. While one of its waiters tries, the
-   * group's rule (one try at a time, a wake-up held back) applies.
+   * A NOTIFY for a semaphore no other gate here waits on (`tenant:7` of `['api', 'tenant:7']`)
+   * goes to this gate's own head, not to the oldest waiter of the group: another gate's waiter
+   * needs a tenant of its own, which did not come free. It is the one exception to the group's
+   * "one try at a time" (a NOTIFY for the shared `api` may be trying elsewhere in the group:
+   * that costs a busy try now and then, and keeps a freed tenant from waiting behind it). While
+   * one of this gate's own waiters tries, the group's rule applies (the wake-up is held back).
    * @returns whether a waiter of this gate was woken.
    */
   private wakeOwn(relay: () => void, own: boolean | undefined): boolean {
     if (!own || this.trying) return false;
-    return this.wakeHead(relay);
+    return this.wakeHead(relay, true);
   }
 
   /** A wake-up for this gate was held back because one of its waiters was trying (see GateSet.kick). */
@@ -524,6 +540,17 @@ export class Gate<H extends GateHold> {
   /** A wake-up nobody here used goes to the group's next waiter, or on to the next process. */
   private passOn(relay: (() => void) | undefined): void {
     if (!this.ctx.kick(this, relay)) relay?.();
+  }
+
+  /**
+   * The wake-up `w` holds and did not use (it was handed a hold, or left): an own one goes to
+   * this gate's next waiter (nobody else here waits on that semaphore), else {@link Gate.passOn}.
+   */
+  private passOnFrom(w: Waiter<H>): void {
+    const own = w.wokenOwn;
+    const relay = w.takeRelay();
+    if (own && !this.trying && this.wakeHead(relay, true)) return;
+    this.passOn(relay);
   }
 
   /**

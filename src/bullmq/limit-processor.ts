@@ -281,17 +281,9 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     if (got === 'stopping') return reschedule(job, token, gate, reschedules, true);
     if (!got) return reschedule(job, token, gate, reschedules, stop?.stopping === true);
     const { hold, handoff } = got;
-    let relabel: NodeJS.Timeout | undefined;
     if (handoff) {
       stats.handoffs++;
       metrics.attempts.add(1, { result: 'handoff' });
-      // status() shows the new job once it has run `relabelAfter`: a round trip per hand-off
-      // was most of the Postgres traffic of short jobs, for a label nobody could read in time
-      if (opts.relabelAfter === 0) void hold.relabel(label);
-      else {
-        relabel = setTimeout(() => void hold.relabel(label), opts.relabelAfter);
-        relabel.unref();
-      }
     }
     promotion.forget(job, reschedules);
 
@@ -309,7 +301,18 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     };
     const combined = signal ? anySignal(signal, hold.signal) : { signal: hold.signal, dispose: () => undefined };
     let ok = false;
+    let relabel: NodeJS.Timeout | undefined;
     try {
+      if (handoff) {
+        // status() shows the new job once it has run `relabelAfter`: a round trip per hand-off
+        // was most of the Postgres traffic of short jobs, for a label nobody could read in time
+        const relabelNow = () => void hold.relabel(label).catch(() => undefined);
+        if (opts.relabelAfter === 0) relabelNow();
+        else {
+          relabel = setTimeout(relabelNow, opts.relabelAfter);
+          relabel.unref();
+        }
+      }
       metrics.held.add(hold.tickets.length, attrs);
       metrics.waitTime.record((started - job.timestamp) / 1000, attrs);
       events.emit('acquired', { job: job as Job, names, tickets: hold.tickets, waitedMs: started - job.timestamp, handoff });

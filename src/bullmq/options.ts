@@ -77,8 +77,9 @@ export interface LimitOptions<D = unknown, R = unknown, N extends string = strin
   /**
    * A job handed a hold by the job before it (transaction holding) shows in `status()` under
    * its own `label` once it has run this long, in ms; a job that ends sooner never relabels
-   * the holder (it keeps the previous job's label). Relabelling is one round trip on the
-   * holding connection: at once (`0`) that is one per job at saturation.
+   * the holder (it shows the label of the last job of the chain that did, or that acquired
+   * the hold). Relabelling is one round trip on the holding connection per hand-off: at once
+   * (`0`), nearly one per job at saturation.
    * @default 50
    */
   relabelAfter?: number;

@@ -472,6 +472,56 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
     expect(w1.settled).toBeUndefined();
   });
 
+  it('an own NOTIFY while a waiter of its gate tries is held back (one try at a time), and taken when that try comes back busy', async () => {
+    const g = group();
+    const g2 = g.set.gateFor(tenant(2));
+    await g2.arrive('a'); // busy
+    const w2 = g.wait(g2, 'w2');
+    const w2b = g.wait(g2, 'w2b');
+    await vi.waitFor(() => expect(g.notify.size).toBe(1));
+    await tick();
+    let answer!: (a: Attempt<FakeHold>) => void;
+    g.results.push(new Promise<Attempt<FakeHold>>((r) => (answer = r)) as unknown as Attempt<FakeHold>);
+    g.notify.get('api,tenant:2')!(() => undefined, true); // w2 tries
+    await tick();
+    const calls = g.ctx.tryHold.mock.calls.length;
+    g.notify.get('api,tenant:2')!(() => undefined, true); // while w2's call is in flight: held back, w2b does not try
+    await tick();
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(calls);
+    const h = hold('h');
+    g.results.push(h);
+    answer('busy');
+    for (let i = 0; i < 10 && w2.settled === undefined; i++) await tick();
+    expect(w2.settled).toEqual({ hold: h, handoff: false });
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(calls + 1);
+    expect(w2b.settled).toBeUndefined();
+  });
+
+  it("an own wake-up whose waiter is handed a hold instead goes to its gate's next waiter, not to an older one of another gate", async () => {
+    const g = group();
+    const [g1, g2] = [g.set.gateFor(tenant(1)), g.set.gateFor(tenant(2))];
+    g.shorts.push(['tenant:1']);
+    await g1.arrive('a'); // busy on tenant 1
+    const w1 = g.wait(g1, 'w1');
+    const h2 = hold('h2');
+    g.results.push(h2);
+    expect(await g2.arrive('b')).toBe(h2); // tenant 2 holds
+    const w2 = g.wait(g2, 'w2');
+    const w2b = g.wait(g2, 'w2b');
+    await vi.waitFor(() => expect(g.notify.size).toBe(2));
+    await tick();
+    const calls = g.ctx.tryHold.mock.calls.length;
+    // the NOTIFY for tenant 2 wakes w2, and in the same turn tenant 2's job ends and hands
+    // its hold to w2 before it tries: the wake-up is w2b's to use, w1 cannot (tenant 1 is short)
+    g.notify.get('api,tenant:2')!(() => undefined, true);
+    const handedOn = g2.free(h2, { commit: true, reusable: true });
+    expect(await handedOn).toBe(true);
+    await vi.waitFor(() => expect(w2.settled).toEqual({ hold: h2, handoff: true }));
+    await vi.waitFor(() => expect(g.ctx.tryHold).toHaveBeenCalledTimes(calls + 1));
+    expect(g.ctx.tryHold.mock.calls.at(-1)![1]).toBe('w2b');
+    expect([w1.settled, w2b.settled]).toEqual([undefined, undefined]);
+  });
+
   it('a NOTIFY or a release nobody of its own set waits for wakes the oldest waiter across those gates, one at a time', async () => {
     const g = group();
     const [g1, g2] = [g.set.gateFor(tenant(1)), g.set.gateFor(tenant(2))];
@@ -561,6 +611,17 @@ describe('GateSet: one fallback poller per group', () => {
 });
 
 describe('Waiter', () => {
+  it('keeps the relay of every wake-up before its try (each passes on its own semaphore)', () => {
+    const w = new Waiter<string>();
+    const relays = [vi.fn(), vi.fn()];
+    w.wake(relays[0]);
+    w.wake(relays[1], true);
+    expect(w.wokenOwn).toBe(true);
+    w.takeRelay()!();
+    expect(relays.map((r) => r.mock.calls.length)).toEqual([1, 1]);
+    expect([w.wokenOwn, w.takeRelay()]).toEqual([false, undefined]);
+  });
+
   it('has one state, changed only by its methods, which check it', () => {
     const w = new Waiter<string>();
     expect(w.state).toBe('waiting');
