@@ -397,6 +397,15 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
     return { set, ctx, results, shorts, notify, wait };
   }
   const tenant = (t: number) => ({ names: ['api', `tenant:${t}`], counts: [1, 1] });
+  /** Tenant 1's waiter (after a busy try) and then tenant 2's, both gates watching. */
+  async function twoWaiting(g: ReturnType<typeof group>) {
+    const [g1, g2] = [g.set.gateFor(tenant(1)), g.set.gateFor(tenant(2))];
+    await g1.arrive('a'); // busy
+    const w1 = g.wait(g1, 'w1');
+    const w2 = g.wait(g2, 'w2');
+    await vi.waitFor(() => expect(g.notify.size).toBe(2));
+    return { g1, g2, w1, w2 };
+  }
 
   it('an arrival queues without an acquire call while a gate sharing a semaphore waits after a busy try', async () => {
     const g = group();
@@ -455,11 +464,7 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
 
   it("a NOTIFY for a semaphore only one gate here waits on (its tenant's) wakes that gate's head, not the group's older waiter", async () => {
     const g = group();
-    const [g1, g2] = [g.set.gateFor(tenant(1)), g.set.gateFor(tenant(2))];
-    await g1.arrive('a'); // busy
-    const w1 = g.wait(g1, 'w1');
-    const w2 = g.wait(g2, 'w2');
-    await vi.waitFor(() => expect(g.notify.size).toBe(2));
+    const { w1, w2 } = await twoWaiting(g);
     await tick();
     const calls = g.ctx.tryHold.mock.calls.length;
     const h2 = hold('h2');
@@ -524,11 +529,7 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
 
   it('a NOTIFY or a release nobody of its own set waits for wakes the oldest waiter across those gates, one at a time', async () => {
     const g = group();
-    const [g1, g2] = [g.set.gateFor(tenant(1)), g.set.gateFor(tenant(2))];
-    await g1.arrive('a'); // busy
-    const w1 = g.wait(g1, 'w1');
-    const w2 = g.wait(g2, 'w2');
-    await vi.waitFor(() => expect(g.notify.size).toBe(2));
+    const { g1, w1, w2 } = await twoWaiting(g);
     const h1 = hold('h1');
     g.results.push(h1);
     // tenant 2's watch hears the release of 'api': still, tenant 1's older waiter goes first
