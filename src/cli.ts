@@ -241,24 +241,16 @@ interface CliStatus extends SemaphoreStatus {
   holders: CliHolder[];
 }
 
-/** The label session holding gives its holding connection (src/session.ts): `session <host>:<pid>`. */
-const SESSION_LABEL = /^session \S+:\d+$/;
-
 /**
- * Tells session-level holders apart (pg_locks does not): a transaction-level lock exists only
- * inside a transaction, so a holder with no open transaction holds a session lock; and session
- * holding's connection is only ever in a transaction while it runs a statement (an acquire,
- * a release, the heartbeat), whose start says nothing about when a ticket was taken, so its
- * label decides. A transaction holder that chose a label of that exact form shows as a
- * session one.
+ * Tells session-level holders apart (pg_locks does not): `holders()` gives no start time for a
+ * holder without an open transaction (a transaction-level lock exists only inside one, so it
+ * holds a session lock) nor for session holding's connections (only ever in a transaction
+ * while they run a statement, whose start says nothing about when a ticket was taken).
  */
 function withHolding(status: SemaphoreStatus): CliStatus {
   return {
     ...status,
-    holders: status.holders.map((h): CliHolder => {
-      const session = h.since === null || SESSION_LABEL.test(h.label ?? '');
-      return { ...h, since: session ? null : h.since, holding: session ? 'session' : 'transaction' };
-    }),
+    holders: status.holders.map((h): CliHolder => ({ ...h, holding: h.since === null ? 'session' : 'transaction' })),
   };
 }
 

@@ -1,24 +1,26 @@
 /**
- * Waits `ms` milliseconds, or less: resolves early (never rejects) when `signal` aborts.
- * Returns true when the full time passed, false when the signal cut it short.
+ * Waits `ms` milliseconds, or less: resolves early (never rejects) when `signal` aborts, or
+ * when the function handed to `onCut` is called (a way to cut it short without an
+ * AbortController, whose abort builds a DOMException). Returns true when the full time
+ * passed, false when it was cut short.
  *
  * Removes its abort listener when it settles, so any number of sleepers on one long-lived
  * signal add no lasting listeners. Not `timers/promises`: a sleep cut short there rejects
  * with a new AbortError, whose stack capture was about 5 % of a saturated worker's CPU.
  * @internal
  */
-export function sleep(ms: number, signal?: AbortSignal): Promise<boolean> {
+export function sleep(ms: number, signal?: AbortSignal, onCut?: (cut: () => void) => void): Promise<boolean> {
   if (signal?.aborted) return Promise.resolve(false);
   return new Promise<boolean>((resolve) => {
-    const onAbort = () => {
+    const end = (full: boolean) => {
       clearTimeout(timer);
-      resolve(false);
+      signal?.removeEventListener('abort', cut);
+      resolve(full);
     };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve(true);
-    }, Math.max(0, ms));
-    signal?.addEventListener('abort', onAbort, { once: true });
+    const cut = () => end(false);
+    const timer = setTimeout(() => end(true), Math.max(0, ms));
+    signal?.addEventListener('abort', cut, { once: true });
+    onCut?.(cut);
   });
 }
 

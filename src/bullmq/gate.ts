@@ -1,5 +1,5 @@
 import type { NormalizedRequest } from '../request.js';
-import { backoff } from '../timing.js';
+import { backoff, sleep } from '../timing.js';
 
 /**
  * A hold is handed on for at most this long after it was acquired (besides `maxHandoffs`
@@ -218,17 +218,11 @@ export class Waiter<H> {
    */
   async pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
     if (this.state === 'handed' || signal?.aborted) return;
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', done);
-        this.cut = undefined;
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      signal?.addEventListener('abort', done, { once: true });
-      this.cut = done;
-    });
+    try {
+      await sleep(ms, signal, (cut) => (this.cut = cut));
+    } finally {
+      this.cut = undefined;
+    }
   }
 
   private expectIdle(what: string): void {
