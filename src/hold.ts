@@ -4,7 +4,7 @@ import { HoldingModeError } from './errors/holding-mode-error.js';
 import { PgSemaphoreError } from './errors/pg-semaphore-error.js';
 import { TicketLostError } from './errors/ticket-lost-error.js';
 import { canPipeline, pipeline } from './pipeline.js';
-import { errorCode, isConnectionLost, SQLSTATE } from './sqlstate.js';
+import { errorCode, isConnectionLost, isPreparedStatementLost, SQLSTATE } from './sqlstate.js';
 import type { HoldTx } from './tx.js';
 import * as statements from './statements.js';
 import type { Logger } from './logger.js';
@@ -31,6 +31,11 @@ export interface HoldOptions {
    * @default false
    */
   portalOpen?: boolean;
+  /**
+   * Whether the release's wake-up may run as a prepared statement (see `PgSemaphore`); the
+   * hold turns it off when its connection turns out not to keep prepared statements.
+   */
+  prepared?: { on: boolean };
   /** Called on every round trip the hold makes (heartbeat, relabel, release), for the benchmark. */
   onRoundTrip?: () => void;
   /** Called once, when the hold is released or discarded (before its connection goes back). */
@@ -80,10 +85,9 @@ export class Hold {
   readonly tickets: readonly HeldTicket[];
   /** When the tickets were taken (`Date.now()` of this process). */
   readonly acquiredAt: number;
-  /** Aborts, with a {@link TicketLostError} as its reason, when the tickets are lost. */
-  readonly signal: AbortSignal;
 
-  private readonly controller = new AbortController();
+  /** Made on first use: a hold nobody asks for a signal and that is never lost costs no controller. */
+  private controller: AbortController | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   /** The library's own statements on the holding connection run one after another. */
   private chain: Promise<unknown> = Promise.resolve();
@@ -102,6 +106,7 @@ export class Hold {
   private readonly wakeAfter: (() => number | undefined) | undefined;
   private readonly logger: Logger | undefined;
   private readonly session: HoldOptions['session'];
+  private readonly prepared: HoldOptions['prepared'];
 
   /** @internal */
   constructor(options: HoldOptions) {
@@ -113,11 +118,11 @@ export class Hold {
     this.wakeAfter = options.wakeAfter;
     this.logger = options.logger;
     this.session = options.session;
+    this.prepared = options.prepared;
     this.names = options.names;
     this.semaphoreIds = options.semaphoreIds;
     this.tickets = options.tickets;
     this.acquiredAt = Date.now();
-    this.signal = this.controller.signal;
     this.onError = (err: Error) => this.lose(`the holding connection failed (${err.message})`, err);
     this.onEnd = () => this.lose('the holding connection closed');
     if (client) {
@@ -133,9 +138,15 @@ export class Hold {
     }
   }
 
+  /** Aborts, with a {@link TicketLostError} as its reason, when the tickets are lost. */
+  get signal(): AbortSignal {
+    this.controller ??= new AbortController();
+    return this.controller.signal;
+  }
+
   /** Whether the tickets were lost (the signal has aborted). */
   get lost(): boolean {
-    return this.controller.signal.aborted;
+    return this.controller?.signal.aborted === true;
   }
 
   /**
@@ -211,7 +222,8 @@ export class Hold {
 
   /** Marks the tickets lost: the signal aborts with a {@link TicketLostError}. @internal */
   lose(reason: string, cause?: unknown): void {
-    if (this.settled || this.controller.signal.aborted) return;
+    if (this.settled || this.lost) return;
+    this.controller ??= new AbortController();
     this.controller.abort(new TicketLostError([...this.names], reason, { cause }));
   }
 
@@ -267,7 +279,7 @@ export class Hold {
     if (this.heartbeat) clearInterval(this.heartbeat);
     if (this.session) {
       // nothing to commit or roll back: the session locks go, one statement
-      if (this.controller.signal.aborted) return none;
+      if (this.lost) return none;
       return this.session.link.release(this, this.session.ticketIds, { checkJobsWaiting: options.checkJobsWaiting === true, after: this.wakeAfter?.() });
     }
     const client = this.client;
@@ -277,11 +289,11 @@ export class Hold {
       client.removeListener('error', this.onError);
     };
     const commit = options.commit !== false;
-    if (this.controller.signal.aborted) {
+    if (this.lost) {
       detach();
       client.release(true);
       // what was run on tx did not commit: say so (the tickets are free either way)
-      if (commit && this.touched) throw this.controller.signal.reason;
+      if (commit && this.touched) throw this.signal.reason;
       return none;
     }
     await this.chain;
@@ -291,13 +303,19 @@ export class Hold {
       // (no transaction of its own for the wake-up); one that ran user statements may have
       // failed, so it commits first
       const early = commit && !this.touched;
-      const text = statements.release(this.qs, this.semaphoreIds, commit, options.checkJobsWaiting === true, { early, after: this.wakeAfter?.() });
-      const result = (await client.query(text)) as unknown as Array<{
-        rows: Array<{ notified: number; jobs_waiting?: boolean }>;
-      }>;
+      const jobsWaiting = options.checkJobsWaiting === true;
+      let row: { notified?: number; jobs_waiting?: boolean } | undefined;
+      if (early && this.prepared?.on && canPipeline(client)) {
+        // the wake-up prepared once per connection, and the COMMIT, in one round trip
+        const results = await pipeline(client, [statements.wakeBeforeCommit(this.qs, this.semaphoreIds, jobsWaiting, this.wakeAfter?.()), statements.COMMIT]);
+        row = results[0]?.rows[0];
+      } else {
+        const text = statements.release(this.qs, this.semaphoreIds, commit, jobsWaiting, { early, after: this.wakeAfter?.() });
+        const result = (await client.query(text)) as unknown as Array<{ rows: Array<{ notified: number; jobs_waiting?: boolean }> }>;
+        row = result[early ? 0 : 1]?.rows[0];
+      }
       detach();
       client.release();
-      const row = result[early ? 0 : 1]?.rows[0];
       return { jobsWaiting: row?.jobs_waiting === true, notified: (row?.notified ?? 0) > 0 };
     } catch (err) {
       // The transaction ended one way or another (a dead connection frees its locks). A lost
@@ -311,7 +329,10 @@ export class Hold {
       // of tickets only needs; only the NOTIFY is missing (waiters poll). Released, never a
       // failed job. Said unless the connection died or the transaction had already failed.
       if (commit && !this.touched) {
-        if (!isConnectionLost(err) && errorCode(err) !== SQLSTATE.inFailedTransaction) {
+        if (isPreparedStatementLost(err)) {
+          // a transaction pooler without prepared statements: the next releases send it as text
+          if (this.prepared) this.prepared.on = false;
+        } else if (!isConnectionLost(err) && errorCode(err) !== SQLSTATE.inFailedTransaction) {
           this.logger?.warn(`pg-semaphore: tickets released, but waking waiters failed (${(err as Error).message}); they poll`);
         }
         return none;

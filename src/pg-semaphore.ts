@@ -17,7 +17,7 @@ import { normalizeRequest, type NormalizedRequest, type TicketRequest } from './
 import { DEFAULT_SCHEMA, MAX_TICKETS, quoteSchema, validateInt, validateName, validateSchemaName, validateTimeout } from './validate.js';
 import { raceLoss } from './race-loss.js';
 import { explainMigrateConflict, explainNotInstalled } from './not-installed.js';
-import { errorCode, isLibraryLockTimeout, SQLSTATE } from './sqlstate.js';
+import { errorCode, isLibraryLockTimeout, isPreparedStatementLost, SQLSTATE } from './sqlstate.js';
 import * as statements from './statements.js';
 import { heldTickets, type HeldTicket } from './tickets.js';
 import type { AcquireRow, Statement } from './statements.js';
@@ -254,6 +254,13 @@ export class PgSemaphore {
   private readonly lastTickets = new Map<string, number>();
   /** False once the installed `acquire` turned out to take no start positions (an install older than 0003_functions). */
   private startsSupported = true;
+  /**
+   * Whether the acquire and the release's wake-up run as prepared statements (parsed and
+   * planned once per pooled connection). Off for good once a connection turned out not to
+   * keep them: behind a transaction pooler without prepared-statement support each
+   * transaction may land on another server connection.
+   */
+  private readonly prepared = { on: true };
   /**
    * Round trips to Postgres made by this instance and its holds, for the benchmark and tests.
    * @internal
@@ -619,6 +626,7 @@ export class PgSemaphore {
       statements.acquire(this.qs, req.names, req.counts, label ?? null, this.livenessMs, {
         capacity: how.mutex === true,
         starts: this.startsSupported ? req.names.map((n) => this.lastTickets.get(n) ?? null) : undefined,
+        prepared: this.prepared.on,
       });
     const ctx: AttemptContext = {
       pool: this.pool,
@@ -631,8 +639,8 @@ export class PgSemaphore {
     // both of which end the current nap. Not AbortSignal.any: on Node 20 every call leaves an
     // entry on a long-lived source signal that is never collected (measured: +124 MB after
     // 100,000 waits on one signal).
-    const stop = new AbortController();
-    let listening = false;
+    // made when the first sleep begins: an acquire that never sleeps pays for no controller
+    let stop: AbortController | undefined;
     let unsubscribe: (() => void) | undefined;
     let unwatch: (() => Promise<void>) | undefined;
     let woken = false;
@@ -651,6 +659,12 @@ export class PgSemaphore {
           // an install older than 0003_functions: its acquire takes no start positions
           if (!this.session && tried.values?.length === 5 && (err as { code?: unknown }).code === SQLSTATE.undefinedFunction && this.startsSupported) {
             this.startsSupported = false;
+            continue;
+          }
+          // a transaction pooler moved this connection's transaction to a server connection
+          // that never prepared the acquire (the try failed before it ran): unprepared from now on
+          if (!this.session && tried.name !== undefined && isPreparedStatementLost(err) && this.prepared.on) {
+            this.prepared.on = false;
             continue;
           }
           throw err;
@@ -687,8 +701,8 @@ export class PgSemaphore {
           if (watching) continue;
         }
         if (!woken) {
-          if (!listening) {
-            listening = true;
+          if (!stop) {
+            stop = new AbortController();
             this.waits.add(stop);
             stop.signal.addEventListener('abort', interrupt, { once: true });
             if (wait.signal) unsubscribe = this.fanout.subscribe(wait.signal, interrupt);
@@ -705,7 +719,7 @@ export class PgSemaphore {
     } catch (err) {
       throw explainNotInstalled(err, this.schema);
     } finally {
-      this.waits.delete(stop);
+      if (stop) this.waits.delete(stop);
       unsubscribe?.();
       if (unwatch) await unwatch();
     }
@@ -724,7 +738,7 @@ export class PgSemaphore {
       semaphoreIds: row.semaphore_ids ?? [],
       qs: this.qs,
       livenessMs: this.livenessMs,
-      ...('client' in holder ? { portalOpen: holder.portalOpen, onRoundTrip: this.countRoundTrip } : { session: holder.session }),
+      ...('client' in holder ? { portalOpen: holder.portalOpen, onRoundTrip: this.countRoundTrip, prepared: this.prepared } : { session: holder.session }),
       wakeAfter: () => this.listener?.pid,
       logger: this.logger,
       onSettle: (h) => {

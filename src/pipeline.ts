@@ -4,6 +4,8 @@ import type { Statement } from './statements.js';
 
 /** The parts of node-postgres's connection a pipeline writes to. */
 interface Wire {
+  /** node-postgres's record of the named statements prepared on this connection (name to text). */
+  parsedStatements?: Record<string, string>;
   stream: { cork?: () => void; uncork?: () => void };
   parse(msg: { text: string; name?: string; types?: number[] }): void;
   bind(msg: { portal?: string; statement?: string; values?: unknown[]; valueMapper?: (v: unknown) => unknown }): void;
@@ -44,7 +46,9 @@ export function canPipeline(client: PoolClient): boolean {
 /**
  * Runs several statements in ONE round trip: each as Parse/Bind/Describe/Execute of the
  * extended protocol, every value a bind parameter, then a Close of the unnamed portal and a
- * single Sync. One message batch, one answer, no portal left open (so no snapshot stays
+ * single Sync. A statement with a `name` is prepared under it the first time this connection
+ * runs it (a Close of the name first, then Parse) and only bound afterwards: Postgres then
+ * parses and plans it once per connection. One message batch, one answer, no portal left open (so no snapshot stays
  * behind while the transaction sits idle), and, like any extended-protocol batch, it stops
  * at the first error: the statements after it do not run. Statements may open a transaction
  * (`BEGIN`) for the ones after them; behind PgBouncer in transaction mode the batch stays on
@@ -65,13 +69,27 @@ export function pipeline(client: PoolClient, statements: readonly Statement[]): 
       current ??= new Result(undefined, (client as unknown as { _types?: unknown })._types);
       return current;
     };
+    /** node-postgres's own record of the statements prepared on this connection (it checks it too). */
+    let prepared: Record<string, string> | undefined;
+    /** Named statements this batch prepares: recorded once it went through. */
+    const preparing: Statement[] = [];
     const submittable = {
       submit(connection: Wire) {
+        prepared = connection.parsedStatements;
         connection.stream.cork?.();
         try {
           for (const s of statements) {
-            connection.parse({ text: s.text, types: [] });
-            connection.bind({ values: s.values ?? [], valueMapper: utils.prepareValue });
+            const name = s.name !== undefined && prepared ? s.name : undefined;
+            if (name !== undefined && prepared![name] !== s.text) {
+              // not known to be prepared here: a batch that failed may have prepared it or
+              // not, and closing a statement that does not exist is no error
+              connection.close({ type: 'S', name });
+              connection.parse({ text: s.text, name, types: [] });
+              preparing.push(s);
+            } else if (name === undefined) {
+              connection.parse({ text: s.text, types: [] });
+            }
+            connection.bind({ statement: name, values: s.values ?? [], valueMapper: utils.prepareValue });
             connection.describe({ type: 'P', name: '' });
             connection.execute({ portal: '', rows: 0 });
           }
@@ -106,6 +124,7 @@ export function pipeline(client: PoolClient, statements: readonly Statement[]): 
       },
       handleReadyForQuery() {
         if (failed) return;
+        for (const s of preparing) prepared![s.name!] = s.text;
         resolve(results);
       },
       handlePortalSuspended() {},

@@ -45,6 +45,10 @@ export const SQLSTATE = {
   insufficientPrivilege: '42501',
   /** An unrecognized configuration parameter, e.g. `idle_session_timeout` before Postgres 14. */
   undefinedObject: '42704',
+  /** No prepared statement of that name on this server connection (a transaction pooler moved us to another one). */
+  invalidStatementName: '26000',
+  /** A prepared statement of that name exists already on this server connection. */
+  duplicatePreparedStatement: '42P05',
 } as const;
 
 /** node-postgres / Node socket error codes that mean the server cannot be reached. */
@@ -134,6 +138,16 @@ export function isCannotConnect(err: unknown): boolean {
     }
     return CONNECTION_MESSAGES.test(message(e));
   });
+}
+
+/**
+ * The connection does not keep the prepared statements this client prepared on it: a
+ * transaction pooler (PgBouncer before 1.21, or without `max_prepared_statements`) hands each
+ * transaction a server connection of its choosing, or somebody ran `DEALLOCATE`/`DISCARD ALL`.
+ */
+export function isPreparedStatementLost(err: unknown): boolean {
+  const code = errorCode(err);
+  return code === SQLSTATE.invalidStatementName || code === SQLSTATE.duplicatePreparedStatement;
 }
 
 /** The schema lacks pg-semaphore's objects: no schema, no function, or no table. */

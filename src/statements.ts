@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { sql, type SQL } from 'drizzle-orm';
 
 /**
@@ -10,6 +11,33 @@ import { sql, type SQL } from 'drizzle-orm';
 export interface Statement {
   text: string;
   values?: unknown[];
+  /**
+   * Prepared once per connection under this name and bound by name afterwards (node-postgres
+   * and {@link pipeline} both honour it). Always {@link preparedName} of the text, so one
+   * name never stands for two texts, whichever connection a pooler hands out.
+   */
+  name?: string;
+}
+
+const preparedNames = new Map<string, string>();
+
+/**
+ * The name a statement text is prepared under: `pgsem_` and a hash of the text. The texts
+ * the library prepares are few (one per schema and statement shape), so they are kept.
+ * @internal
+ */
+export function preparedName(text: string): string {
+  let name = preparedNames.get(text);
+  if (name === undefined) {
+    name = `pgsem_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`;
+    if (preparedNames.size < 1_000) preparedNames.set(text, name);
+  }
+  return name;
+}
+
+/** The statement, prepared under its {@link preparedName} when `prepared`. @internal */
+export function maybePrepared(statement: Statement, prepared: boolean | undefined): Statement {
+  return prepared ? { ...statement, name: preparedName(statement.text) } : statement;
 }
 
 /** The row of the SQL function `acquire` (see src/functions-sql.ts). @internal */
@@ -32,6 +60,8 @@ export interface AcquireRow {
 export const BEGIN = 'BEGIN ISOLATION LEVEL READ COMMITTED';
 /** {@link BEGIN} as a statement of a pipeline. @internal */
 export const BEGIN_STATEMENT: Statement = { text: BEGIN };
+/** Ends the holding transaction, as a statement of a pipeline. @internal */
+export const COMMIT: Statement = { text: 'COMMIT' };
 /** Gives tickets back without waking anyone (nothing was held long enough to matter). @internal */
 export const ROLLBACK = 'ROLLBACK';
 /**
@@ -64,16 +94,17 @@ export function acquire(
   counts: readonly number[],
   label: string | null,
   idleMs: number | null,
-  options: { capacity?: boolean; starts?: ReadonlyArray<number | null> } = {},
+  options: { capacity?: boolean; starts?: ReadonlyArray<number | null>; prepared?: boolean } = {},
 ): Statement {
   const capacity = options.capacity ? `, (SELECT m.tickets FROM ${qs}.semaphores m WHERE m.name = ($1::text[])[1]) AS capacity` : '';
   const starts = options.starts?.some((n) => n !== null) ? options.starts : undefined;
-  return starts
+  const statement = starts
     ? {
         text: `SELECT a.*${capacity} FROM ${qs}.acquire($1::text[], $2::integer[], $3, $4, $5::integer[]) a`,
         values: [names, counts, label, idleMs, starts],
       }
     : { text: `SELECT a.*${capacity} FROM ${qs}.acquire($1::text[], $2::integer[], $3, $4) a`, values: [names, counts, label, idleMs] };
+  return maybePrepared(statement, options.prepared);
 }
 
 /** Creates the semaphores named that do not exist yet, with `tickets` tickets each. @internal */
@@ -124,6 +155,19 @@ export function release(
   const wake = `SELECT ${qs}.wake(${ids}${after}) AS notified${jobsWaitingColumn(qs, ids, jobsWaiting)}`;
   if (commit && options.early) return { text: `${wake}; COMMIT` };
   return { text: `${commit ? 'COMMIT' : 'ROLLBACK'}; ${wake}` };
+}
+
+/**
+ * The wake-up of {@link release}'s early form as a statement of its own, every value a bind
+ * parameter, prepared under its name: a pipeline runs it and `COMMIT` in one round trip.
+ * The statement is the same for every release of a schema (the ids are `$1`), so a
+ * connection parses and plans it once. `after` as in {@link release}.
+ * @internal
+ */
+export function wakeBeforeCommit(qs: string, semaphoreIds: readonly number[], jobsWaiting: boolean, after?: number): Statement {
+  const pid = after !== undefined && Number.isInteger(after);
+  const text = `SELECT ${qs}.wake($1::integer[]${pid ? ', $2::integer' : ''}) AS notified${jobsWaitingColumn(qs, '$1::integer[]', jobsWaiting)}`;
+  return { text, values: pid ? [semaphoreIds, after] : [semaphoreIds], name: preparedName(text) };
 }
 
 /** A row of the SQL function `acquire_session`: one per request, with the tickets' row ids (the lock keys). @internal */

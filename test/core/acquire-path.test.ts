@@ -3,6 +3,7 @@
 // re-entrancy and all-or-nothing; start positions (the ticket returned last is tried first,
 // wrapping around); a semaphore destroyed and made again between two holds of one instance.
 import pg from 'pg';
+import { sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { databaseUrl, setupSchema, waitFor } from '../helpers/db.js';
 import { backendOf } from '../helpers/core.js';
@@ -274,6 +275,88 @@ describe('what a busy try and a release tell the caller', () => {
       await (await waiting).release();
     } finally {
       await other.close();
+    }
+  });
+});
+
+describe('prepared statements', () => {
+  /** The named statements prepared on the connection `hold` is on (read through the hold's own transaction). */
+  async function preparedOn(hold: import('../../src/index.js').Hold): Promise<Array<{ name: string; statement: string; runs: number }>> {
+    const { rows } = (await hold.tx.execute(
+      sql`SELECT name, statement, (generic_plans + custom_plans)::int AS runs FROM pg_prepared_statements ORDER BY statement`,
+    )) as unknown as { rows: Array<{ name: string; statement: string; runs: number }> };
+    return rows;
+  }
+
+  it('the acquire and the release wake-up are prepared once per connection and bound by name afterwards', async () => {
+    const sem = ctx.another({ connection: { connectionString: databaseUrl(), max: 1 } });
+    try {
+      await sem.make('prep', 2);
+      for (let i = 0; i < 5; i++) await (await sem.hold('prep')).release();
+      const hold = await sem.hold('prep');
+      const prepared = await preparedOn(hold);
+      await hold.release();
+      const one = (re: RegExp) => {
+        const found = prepared.filter((p) => re.test(p.statement));
+        expect(found, `one prepared statement like ${re}`).toHaveLength(1);
+        return found[0]!;
+      };
+      // the first hold had no start position yet: a text of its own, run once
+      const first = one(/^SELECT a\.\* FROM ".+"\.acquire\(\$1::text\[\], \$2::integer\[\], \$3, \$4\) a$/);
+      const acquire = one(/^SELECT a\.\* FROM ".+"\.acquire\(\$1::text\[\], \$2::integer\[\], \$3, \$4, \$5::integer\[\]\) a$/);
+      const wake = one(/^SELECT ".+"\.wake\(\$1::integer\[\]\) AS notified$/);
+      expect(prepared).toHaveLength(3);
+      for (const p of prepared) expect(p.name).toMatch(/^pgsem_[0-9a-f]{24}$/);
+      expect([first.runs, acquire.runs, wake.runs]).toEqual([1, 5, 5]);
+    } finally {
+      await sem.close();
+    }
+  });
+
+  it('a connection that lost them (a transaction pooler, DEALLOCATE): the acquire retries unprepared, takes its ticket, and stays unprepared', async () => {
+    const warnings: string[] = [];
+    const sem = ctx.another({ connection: { connectionString: databaseUrl(), max: 1 }, logger: { warn: (m) => void warnings.push(m) } });
+    try {
+      await sem.make('prep-lost', 1);
+      for (let i = 0; i < 3; i++) await (await sem.hold('prep-lost')).release();
+      // what a pooler's other server connection looks like: node-postgres still thinks they are there
+      const dropping = await sem.hold('prep-lost');
+      await dropping.tx.execute(sql`DEALLOCATE ALL`);
+      await dropping.release();
+      const hold = await sem.hold('prep-lost', { label: 'after-deallocate' });
+      expect((await ctx.sem.status('prep-lost')).holders.map((h) => h.label)).toEqual(['after-deallocate']);
+      expect(await preparedOn(hold)).toEqual([]);
+      await hold.release();
+      expect((await ctx.sem.status('prep-lost')).held).toBe(0);
+      for (let i = 0; i < 3; i++) await (await sem.hold('prep-lost')).release();
+      const last = await sem.hold('prep-lost');
+      expect(await preparedOn(last)).toEqual([]);
+      await last.release();
+      expect(warnings).toEqual([]);
+    } finally {
+      await sem.close();
+    }
+  });
+
+  it('a release whose prepared wake-up is gone still frees the tickets (the transaction rolls back), warns nobody, and later releases go unprepared', async () => {
+    const warnings: string[] = [];
+    const sem = ctx.another({ connection: { connectionString: databaseUrl(), max: 1 }, logger: { warn: (m) => void warnings.push(m) } });
+    try {
+      await sem.make('prep-wake', 1);
+      for (let i = 0; i < 3; i++) await (await sem.hold('prep-wake')).release();
+      const hold = await sem.hold('prep-wake');
+      // behind the hold's back (hold.tx would make the release commit first): the holding connection drops them
+      await (hold as unknown as { client: pg.PoolClient }).client.query('DEALLOCATE ALL');
+      expect(await hold.release()).toEqual({ jobsWaiting: false, notified: false });
+      expect((await ctx.sem.status('prep-wake')).held).toBe(0);
+      expect(warnings).toEqual([]);
+      // from now on nothing is prepared: neither the acquire nor the wake-up
+      for (let i = 0; i < 3; i++) await (await sem.hold('prep-wake')).release();
+      const last = await sem.hold('prep-wake');
+      expect(await preparedOn(last)).toEqual([]);
+      await last.release();
+    } finally {
+      await sem.close();
     }
   });
 });

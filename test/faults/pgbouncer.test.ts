@@ -91,6 +91,32 @@ describe('behind PgBouncer (transaction mode)', () => {
     expect(held.rows[0].n).toBe(0);
   });
 
+  it('prepared statements: a transaction the pooler puts on a server connection that never prepared the acquire retries unprepared, takes its ticket, and nothing is left held', async () => {
+    const warnings: string[] = [];
+    const sem = viaBouncer({ connection: { connectionString: bouncer.url(), max: 1 }, logger: { warn: (m: string) => void warnings.push(m) } });
+    // prepared on the one server connection in use
+    for (let i = 0; i < 3; i++) await (await sem.hold('other')).release();
+    // a client that takes that server connection (PgBouncer hands out the most recently used
+    // one first) and keeps it, inside a transaction, so the next acquire lands elsewhere
+    const blocker = new pg.Client({ connectionString: bouncer.url() });
+    blocker.on('error', () => undefined);
+    await blocker.connect();
+    try {
+      await blocker.query('BEGIN');
+      const { rows } = await blocker.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name LIKE 'pgsem\\_%'`);
+      expect(rows[0]!.n, "the blocker sits on the server connection that prepared pg-semaphore's statements").toBeGreaterThan(0);
+      const hold = await within(sem.hold('other', { label: 'moved' }), 10_000, 'the hold on another server connection');
+      expect((await admin.query(`SELECT label FROM "${schema}".holders('other')`)).rows.map((r) => r.label)).toEqual(['moved']);
+      await hold.release();
+      for (let i = 0; i < 3; i++) await (await sem.hold('other')).release();
+      await blocker.query('COMMIT');
+    } finally {
+      await blocker.end().catch(() => undefined);
+    }
+    expect((await admin.query(`SELECT count(*)::int AS n FROM "${schema}".holders()`)).rows[0].n).toBe(0);
+    expect(warnings).toEqual([]);
+  });
+
   it('heartbeats keep a hold past the idle-hold window; a silent holder loses its ticket after it', async () => {
     const sem = viaBouncer({ livenessTimeout: 600 });
     const hold = await sem.hold('api');
