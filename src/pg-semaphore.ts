@@ -662,8 +662,9 @@ export class PgSemaphore {
             continue;
           }
           // a transaction pooler moved this connection's transaction to a server connection
-          // that never prepared the acquire (the try failed before it ran): unprepared from now on
-          if (!this.session && tried.name !== undefined && isPreparedStatementLost(err) && this.prepared.on) {
+          // that never prepared the acquire (the try failed before it ran): unprepared from now
+          // on, for every try (a concurrent one may have turned it off already)
+          if (!this.session && tried.name !== undefined && isPreparedStatementLost(err)) {
             this.prepared.on = false;
             continue;
           }

@@ -338,6 +338,27 @@ describe('prepared statements', () => {
     }
   });
 
+  it('two tries in flight that both find them gone both retry unprepared (the second after the first turned them off)', async () => {
+    const sem = ctx.another({ connection: { connectionString: databaseUrl(), max: 2 } });
+    try {
+      await sem.make('prep-two', 2);
+      const both = () => Promise.all([sem.hold('prep-two'), sem.hold('prep-two')]);
+      // both pooled connections prepare the acquire (with a start position from the second round on)
+      for (let i = 0; i < 3; i++) for (const h of await both()) await h.release();
+      const dropping = await both();
+      for (const h of dropping) await h.tx.execute(sql`DEALLOCATE ALL`);
+      for (const h of dropping) await h.release();
+      // both tries are built (prepared) before either hears back
+      const holds = await both();
+      expect(holds.map((h) => h.tickets.length)).toEqual([1, 1]);
+      expect((await ctx.sem.status('prep-two')).held).toBe(2);
+      for (const h of holds) await h.release();
+      expect((await ctx.sem.status('prep-two')).held).toBe(0);
+    } finally {
+      await sem.close();
+    }
+  });
+
   it('a release whose prepared wake-up is gone still frees the tickets (the transaction rolls back), warns nobody, and later releases go unprepared', async () => {
     const warnings: string[] = [];
     const sem = ctx.another({ connection: { connectionString: databaseUrl(), max: 1 }, logger: { warn: (m) => void warnings.push(m) } });
