@@ -48,7 +48,9 @@ export async function attempt(ctx: AttemptContext, statement: Statement): Promis
   try {
     if (pipelined) {
       ctx.roundTrips(1);
-      const results = await pipeline(client, [statements.BEGIN_STATEMENT, statement]);
+      // a prepared acquire comes with a prepared BEGIN (both or neither: behind a transaction
+      // pooler the fallback turns both off)
+      const results = await pipeline(client, [statement.name === undefined ? statements.BEGIN_STATEMENT : statements.BEGIN_PREPARED, statement]);
       row = results[1]!.rows[0] as AcquireRow;
     } else {
       ctx.roundTrips(2);

@@ -48,7 +48,9 @@ export function canPipeline(client: PoolClient): boolean {
  * extended protocol, every value a bind parameter, then a Close of the unnamed portal and a
  * single Sync. A statement with a `name` is prepared under it the first time this connection
  * runs it (a Close of the name first, then Parse) and only bound afterwards: Postgres then
- * parses and plans it once per connection. One message batch, one answer, no portal left open (so no snapshot stays
+ * parses and plans it once per connection. A statement that returns no rows (`noRows`) gets
+ * no Describe, and a batch that ends its transaction (`COMMIT` last) no Close: messages
+ * nobody reads, each a little work on both sides of every round trip. One message batch, one answer, no portal left open (so no snapshot stays
  * behind while the transaction sits idle), and, like any extended-protocol batch, it stops
  * at the first error: the statements after it do not run. Statements may open a transaction
  * (`BEGIN`) for the ones after them; behind PgBouncer in transaction mode the batch stays on
@@ -90,10 +92,10 @@ export function pipeline(client: PoolClient, statements: readonly Statement[]): 
               connection.parse({ text: s.text, types: [] });
             }
             connection.bind({ statement: name, values: s.values ?? [], valueMapper: utils.prepareValue });
-            connection.describe({ type: 'P', name: '' });
+            if (!s.noRows) connection.describe({ type: 'P', name: '' });
             connection.execute({ portal: '', rows: 0 });
           }
-          connection.close({ type: 'P', name: '' });
+          if (!statements[statements.length - 1]?.endsTransaction) connection.close({ type: 'P', name: '' });
           connection.sync();
         } finally {
           connection.stream.uncork?.();

@@ -49,6 +49,8 @@ export const SQLSTATE = {
   invalidStatementName: '26000',
   /** A prepared statement of that name exists already on this server connection. */
   duplicatePreparedStatement: '42P05',
+  /** Not supported; among others "cached plan must not change result type" (a prepared statement whose function changed its result columns). */
+  featureNotSupported: '0A000',
 } as const;
 
 /** node-postgres / Node socket error codes that mean the server cannot be reached. */
@@ -141,13 +143,19 @@ export function isCannotConnect(err: unknown): boolean {
 }
 
 /**
- * The connection does not keep the prepared statements this client prepared on it: a
- * transaction pooler (PgBouncer before 1.21, or without `max_prepared_statements`) hands each
- * transaction a server connection of its choosing, or somebody ran `DEALLOCATE`/`DISCARD ALL`.
+ * The prepared statements this client made on the connection cannot be used: the connection
+ * does not keep them (a transaction pooler, PgBouncer before 1.21 or without
+ * `max_prepared_statements`, hands each transaction a server connection of its choosing; or
+ * somebody ran `DEALLOCATE`/`DISCARD ALL`), or a migration changed the result columns of a
+ * function one of them calls (Postgres then refuses the cached plan).
  */
 export function isPreparedStatementLost(err: unknown): boolean {
   const code = errorCode(err);
-  return code === SQLSTATE.invalidStatementName || code === SQLSTATE.duplicatePreparedStatement;
+  return (
+    code === SQLSTATE.invalidStatementName ||
+    code === SQLSTATE.duplicatePreparedStatement ||
+    (code === SQLSTATE.featureNotSupported && /cached plan must not change result type/.test(message(err)))
+  );
 }
 
 /** The schema lacks pg-semaphore's objects: no schema, no function, or no table. */

@@ -17,6 +17,10 @@ export interface Statement {
    * name never stands for two texts, whichever connection a pooler hands out.
    */
   name?: string;
+  /** It returns no rows (`BEGIN`, `COMMIT`): a pipeline asks for no row description. */
+  noRows?: boolean;
+  /** It ends the transaction (`COMMIT`): as a pipeline's last statement, no portal is left to close. */
+  endsTransaction?: boolean;
 }
 
 const preparedNames = new Map<string, string>();
@@ -59,9 +63,11 @@ export interface AcquireRow {
  */
 export const BEGIN = 'BEGIN ISOLATION LEVEL READ COMMITTED';
 /** {@link BEGIN} as a statement of a pipeline. @internal */
-export const BEGIN_STATEMENT: Statement = { text: BEGIN };
-/** Ends the holding transaction, as a statement of a pipeline. @internal */
-export const COMMIT: Statement = { text: 'COMMIT' };
+export const BEGIN_STATEMENT: Statement = { text: BEGIN, noRows: true };
+/** {@link BEGIN_STATEMENT}, prepared (for a pipeline whose acquire is prepared). @internal */
+export const BEGIN_PREPARED: Statement = { ...BEGIN_STATEMENT, name: preparedName(BEGIN) };
+/** Ends the holding transaction, as a prepared statement of a pipeline (see {@link wakeBeforeCommit}). @internal */
+export const COMMIT: Statement = { text: 'COMMIT', name: preparedName('COMMIT'), noRows: true, endsTransaction: true };
 /** Gives tickets back without waking anyone (nothing was held long enough to matter). @internal */
 export const ROLLBACK = 'ROLLBACK';
 /**
