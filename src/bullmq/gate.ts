@@ -84,6 +84,11 @@ export interface GateOptions {
   wakeOnRelease: boolean;
   /** A hold is handed on at most this many times, then released so other processes get a turn. */
   maxHandoffs: number;
+  /**
+   * How long a hold nobody here waits for is kept for the next arriving job of the set, in ms
+   * (see {@link Gate.free}); 0 or absent: released at once.
+   */
+  linger?: number;
 }
 
 /** How a job ended with its hold. @internal */
@@ -257,6 +262,10 @@ export class Gate<H extends GateHold> {
   private readonly handoffs = new Map<H, { count: number; since: number }>();
   /** The watch on releases by other processes, while anyone waits (its stop function once it resolves). */
   private watching: Promise<() => Promise<void>> | undefined;
+  /** Holds kept after their job for the next arriving one (see {@link Gate.free}), newest last, each with the timer that releases it. */
+  private readonly parked: Array<{ hold: H; timer: NodeJS.Timeout }> = [];
+  /** The last release of this set woke another process waiting on one of its semaphores: tickets are not plentiful. */
+  private othersWaited = false;
 
   constructor(
     /** The set's identity within its processor. */
@@ -441,7 +450,8 @@ export class Gate<H extends GateHold> {
    * @returns true when the hold was handed on.
    */
   async free(hold: H, end: HoldEnd): Promise<boolean> {
-    const next = this.mayHandOn(hold, end) ? this.head() : undefined;
+    const mayHandOn = this.mayHandOn(hold, end);
+    const next = mayHandOn ? this.head() : undefined;
     if (next) {
       const chain = this.handoffs.get(hold) ?? { count: 0, since: Date.now() };
       this.handoffs.set(hold, { count: chain.count + 1, since: chain.since });
@@ -456,6 +466,68 @@ export class Gate<H extends GateHold> {
       return true;
     }
     this.holdCount--;
+    if (mayHandOn && this.mayLinger()) {
+      this.park(hold);
+      return true;
+    }
+    return this.release(hold, end);
+  }
+
+  /**
+   * Nobody here waits for the set and tickets are plentiful: nothing of this worker or, as
+   * far as the last release could tell, of another process waits on its semaphores, and the
+   * last try found a ticket. BullMQ hands the slot its next job a moment after this one, so
+   * the hold is kept for it (a hand-off, no round trip) rather than released and acquired
+   * again (two).
+   */
+  private mayLinger(): boolean {
+    return (this.options.linger ?? 0) > 0 && this.waiters.length === 0 && !this.saturated && !this.othersWaited && !this.ctx.groupSaturated(this);
+  }
+
+  /** Keeps `hold` for the next arriving job, at most `linger` ms; then it is released. */
+  private park(hold: H): void {
+    const entry = {
+      hold,
+      timer: setTimeout(() => {
+        const i = this.parked.indexOf(entry);
+        if (i < 0) return;
+        this.parked.splice(i, 1);
+        void this.release(hold, { commit: true, reusable: true })
+          .catch(() => undefined)
+          .finally(() => this.dropIfIdle());
+      }, this.options.linger),
+    };
+    entry.timer.unref?.();
+    this.parked.push(entry);
+  }
+
+  /**
+   * A hold kept for the next arriving job (see {@link Gate.free}), as a hand-off: the job
+   * runs on it without a round trip. Undefined when none is kept.
+   */
+  takeParked(): H | undefined {
+    for (let entry = this.parked.pop(); entry; entry = this.parked.pop()) {
+      clearTimeout(entry.timer);
+      const { hold } = entry;
+      if (hold.lost || hold.released === true) {
+        // lost while kept: its release only discards the broken connection
+        void this.release(hold, { commit: false, reusable: false }).catch(() => undefined);
+        continue;
+      }
+      this.holdCount++;
+      const chain = this.handoffs.get(hold) ?? { count: 0, since: Date.now() };
+      this.handoffs.set(hold, { count: chain.count + 1, since: chain.since });
+      return hold;
+    }
+    return undefined;
+  }
+
+  /**
+   * Releases a hold nobody here takes (its count already left {@link Gate.holding}), then
+   * wakes the next waiter, or, when nobody here waits and jobs are recorded as waiting,
+   * promotes them.
+   */
+  private async release(hold: H, end: HoldEnd): Promise<false> {
     this.handoffs.delete(hold);
     // only a release that finds nobody waiting here promotes, so only then is it worth asking
     const checkJobsWaiting = this.options.wakeOnRelease && this.waiters.length === 0 && this.ctx.mayPromote();
@@ -477,6 +549,8 @@ export class Gate<H extends GateHold> {
         else this.ctx.kick(this);
       }
     }
+    // jobs put back by other workers (when asked) count as waiting too
+    this.othersWaited = released.notified === true || released.jobsWaiting;
     const { jobsWaiting } = released;
     if (!this.options.wakeOnRelease || this.waiters.length > 0) return false;
     if (jobsWaiting) await this.ctx.promote(hold).catch(() => undefined);
@@ -609,6 +683,6 @@ export class Gate<H extends GateHold> {
   }
 
   private dropIfIdle(): void {
-    if (this.jobCount === 0 && this.waiters.length === 0 && this.holdCount === 0 && !this.watching) this.ctx.onIdle(this);
+    if (this.jobCount === 0 && this.waiters.length === 0 && this.holdCount === 0 && this.parked.length === 0 && !this.watching) this.ctx.onIdle(this);
   }
 }

@@ -148,7 +148,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
   const putBack = new PutBackPolicy(opts);
   const slots = new WorkerSlots();
   const gates = new GateSet<Hold>(
-    { wakeOnRelease: opts.wakeOnRelease, maxHandoffs: opts.maxHandoffs },
+    { wakeOnRelease: opts.wakeOnRelease, maxHandoffs: opts.maxHandoffs, linger: opts.linger ?? (requests.oneSet ? 5 : 0) },
     { tryHold, watch: (names, onRelease) => sem.watch(names, onRelease), hearsReleases: () => sem.hearsWakeUps, promote: (hold) => promotion.promoteWaiting(hold), mayPromote: () => promotion.active },
   );
 
@@ -158,6 +158,9 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
    * for no signal); its `done` runs when the wait ends.
    */
   const acquire = async (gate: Gate<Hold>, label: string, waitSignal: () => { signal: AbortSignal | undefined; done: () => void }) => {
+    // the hold the slot's last job of this set left behind (`linger`): a hand-off
+    const kept = gate.takeParked();
+    if (kept) return { hold: kept, handoff: true };
     const hold = await gate.arrive(label);
     if (hold) return { hold, handoff: false };
     if (!opts.wakeOnRelease || opts.localWait === 0 || unavailable) return null;

@@ -14,7 +14,7 @@ const workers: Worker[] = [];
 
 beforeAll(async () => {
   ctx = await setupSchema('wrapper');
-  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label', 'w-relabel-0', 'w-relabel-late', 'w-relabel-long', 'w-weight', 'w-weight-bad', 'w-session-tx']);
+  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label', 'w-relabel-0', 'w-relabel-late', 'w-relabel-long', 'w-weight', 'w-weight-bad', 'w-session-tx', 'w-linger', 'w-linger-0']);
 });
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.close(true)));
@@ -253,6 +253,33 @@ describe('limitProcessor', () => {
     expect((await ctx.sem.list()).some((s) => s.name === 'wb:a')).toBe(false);
   });
 
+  it("linger: a slot's next job takes the hold its last job left (a hand-off, no acquire call); the last one is released when the time is up", async () => {
+    const run = async (name: string, linger: number) => {
+      const sem = ctx.another({ livenessTimeout: 600_000, listen: false });
+      try {
+        await sem.make(name, 3);
+        // a long linger: the next job surely comes in time, also on a loaded machine
+        const processor = limitProcessor(sem, async () => undefined, { semaphore: name, linger });
+        const w = worker(`w-${name}`, processor, 1);
+        const f = finished(w, 10);
+        await queue(`w-${name}`).addBulk(Array.from({ length: 10 }, (_, i) => ({ name: 'x', data: { i } })));
+        await f.promise;
+        expect(f.done).toHaveLength(10);
+        await waitFor(async () => (await ctx.sem.status(name)).held === 0, { what: 'the kept hold to be released' });
+        await w.close();
+        return { ...processor.stats };
+      } finally {
+        await sem.close();
+      }
+    };
+    const kept = await run('linger', 2_000);
+    expect(kept.ran).toBe(10);
+    expect(kept.handoffs).toBeGreaterThan(0);
+    expect(kept.attempts + kept.handoffs).toBe(10);
+    // off: every job acquires
+    expect(await run('linger-0', 0)).toMatchObject({ ran: 10, attempts: 10, handoffs: 0 });
+  });
+
   it("labels holders with the queue and job id, so status() shows who holds what", async () => {
     await ctx.sem.make('label', 2);
     let release!: () => void;
@@ -376,6 +403,8 @@ describe('limitProcessor', () => {
     expect(() => limitProcessor(ctx.sem, fn, { semaphore: 'x', maxReschedules: -1 })).toThrow(InvalidArgumentError);
     expect(() => limitProcessor(ctx.sem, fn, { semaphore: 'x', relabelAfter: -1 })).toThrow(/relabelAfter: expected a whole number from 0/);
     expect(() => limitProcessor(ctx.sem, fn, { semaphore: 'x', relabelAfter: '50' as never })).toThrow(InvalidArgumentError);
+    expect(() => limitProcessor(ctx.sem, fn, { semaphore: 'x', linger: -1 })).toThrow(/linger: expected a whole number from 0 to 60000/);
+    expect(() => limitProcessor(ctx.sem, fn, { semaphore: 'x', linger: 1.5 })).toThrow(InvalidArgumentError);
     expect(() => limitProcessor(ctx.sem, 'nope' as never, { semaphore: 'x' })).toThrow(/processor: expected a function/);
     // BullMQ passes its AbortSignal only to processors declared with three parameters
     expect(limitProcessor(ctx.sem, fn, { semaphore: 'x' }).length).toBe(3);

@@ -771,3 +771,94 @@ describe('Gate: a wake-up that named this process and is of no use here is relay
     expect(onRelease(again)).toBe(false); // nobody waits: not taken (the listener relays it)
   });
 });
+
+describe('Gate: a hold kept for the next arriving job (linger)', () => {
+  it('with nobody waiting and tickets plentiful, a freed hold is kept and the next job takes it as a hand-off: no acquire call, no release', async () => {
+    const t = setup({ linger: 60_000 });
+    cleanup = t.stop;
+    const a = hold('a');
+    t.results.push(a);
+    expect(await t.gate.arrive('job-0')).toBe(a);
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
+    expect(t.gate.holding).toBe(0);
+    expect(t.gate.takeParked()).toBe(a);
+    expect(t.gate.holding).toBe(1);
+    // taken once: nothing left for a second arrival
+    expect(t.gate.takeParked()).toBeUndefined();
+    expect(a.release).not.toHaveBeenCalled();
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(1);
+  });
+
+  it('a kept hold nobody takes is released when linger is up, and the idle gate is dropped', async () => {
+    const t = setup({ linger: 5 });
+    cleanup = t.stop;
+    const a = hold('a');
+    t.results.push(a);
+    await t.gate.arrive('job-0');
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
+    expect(a.release).not.toHaveBeenCalled();
+    await vi.waitFor(() => expect(a.release).toHaveBeenCalledTimes(1), { timeout: 2_000 });
+    expect(t.gate.takeParked()).toBeUndefined();
+    await vi.waitFor(() => expect(t.ctx.onIdle).toHaveBeenCalled(), { timeout: 2_000 });
+  });
+
+  it('not kept when the transaction was used, after a try here found no ticket, or within the hand-off limits', async () => {
+    const t = setup({ linger: 60_000, maxHandoffs: 1 });
+    cleanup = t.stop;
+    const [a, b] = [hold('a'), hold('b')];
+    t.results.push(a, 'busy', b);
+    await t.gate.arrive('job-0');
+    // a job that used tx: released
+    expect(await t.gate.free(a, { commit: true, reusable: false })).toBe(false);
+    expect(a.release).toHaveBeenCalledTimes(1);
+    // a try that found no ticket: the semaphore is busy, so a freed hold goes back at once
+    expect(await t.gate.arrive('job-1')).toBeNull();
+    const c = hold('c');
+    expect(await t.gate.free(c, { commit: true, reusable: true })).toBe(false);
+    expect(c.release).toHaveBeenCalledTimes(1);
+    // a success clears it: kept again, but a hold handed on maxHandoffs times goes back
+    expect(await t.gate.arrive('job-2')).toBe(b);
+    expect(await t.gate.free(b, { commit: true, reusable: true })).toBe(true);
+    expect(t.gate.takeParked()).toBe(b);
+    expect(await t.gate.free(b, { commit: true, reusable: true })).toBe(false);
+    expect(b.release).toHaveBeenCalledTimes(1);
+  });
+
+  it('not kept after a release that woke another process or found put-back jobs, until a release finds neither', async () => {
+    const t = setup({ linger: 60_000 });
+    cleanup = t.stop;
+    const answering = (id: string, answer: { jobsWaiting: boolean; notified?: boolean }): FakeHold => ({ ...hold(id), release: vi.fn(async () => answer) });
+    const cases: Array<[FakeHold, FakeHold]> = [
+      [answering('woke', { jobsWaiting: false, notified: true }), hold('after-woke')],
+      [answering('put-back', { jobsWaiting: true }), hold('after-put-back')],
+    ];
+    for (const [first, second] of cases) {
+      t.results.push(first, second);
+      await t.gate.arrive('job');
+      // a job that used tx: released, and its release tells what it found
+      expect(await t.gate.free(first, { commit: true, reusable: false })).toBe(false);
+      await t.gate.arrive('job');
+      expect(await t.gate.free(second, { commit: true, reusable: true }), `${second.id} is released, not kept`).toBe(false);
+      expect(second.release).toHaveBeenCalledTimes(1);
+    }
+    // the last release found nobody: kept again
+    const last = hold('last');
+    t.results.push(last);
+    await t.gate.arrive('job');
+    expect(await t.gate.free(last, { commit: true, reusable: true })).toBe(true);
+    expect(last.release).not.toHaveBeenCalled();
+  });
+
+  it('a kept hold that was lost meanwhile is not handed on: it is released and the next job tries', async () => {
+    const t = setup({ linger: 60_000 });
+    cleanup = t.stop;
+    const a = { ...hold('a'), lost: false };
+    t.results.push(a);
+    await t.gate.arrive('job-0');
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
+    a.lost = true;
+    expect(t.gate.takeParked()).toBeUndefined();
+    expect(a.release).toHaveBeenCalledTimes(1);
+    expect(t.gate.holding).toBe(0);
+  });
+});
