@@ -255,8 +255,8 @@ export class PgSemaphore {
   /** False once the installed `acquire` turned out to take no start positions (an install older than 0003_functions). */
   private startsSupported = true;
   /**
-   * Whether the acquire and the release's wake-up run as prepared statements (parsed and
-   * planned once per pooled connection). Off for good once a connection turned out not to
+   * Whether the acquire and the release's wake-up (with their `BEGIN` and `COMMIT`) run as
+   * prepared statements (parsed and planned once per pooled connection). Off for good once a connection turned out not to
    * keep them: behind a transaction pooler without prepared-statement support each
    * transaction may land on another server connection.
    */

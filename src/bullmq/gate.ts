@@ -445,9 +445,10 @@ export class Gate<H extends GateHold> {
 
   /**
    * The one dispatcher: a job is done with `hold`. Hands it to the next waiter when it may
-   * ({@link Gate.mayHandOn}); otherwise releases it, then wakes the next waiter, or, when
-   * nobody here waits and jobs are recorded as waiting, promotes them.
-   * @returns true when the hold was handed on.
+   * ({@link Gate.mayHandOn}); with nobody waiting and tickets plentiful, keeps it `linger` ms
+   * for the next arriving job ({@link Gate.takeParked}); otherwise releases it, then wakes the
+   * next waiter, or, when nobody here waits and jobs are recorded as waiting, promotes them.
+   * @returns true when the hold was handed on or kept.
    */
   async free(hold: H, end: HoldEnd): Promise<boolean> {
     const mayHandOn = this.mayHandOn(hold, end);
