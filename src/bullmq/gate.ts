@@ -356,6 +356,9 @@ export class Gate<H extends GateHold> {
    * @throws the signal's reason when it aborts.
    */
   async wait(label: string, signal: AbortSignal | undefined, budgetMs: number): Promise<{ hold: H; handoff: boolean } | null> {
+    // a hold kept for the next job since this one arrived is its at once
+    const kept = this.takeParked();
+    if (kept) return { hold: kept, handoff: true };
     const me = new Waiter<H>();
     this.waiters.push(me);
     this.startWatching();
@@ -482,7 +485,15 @@ export class Gate<H extends GateHold> {
    * again (two).
    */
   private mayLinger(): boolean {
-    return (this.options.linger ?? 0) > 0 && this.waiters.length === 0 && !this.saturated && !this.othersWaited && !this.ctx.groupSaturated(this);
+    return (
+      (this.options.linger ?? 0) > 0 &&
+      this.waiters.length === 0 &&
+      // an arrival's try in flight may come back busy and wait: the hold would idle beside it
+      this.arriving === 0 &&
+      !this.saturated &&
+      !this.othersWaited &&
+      !this.ctx.groupSaturated(this)
+    );
   }
 
   /** Keeps `hold` for the next arriving job, at most `linger` ms; then it is released. */
@@ -530,6 +541,8 @@ export class Gate<H extends GateHold> {
    */
   private async release(hold: H, end: HoldEnd): Promise<false> {
     this.handoffs.delete(hold);
+    // a lost or already released hold says nothing of who waits: it asks Postgres nothing
+    const informs = !hold.lost && hold.released !== true;
     // only a release that finds nobody waiting here promotes, so only then is it worth asking
     const checkJobsWaiting = this.options.wakeOnRelease && this.waiters.length === 0 && this.ctx.mayPromote();
     let released: { jobsWaiting: boolean; notified?: boolean } = { jobsWaiting: false, notified: false };
@@ -551,7 +564,7 @@ export class Gate<H extends GateHold> {
       }
     }
     // jobs put back by other workers (when asked) count as waiting too
-    this.othersWaited = released.notified === true || released.jobsWaiting;
+    if (informs) this.othersWaited = released.notified === true || released.jobsWaiting;
     const { jobsWaiting } = released;
     if (!this.options.wakeOnRelease || this.waiters.length > 0) return false;
     if (jobsWaiting) await this.ctx.promote(hold).catch(() => undefined);

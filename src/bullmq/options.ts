@@ -91,7 +91,9 @@ export interface LimitOptions<D = unknown, R = unknown, N extends string = strin
    * are plentiful: never when a try here found none, when another job of this worker waits
    * on one of the semaphores, or when the last release found another process waiting (until
    * a release finds none again), and within `maxHandoffs` and the chain's time limit like
-   * any hand-off. A hold nobody takes is released when the time is up. `0` releases at once.
+   * any hand-off. A hold nobody takes is released when the time is up (so `worker.close()`
+   * may return up to this long before the last ticket is back). `0` releases at once; at most
+   * 1,000: nothing cuts a kept hold short when another process starts waiting for it.
    * @default 5 with a fixed `semaphore` (and `tickets`); 0 when either is a function of the
    *   job, where the next job is mostly of another set (per-key caps: measured 17 % fewer jobs/s
    *   with 5, the holds idling for jobs of other tenants)
@@ -138,6 +140,6 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     maxReschedules: optional(o.maxReschedules, 'maxReschedules', 0, 1e9),
     maxWaitTime: optional(o.maxWaitTime, 'maxWaitTime', 0, 2 ** 31 - 1),
     relabelAfter: validateInt(o.relabelAfter ?? 50, 'relabelAfter', 0, 2 ** 31 - 1),
-    linger: optional(o.linger, 'linger', 0, 60_000),
+    linger: optional(o.linger, 'linger', 0, 1_000),
   };
 }

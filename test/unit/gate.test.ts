@@ -805,23 +805,68 @@ describe('Gate: a hold kept for the next arriving job (linger)', () => {
   it('not kept when the transaction was used, after a try here found no ticket, or within the hand-off limits', async () => {
     const t = setup({ linger: 60_000, maxHandoffs: 1 });
     cleanup = t.stop;
-    const [a, b] = [hold('a'), hold('b')];
-    t.results.push(a, 'busy', b);
+    const [a, b, c] = [hold('a'), hold('b'), hold('c')];
+    t.results.push(a, b, 'busy', c);
     await t.gate.arrive('job-0');
     // a job that used tx: released
     expect(await t.gate.free(a, { commit: true, reusable: false })).toBe(false);
     expect(a.release).toHaveBeenCalledTimes(1);
+    expect(t.gate.holding).toBe(0);
     // a try that found no ticket: the semaphore is busy, so a freed hold goes back at once
-    expect(await t.gate.arrive('job-1')).toBeNull();
-    const c = hold('c');
-    expect(await t.gate.free(c, { commit: true, reusable: true })).toBe(false);
-    expect(c.release).toHaveBeenCalledTimes(1);
-    // a success clears it: kept again, but a hold handed on maxHandoffs times goes back
-    expect(await t.gate.arrive('job-2')).toBe(b);
-    expect(await t.gate.free(b, { commit: true, reusable: true })).toBe(true);
-    expect(t.gate.takeParked()).toBe(b);
+    expect(await t.gate.arrive('job-1')).toBe(b);
+    expect(await t.gate.arrive('job-2')).toBeNull();
     expect(await t.gate.free(b, { commit: true, reusable: true })).toBe(false);
     expect(b.release).toHaveBeenCalledTimes(1);
+    expect(t.gate.holding).toBe(0);
+    // a success clears it: kept again, but a hold handed on maxHandoffs times goes back
+    expect(await t.gate.arrive('job-3')).toBe(c);
+    expect(await t.gate.free(c, { commit: true, reusable: true })).toBe(true);
+    expect(t.gate.holding).toBe(0);
+    expect(t.gate.takeParked()).toBe(c);
+    expect(t.gate.holding).toBe(1);
+    expect(await t.gate.free(c, { commit: true, reusable: true })).toBe(false);
+    expect(c.release).toHaveBeenCalledTimes(1);
+    expect(t.gate.holding).toBe(0);
+  });
+
+  it("not kept while an arrival's try is in flight (it may come back busy and wait beside it); a job that starts waiting takes a kept hold", async () => {
+    const t = setup({ linger: 60_000 });
+    cleanup = t.stop;
+    const [a, b] = [hold('a'), hold('b')];
+    let answer!: (r: Attempt<FakeHold>) => void;
+    t.results.push(a, new Promise((r) => (answer = r)), b);
+    await t.gate.arrive('job-0');
+    const inFlight = t.gate.arrive('job-1');
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(false);
+    expect(a.release).toHaveBeenCalledTimes(1);
+    answer('busy');
+    expect(await inFlight).toBeNull();
+    // a success, then a hold kept with no try in flight: a job that goes to wait takes it at once
+    expect(await t.gate.arrive('job-2')).toBe(b);
+    expect(await t.gate.free(b, { commit: true, reusable: true })).toBe(true);
+    const w = t.waiter('w');
+    await tick();
+    expect(w.settled).toEqual({ hold: b, handoff: true });
+    expect(b.release).not.toHaveBeenCalled();
+    expect(t.gate.holding).toBe(1);
+  });
+
+  it('a release that asked Postgres nothing (a lost hold) does not clear what the last real release found', async () => {
+    const t = setup({ linger: 60_000 });
+    cleanup = t.stop;
+    const woke: FakeHold = { ...hold('woke'), release: vi.fn(async () => ({ jobsWaiting: false, notified: true })) };
+    const lost = { ...hold('lost'), lost: false };
+    const next = hold('next');
+    t.results.push(woke, lost, next);
+    await t.gate.arrive('job-0');
+    expect(await t.gate.free(woke, { commit: true, reusable: false })).toBe(false);
+    await t.gate.arrive('job-1');
+    lost.lost = true;
+    expect(await t.gate.free(lost, { commit: true, reusable: true })).toBe(false);
+    // still known: another process waits, so nothing is kept
+    await t.gate.arrive('job-2');
+    expect(await t.gate.free(next, { commit: true, reusable: true })).toBe(false);
+    expect(next.release).toHaveBeenCalledTimes(1);
   });
 
   it('not kept after a release that woke another process or found put-back jobs, until a release finds neither', async () => {
