@@ -304,13 +304,14 @@ export class Hold {
       // failed, so it commits first
       const early = commit && !this.touched;
       const jobsWaiting = options.checkJobsWaiting === true;
+      const after = this.wakeAfter?.();
       let row: { notified?: number; jobs_waiting?: boolean } | undefined;
       if (early && this.prepared?.on && canPipeline(client)) {
         // the wake-up prepared once per connection, and the COMMIT, in one round trip
-        const results = await pipeline(client, [statements.wakeBeforeCommit(this.qs, this.semaphoreIds, jobsWaiting, this.wakeAfter?.()), statements.COMMIT]);
+        const results = await pipeline(client, [statements.wakeBeforeCommit(this.qs, this.semaphoreIds, jobsWaiting, after), statements.COMMIT]);
         row = results[0]?.rows[0];
       } else {
-        const text = statements.release(this.qs, this.semaphoreIds, commit, jobsWaiting, { early, after: this.wakeAfter?.() });
+        const text = statements.release(this.qs, this.semaphoreIds, commit, jobsWaiting, { early, after });
         const result = (await client.query(text)) as unknown as Array<{ rows: Array<{ notified: number; jobs_waiting?: boolean }> }>;
         row = result[early ? 0 : 1]?.rows[0];
       }

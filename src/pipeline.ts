@@ -46,15 +46,17 @@ export function canPipeline(client: PoolClient): boolean {
 /**
  * Runs several statements in ONE round trip: each as Parse/Bind/Describe/Execute of the
  * extended protocol, every value a bind parameter, then a Close of the unnamed portal and a
- * single Sync. A statement with a `name` is prepared under it the first time this connection
- * runs it (a Close of the name first, then Parse) and only bound afterwards: Postgres then
- * parses and plans it once per connection. A statement that returns no rows (`noRows`) gets
- * no Describe, and a batch that ends its transaction (`COMMIT` last) no Close: messages
- * nobody reads, each a little work on both sides of every round trip. One message batch, one answer, no portal left open (so no snapshot stays
+ * single Sync. One message batch, one answer, no portal left open (so no snapshot stays
  * behind while the transaction sits idle), and, like any extended-protocol batch, it stops
  * at the first error: the statements after it do not run. Statements may open a transaction
  * (`BEGIN`) for the ones after them; behind PgBouncer in transaction mode the batch stays on
  * one server connection.
+ *
+ * A statement with a `name` is prepared under it the first time this connection runs it (a
+ * Close of the name first, then Parse) and only bound afterwards: Postgres then parses and
+ * plans it once per connection. A statement that returns no rows (`noRows`) gets no Describe,
+ * and a batch that ends its transaction (`COMMIT` last) no portal Close: messages nobody
+ * reads, each a little work on both sides of every round trip.
  *
  * node-postgres answers a query only after its ReadyForQuery, which a batch has just one of,
  * so this is a "submittable" (the interface pg-cursor uses): it writes the messages itself and

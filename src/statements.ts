@@ -39,11 +39,6 @@ export function preparedName(text: string): string {
   return name;
 }
 
-/** The statement, prepared under its {@link preparedName} when `prepared`. @internal */
-export function maybePrepared(statement: Statement, prepared: boolean | undefined): Statement {
-  return prepared ? { ...statement, name: preparedName(statement.text) } : statement;
-}
-
 /** The row of the SQL function `acquire` (see src/functions-sql.ts). @internal */
 export interface AcquireRow {
   status: 'ok' | 'busy' | 'missing' | 'exceeds';
@@ -110,7 +105,7 @@ export function acquire(
         values: [names, counts, label, idleMs, starts],
       }
     : { text: `SELECT a.*${capacity} FROM ${qs}.acquire($1::text[], $2::integer[], $3, $4) a`, values: [names, counts, label, idleMs] };
-  return maybePrepared(statement, options.prepared);
+  return options.prepared ? { ...statement, name: preparedName(statement.text) } : statement;
 }
 
 /** Creates the semaphores named that do not exist yet, with `tickets` tickets each. @internal */

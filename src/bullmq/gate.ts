@@ -457,8 +457,7 @@ export class Gate<H extends GateHold> {
     const mayHandOn = this.mayHandOn(hold, end);
     const next = mayHandOn ? this.head() : undefined;
     if (next) {
-      const chain = this.handoffs.get(hold) ?? { count: 0, since: Date.now() };
-      this.handoffs.set(hold, { count: chain.count + 1, since: chain.since });
+      this.countHandoff(hold);
       const wasWoken = next.state === 'woken';
       this.waiters.splice(this.waiters.indexOf(next), 1);
       next.handOver(hold);
@@ -527,8 +526,7 @@ export class Gate<H extends GateHold> {
         continue;
       }
       this.holdCount++;
-      const chain = this.handoffs.get(hold) ?? { count: 0, since: Date.now() };
-      this.handoffs.set(hold, { count: chain.count + 1, since: chain.since });
+      this.countHandoff(hold);
       return hold;
     }
     return undefined;
@@ -569,6 +567,12 @@ export class Gate<H extends GateHold> {
     if (!this.options.wakeOnRelease || this.waiters.length > 0) return false;
     if (jobsWaiting) await this.ctx.promote(hold).catch(() => undefined);
     return false;
+  }
+
+  /** One more hand-off in `hold`'s chain (the chain starts now if it had none). */
+  private countHandoff(hold: H): void {
+    const chain = this.handoffs.get(hold) ?? { count: 0, since: Date.now() };
+    this.handoffs.set(hold, { count: chain.count + 1, since: chain.since });
   }
 
   /** A hold may pass to another job: wake-ups on, the transaction reusable and alive, real tickets, hand-offs left. */
