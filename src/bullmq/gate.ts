@@ -376,7 +376,11 @@ export class Gate<H extends GateHold> {
         // the poll is the fallback for a lost wake-up: one per group of gates sharing a
         // semaphore (the waiter a kick would wake), not one per gate
         if (isHead && (me.state === 'woken' || (polls > 0 && !nudged && this.ctx.leadsGroup(this)))) {
-          const relay = me.takeRelay();
+          // A wake-up that named this process is used up by this try, whatever it finds: a try
+          // that comes back busy because another semaphore of the request was short does not
+          // pass it on (in global + per tenant that relay cost a third more acquire calls, mostly
+          // busy ones elsewhere, for no more jobs/s; see docs/DESIGN-NOTES.md, fifth round)
+          me.takeRelay();
           me.startTrying();
           let got: { hold: H | null; more: boolean } | undefined;
           let heldBack = false;
@@ -406,10 +410,6 @@ export class Gate<H extends GateHold> {
           // idle waiter takes it, possibly of another gate), or one that went to the waiter
           // behind us and is of no use to it while we are the head again. Take it and try once
           // more at once, instead of leaving the ticket to the next poll.
-          // A wake-up that named this process, used by a try that came back busy because another
-          // semaphore of the request was short: the freed one may still be free, for another
-          // process (here nobody of this gate can use it before that other one frees).
-          if (relay && this.short !== undefined && this.req.names.some((n) => !this.short!.includes(n))) relay();
           if (heldBack) {
             this.takeMissedWakeUp(me);
             this.passOn(heldBackRelay);
