@@ -321,11 +321,51 @@ describe('Gate: arrivals', () => {
     let answer!: (a: Attempt<FakeHold>) => void;
     t.results.push(new Promise((r) => (answer = r)));
     const first = t.gate.arrive('1');
-    // not saturated: a second arrival tries in parallel
+    // not saturated: a second arrival is not turned away (saturated, it would get null at
+    // once); it tries when the first try ends (the arrival window is 1 after a try that found no ticket)
     const second = t.gate.arrive('2');
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(2);
+    const [a, b] = [hold('a'), hold('b')];
+    t.results.push(b);
+    answer(a);
+    expect(await first).toBe(a);
+    expect(await second).toBe(b);
     expect(t.ctx.tryHold).toHaveBeenCalledTimes(3);
-    answer('busy');
-    await Promise.all([first, second]);
+  });
+
+  it('a burst of arrivals while tickets seem plentiful tries one, then two, then four at once (slow start), none turned away', async () => {
+    const t = setup();
+    const answers: Array<(a: Attempt<FakeHold>) => void> = [];
+    (t.ctx.tryHold as ReturnType<typeof vi.fn>).mockImplementation(() => new Promise<Attempt<FakeHold>>((r) => answers.push(r)));
+    const holds = Array.from({ length: 7 }, (_, i) => hold(`h${i}`));
+    const arrivals = holds.map((_, i) => t.gate.arrive(`job-${i}`));
+    await tick();
+    expect(answers).toHaveLength(1);
+    answers[0]!(holds[0]!);
+    await tick();
+    expect(answers).toHaveLength(3); // window 2
+    answers[1]!(holds[1]!);
+    answers[2]!(holds[2]!);
+    await tick();
+    expect(answers).toHaveLength(7); // window 8: the four left
+    answers.slice(3).forEach((answer, i) => answer(holds[i + 3]!));
+    expect(await Promise.all(arrivals)).toEqual(holds);
+    expect(t.gate.holding).toBe(7);
+  });
+
+  it('a burst of arrivals that meets a busy try: one more tries (saturated, one at a time), the others get null without a try', async () => {
+    const t = setup();
+    const answers: Array<(a: Attempt<FakeHold>) => void> = [];
+    (t.ctx.tryHold as ReturnType<typeof vi.fn>).mockImplementation(() => new Promise<Attempt<FakeHold>>((r) => answers.push(r)));
+    const arrivals = [0, 1, 2, 3].map((i) => t.gate.arrive(`job-${i}`));
+    await tick();
+    expect(answers).toHaveLength(1);
+    answers[0]!('busy');
+    await tick();
+    expect(answers).toHaveLength(2);
+    answers[1]!('busy');
+    expect(await Promise.all(arrivals)).toEqual([null, null, null, null]);
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(2);
   });
 
   it('is dropped from its set once nothing uses it', async () => {
