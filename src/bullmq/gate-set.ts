@@ -118,4 +118,9 @@ export class GateSet<H extends GateHold> {
   private drop(gate: Gate<H>): void {
     if (this.gates.get(gate.key) === gate) this.gates.delete(gate.key);
   }
+
+  /** Releases every hold kept for a next job (`linger`), in every gate: a worker is closing. */
+  releaseParked(): void {
+    for (const gate of this.gates.values()) gate.releaseParked();
+  }
 }

@@ -99,6 +99,8 @@ export interface HoldEnd {
   commit: boolean;
   /** The transaction carries nothing of the job (it never touched `tx`), so the hold may be handed on. */
   reusable: boolean;
+  /** False when no next job will come for it (the job's worker is stopping): never kept (`linger`). */
+  mayKeep?: boolean;
 }
 
 /**
@@ -496,7 +498,7 @@ export class Gate<H extends GateHold> {
       return true;
     }
     this.holdCount--;
-    if (mayHandOn && this.mayLinger()) {
+    if (mayHandOn && end.mayKeep !== false && this.mayLinger()) {
       this.park(hold);
       return true;
     }
@@ -537,6 +539,16 @@ export class Gate<H extends GateHold> {
     };
     entry.timer.unref?.();
     this.parked.push(entry);
+  }
+
+  /** Releases the holds kept for a next job (its worker is closing: no next job comes). */
+  releaseParked(): void {
+    for (let entry = this.parked.pop(); entry; entry = this.parked.pop()) {
+      clearTimeout(entry.timer);
+      void this.release(entry.hold, { commit: true, reusable: true })
+        .catch(() => undefined)
+        .finally(() => this.dropIfIdle());
+    }
   }
 
   /**

@@ -148,7 +148,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
   const putBack = new PutBackPolicy(opts);
   const slots = new WorkerSlots();
   const gates = new GateSet<Hold>(
-    { wakeOnRelease: opts.wakeOnRelease, maxHandoffs: opts.maxHandoffs, linger: opts.linger ?? (requests.oneSet ? 5 : 0) },
+    { wakeOnRelease: opts.wakeOnRelease, maxHandoffs: opts.maxHandoffs, linger: opts.linger ?? (requests.oneSet ? 20 : 0) },
     { tryHold, watch: (names, onRelease) => sem.watch(names, onRelease), hearsReleases: () => sem.hearsWakeUps, promote: (hold) => promotion.promoteWaiting(hold), mayPromote: () => promotion.active },
   );
 
@@ -157,6 +157,8 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
    * `waitSignal` is called only when the job is about to wait (a job served on arrival pays
    * for no signal); its `done` runs when the wait ends.
    */
+  const releaseParked = () => gates.releaseParked();
+
   const acquire = async (gate: Gate<Hold>, label: string, waitSignal: () => { signal: AbortSignal | undefined; done: () => void }) => {
     // the hold the slot's last job of this set left behind (`linger`): a hand-off
     const kept = gate.takeParked();
@@ -274,6 +276,8 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     forgetIfThrows(job, reschedules, () => putBack.checkArrival(names, job.timestamp, reschedules));
 
     const stop = WorkerStop.of(queueHandleOf(job));
+    // a closing worker fetches no next job: the holds kept for one go back at once
+    stop?.onClose(releaseParked);
     let got: Awaited<ReturnType<typeof acquireUnlessStopping>>;
     try {
       got = await acquireUnlessStopping(gate, label, signal, stop);
@@ -334,7 +338,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       metrics.held.add(-hold.tickets.length, attrs);
       metrics.holdTime.record(heldMs / 1000, attrs);
       let handedOff = false;
-      const done = gate.free(hold, { commit: ok || !txUsed, reusable: !txUsed }).then((handed) => void (handedOff = handed)).finally(() => events.emit('released', { job: job as Job, names, heldMs, handedOff }));
+      const done = gate.free(hold, { commit: ok || !txUsed, reusable: !txUsed, mayKeep: stop?.stopping !== true }).then((handed) => void (handedOff = handed)).finally(() => events.emit('released', { job: job as Job, names, heldMs, handedOff }));
       if (sem.holding === 'session') {
         // Session holding: the release is one statement on the process's holding connection,
         // where the next acquire queues behind it anyway, and it cannot fail the job (no

@@ -47,11 +47,21 @@ export class WorkerStop {
   /** `closing` was emitted (it comes before `worker.closing` is assigned). */
   private closeHeard = false;
 
+  /** Called once when the worker starts closing (see {@link WorkerStop.onClose}). */
+  private readonly closeListeners = new Set<() => void>();
+
   private constructor(private readonly worker: WorkerLike) {
     worker.on('closing', () => {
       this.closeHeard = true;
       this.check();
+      for (const listener of this.closeListeners) listener();
+      this.closeListeners.clear();
     });
+  }
+
+  /** Calls `listener` (once, however often it is added) when `close()` begins. */
+  onClose(listener: () => void): void {
+    if (!this.closeHeard) this.closeListeners.add(listener);
   }
 
   /** The stop state of the Worker behind a job's handle; undefined when the handle is no Worker. */

@@ -1,5 +1,5 @@
 import { Worker, type Job } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HoldingModeError, InvalidArgumentError } from '../../src/index.js';
 import { limitProcessor, RescheduleBudgetError } from '../../src/bullmq/index.js';
 import { bullmqQueues } from '../helpers/bullmq.js';
@@ -14,7 +14,7 @@ const workers: Worker[] = [];
 
 beforeAll(async () => {
   ctx = await setupSchema('wrapper');
-  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label', 'w-relabel-0', 'w-relabel-late', 'w-relabel-long', 'w-weight', 'w-weight-bad', 'w-session-tx', 'w-linger', 'w-linger-0']);
+  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label', 'w-relabel-0', 'w-relabel-late', 'w-relabel-long', 'w-weight', 'w-weight-bad', 'w-session-tx', 'w-linger', 'w-linger-0', 'w-linger-close']);
 });
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.close(true)));
@@ -65,7 +65,7 @@ describe('limitProcessor', () => {
     expect(processor.stats.reschedules).toBeGreaterThan(0);
     expect(seen.every((a) => a === 0)).toBe(true);
     // the last job's hold may linger a few ms for a next job of the set (`linger`), then it is released
-    await vi.waitFor(async () => expect((await ctx.sem.status('pass')).held).toBe(0), { timeout: 5_000, interval: 20 });
+    await waitFor(async () => (await ctx.sem.status('pass')).held === 0, { timeout: 5_000, what: 'the last hold to be released' });
   });
 
   it('worker.cancelJob aborts the processor and releases its ticket', async () => {
@@ -279,6 +279,28 @@ describe('limitProcessor', () => {
     expect(kept.attempts + kept.handoffs).toBe(10);
     // off: every job acquires
     expect(await run('linger-0', 0)).toMatchObject({ ran: 10, attempts: 10, handoffs: 0 });
+  });
+
+  it('linger: worker.close() gives back a hold kept for a next job at once, not when the linger time is up', async () => {
+    const sem = ctx.another({ livenessTimeout: 600_000, listen: false });
+    try {
+      await sem.make('linger-close', 3);
+      const processor = limitProcessor(sem, async () => undefined, { semaphore: 'linger-close', linger: 1_000 });
+      const w = worker('w-linger-close', processor, 1);
+      const f = finished(w, 1);
+      await queue('w-linger-close').add('x', {});
+      await f.promise;
+      // the job is done and its hold is kept for a next one (up to 1,000 ms)
+      expect((await ctx.sem.status('linger-close')).held).toBe(1);
+      const closing = performance.now();
+      await w.close();
+      // given back by close(), not by the linger timer: well before 1,000 ms (a COMMIT's time)
+      await waitFor(async () => (await ctx.sem.status('linger-close')).held === 0, { timeout: 900, interval: 10, what: 'the kept hold to be given back on close' });
+      expect(performance.now() - closing).toBeLessThan(900);
+      expect(processor.stats).toMatchObject({ ran: 1, attempts: 1, handoffs: 0 });
+    } finally {
+      await sem.close();
+    }
   });
 
   it("labels holders with the queue and job id, so status() shows who holds what", async () => {
