@@ -259,6 +259,8 @@ export class Gate<H extends GateHold> {
   private readonly arrivalQueue: Array<() => void> = [];
   /** The last acquire call that reached Postgres found no ticket (cleared by the next success). */
   private saturated = false;
+  /** The last acquire call could not reach Postgres (no arrival window then: every arrival finds out at once). */
+  private unreachable = false;
   /**
    * A wake-up came while a waiter of this gate was trying and was held back (one try at a
    * time per group); the trying waiter takes it when its call comes back busy. False otherwise.
@@ -359,23 +361,35 @@ export class Gate<H extends GateHold> {
    * saturated benchmark, 20 tries in flight per process and all 8 pool connections opened.
    */
   async arrive(label: string): Promise<H | null> {
-    while (this.options.wakeOnRelease && !this.saturated && this.arriving >= this.arrivalWindow && this.mayTryOnArrival) {
+    while (this.options.wakeOnRelease && !this.saturated && !this.unreachable && this.arriving >= this.arrivalWindow && this.mayTryOnArrival) {
       await new Promise<void>((resume) => this.arrivalQueue.push(resume));
     }
-    if (!this.mayTryOnArrival) return null;
+    if (!this.mayTryOnArrival) {
+      // whatever turned this job away (the set or its group saturated, a job waiting) turns the
+      // queued ones away too: they must not stay queued with no arriving try left to resume them
+      this.resumeArrivals(this.arrivalQueue.length);
+      return null;
+    }
     this.arriving++;
     let got: { hold: H | null; more: boolean } | undefined;
     try {
       got = await this.attempt(label);
     } finally {
       this.arriving--;
-      this.arrivalWindow = got?.hold ? Math.min(this.arrivalWindow * 2, MAX_ARRIVAL_WINDOW) : 1;
-      // saturated now: all of them, to find that out (one tries, the others wait or go back)
-      const room = this.saturated ? this.arrivalQueue.length : this.arrivalWindow - this.arriving;
-      for (const resume of this.arrivalQueue.splice(0, Math.max(0, room))) resume();
+      if (got?.hold) this.arrivalWindow = Math.min(this.arrivalWindow * 2, MAX_ARRIVAL_WINDOW);
+      else if (this.saturated) this.arrivalWindow = 1;
+      // Saturated now: all of them, to find that out (one tries, the others wait or go back).
+      // Postgres unreachable, or the try threw: all of them, each to find out for itself at once
+      // as before the window (not one connect timeout after another).
+      this.resumeArrivals(got?.hold ? this.arrivalWindow - this.arriving : this.arrivalQueue.length);
     }
     if (got.more && this.options.wakeOnRelease) this.wakeHead();
     return got.hold;
+  }
+
+  /** Lets up to `n` queued arrivals go on (each checks again whether it may try). */
+  private resumeArrivals(n: number): void {
+    for (const resume of this.arrivalQueue.splice(0, Math.max(0, n))) resume();
   }
 
   /**
@@ -706,6 +720,7 @@ export class Gate<H extends GateHold> {
     const plenty = !this.saturated;
     let short: readonly string[] | undefined;
     const got = await this.ctx.tryHold(this.req, label, (names) => (short = names.length > 0 ? names : undefined));
+    this.unreachable = got === 'unavailable';
     if (got === 'unavailable') return { hold: null, more: false };
     this.saturated = got === 'busy';
     this.short = short;

@@ -152,13 +152,14 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     { tryHold, watch: (names, onRelease) => sem.watch(names, onRelease), hearsReleases: () => sem.hearsWakeUps, promote: (hold) => promotion.promoteWaiting(hold), mayPromote: () => promotion.active },
   );
 
+  /** A closing worker fetches no next job: the holds kept for one (`linger`) go back at once. */
+  const releaseParked = () => gates.releaseParked();
+
   /**
    * Try on arrival; else wait in this process if there is room; null: put the job back.
    * `waitSignal` is called only when the job is about to wait (a job served on arrival pays
    * for no signal); its `done` runs when the wait ends.
    */
-  const releaseParked = () => gates.releaseParked();
-
   const acquire = async (gate: Gate<Hold>, label: string, waitSignal: () => { signal: AbortSignal | undefined; done: () => void }) => {
     // the hold the slot's last job of this set left behind (`linger`): a hand-off
     const kept = gate.takeParked();
@@ -221,7 +222,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     }
     if (got && (stop?.stopping || stopSignal?.aborted)) {
       // a release that fails (other than a lost connection) must not fail the job: it goes back all the same
-      await gate.free(got.hold, { commit: true, reusable: true }).catch(() => undefined);
+      await gate.free(got.hold, { commit: true, reusable: true, mayKeep: false }).catch(() => undefined);
       return 'stopping' as const;
     }
     if (got && signal?.aborted) {
@@ -276,7 +277,6 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     forgetIfThrows(job, reschedules, () => putBack.checkArrival(names, job.timestamp, reschedules));
 
     const stop = WorkerStop.of(queueHandleOf(job));
-    // a closing worker fetches no next job: the holds kept for one go back at once
     stop?.onClose(releaseParked);
     let got: Awaited<ReturnType<typeof acquireUnlessStopping>>;
     try {

@@ -321,16 +321,12 @@ describe('Gate: arrivals', () => {
     let answer!: (a: Attempt<FakeHold>) => void;
     t.results.push(new Promise((r) => (answer = r)));
     const first = t.gate.arrive('1');
-    // not saturated: a second arrival is not turned away (saturated, it would get null at
-    // once); it tries when the first try ends (the arrival window is 1 after a try that found no ticket)
+    // not saturated (it would get null at once), and with Postgres unreachable no arrival
+    // window: a second arrival tries in parallel
     const second = t.gate.arrive('2');
-    expect(t.ctx.tryHold).toHaveBeenCalledTimes(2);
-    const [a, b] = [hold('a'), hold('b')];
-    t.results.push(b);
-    answer(a);
-    expect(await first).toBe(a);
-    expect(await second).toBe(b);
     expect(t.ctx.tryHold).toHaveBeenCalledTimes(3);
+    answer('busy');
+    await Promise.all([first, second]);
   });
 
   it('a burst of arrivals while tickets seem plentiful tries one, then two, then four at once (slow start), none turned away', async () => {
@@ -351,6 +347,45 @@ describe('Gate: arrivals', () => {
     answers.slice(3).forEach((answer, i) => answer(holds[i + 3]!));
     expect(await Promise.all(arrivals)).toEqual(holds);
     expect(t.gate.holding).toBe(7);
+  });
+
+  it('queued arrivals are all let go when the group turns saturated meanwhile (none stays queued with no try left to resume it)', async () => {
+    const t = setup();
+    let groupSaturated = false;
+    t.ctx.groupSaturated = () => groupSaturated;
+    const answers: Array<(a: Attempt<FakeHold>) => void> = [];
+    (t.ctx.tryHold as ReturnType<typeof vi.fn>).mockImplementation(() => new Promise<Attempt<FakeHold>>((r) => answers.push(r)));
+    const first = t.gate.arrive('job-0');
+    const settled: unknown[] = [];
+    const queued = [1, 2, 3].map((i) => t.gate.arrive(`job-${i}`).then((r) => settled.push(r)));
+    await tick();
+    expect(answers).toHaveLength(1);
+    // another gate of the group found the shared semaphore short; then the first try succeeds
+    // (window 2: two of the three are let go, find the group saturated and turn away ...)
+    groupSaturated = true;
+    const a = hold('a');
+    answers[0]!(a);
+    expect(await first).toBe(a);
+    await tick();
+    // ... and so does the third, with no arriving try left to resume it
+    expect(settled).toEqual([null, null, null]);
+    await Promise.all(queued);
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(1);
+  });
+
+  it('Postgres unreachable: the queued arrivals all try at once (no window), each finding out for itself', async () => {
+    const t = setup();
+    const answers: Array<(a: Attempt<FakeHold>) => void> = [];
+    (t.ctx.tryHold as ReturnType<typeof vi.fn>).mockImplementation(() => new Promise<Attempt<FakeHold>>((r) => answers.push(r)));
+    const arrivals = [0, 1, 2].map((i) => t.gate.arrive(`job-${i}`));
+    await tick();
+    expect(answers).toHaveLength(1);
+    answers[0]!('unavailable');
+    await tick();
+    expect(answers).toHaveLength(3);
+    answers[1]!('unavailable');
+    answers[2]!('unavailable');
+    expect(await Promise.all(arrivals)).toEqual([null, null, null]);
   });
 
   it('a burst of arrivals that meets a busy try: one more tries (saturated, one at a time), the others get null without a try', async () => {
@@ -815,6 +850,25 @@ describe('Gate: a wake-up that named this process', () => {
 });
 
 describe('Gate: a hold kept for the next arriving job (linger)', () => {
+  it('releaseParked gives every kept hold back at once (its worker is closing), and a hold freed with mayKeep false is never kept', async () => {
+    const t = setup({ linger: 60_000 });
+    cleanup = t.stop;
+    const [a, b] = [hold('a'), hold('b')];
+    t.results.push(a, b);
+    expect(await t.gate.arrive('job-0')).toBe(a);
+    expect(await t.gate.arrive('job-1')).toBe(b);
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
+    expect(a.release).not.toHaveBeenCalled();
+    t.gate.releaseParked();
+    expect(a.release).toHaveBeenCalledTimes(1);
+    expect(t.gate.takeParked()).toBeUndefined();
+    // mayKeep false (a job that ended while its worker closes): released, not kept
+    await t.gate.free(b, { commit: true, reusable: true, mayKeep: false });
+    expect(b.release).toHaveBeenCalledTimes(1);
+    expect(t.gate.takeParked()).toBeUndefined();
+    expect(t.gate.holding).toBe(0);
+  });
+
   it('with nobody waiting and tickets plentiful, a freed hold is kept and the next job takes it as a hand-off: no acquire call, no release', async () => {
     const t = setup({ linger: 60_000 });
     cleanup = t.stop;
