@@ -51,6 +51,13 @@ function setup(options: Partial<GateOptions> = {}) {
   return { gate, ctx, results, waiter, notify: () => notify(), stop };
 }
 
+/** Makes each acquire call of `t` wait until the test answers it; the answers, in call order. */
+function deferredTries(t: ReturnType<typeof setup>): Array<(a: Attempt<FakeHold>) => void> {
+  const answers: Array<(a: Attempt<FakeHold>) => void> = [];
+  (t.ctx.tryHold as ReturnType<typeof vi.fn>).mockImplementation(() => new Promise<Attempt<FakeHold>>((r) => answers.push(r)));
+  return answers;
+}
+
 let cleanup: () => void = () => undefined;
 afterEach(() => cleanup());
 
@@ -331,8 +338,7 @@ describe('Gate: arrivals', () => {
 
   it('a burst of arrivals while tickets seem plentiful tries one, then two, then four at once (slow start), none turned away', async () => {
     const t = setup();
-    const answers: Array<(a: Attempt<FakeHold>) => void> = [];
-    (t.ctx.tryHold as ReturnType<typeof vi.fn>).mockImplementation(() => new Promise<Attempt<FakeHold>>((r) => answers.push(r)));
+    const answers = deferredTries(t);
     const holds = Array.from({ length: 7 }, (_, i) => hold(`h${i}`));
     const arrivals = holds.map((_, i) => t.gate.arrive(`job-${i}`));
     await tick();
@@ -353,8 +359,7 @@ describe('Gate: arrivals', () => {
     const t = setup();
     let groupSaturated = false;
     t.ctx.groupSaturated = () => groupSaturated;
-    const answers: Array<(a: Attempt<FakeHold>) => void> = [];
-    (t.ctx.tryHold as ReturnType<typeof vi.fn>).mockImplementation(() => new Promise<Attempt<FakeHold>>((r) => answers.push(r)));
+    const answers = deferredTries(t);
     const first = t.gate.arrive('job-0');
     const settled: unknown[] = [];
     const queued = [1, 2, 3].map((i) => t.gate.arrive(`job-${i}`).then((r) => settled.push(r)));
@@ -375,8 +380,7 @@ describe('Gate: arrivals', () => {
 
   it('Postgres unreachable: the queued arrivals all try at once (no window), each finding out for itself', async () => {
     const t = setup();
-    const answers: Array<(a: Attempt<FakeHold>) => void> = [];
-    (t.ctx.tryHold as ReturnType<typeof vi.fn>).mockImplementation(() => new Promise<Attempt<FakeHold>>((r) => answers.push(r)));
+    const answers = deferredTries(t);
     const arrivals = [0, 1, 2].map((i) => t.gate.arrive(`job-${i}`));
     await tick();
     expect(answers).toHaveLength(1);
@@ -390,8 +394,7 @@ describe('Gate: arrivals', () => {
 
   it('a burst of arrivals that meets a busy try: one more tries (saturated, one at a time), the others get null without a try', async () => {
     const t = setup();
-    const answers: Array<(a: Attempt<FakeHold>) => void> = [];
-    (t.ctx.tryHold as ReturnType<typeof vi.fn>).mockImplementation(() => new Promise<Attempt<FakeHold>>((r) => answers.push(r)));
+    const answers = deferredTries(t);
     const arrivals = [0, 1, 2, 3].map((i) => t.gate.arrive(`job-${i}`));
     await tick();
     expect(answers).toHaveLength(1);
