@@ -14,7 +14,7 @@ export class GateSet<H extends GateHold> {
 
   constructor(
     private readonly options: GateOptions,
-    private readonly ctx: Omit<GateContext<H>, 'onIdle' | 'kick' | 'groupSaturated' | 'leadsGroup'>,
+    private readonly ctx: Omit<GateContext<H>, 'onIdle' | 'kick' | 'groupSaturated' | 'groupWaits' | 'leadsGroup'>,
   ) {}
 
   /** The gate of this semaphore set, created when none is in use. */
@@ -27,6 +27,7 @@ export class GateSet<H extends GateHold> {
         onIdle: (idle) => this.drop(idle),
         kick: (from, relay) => this.kick(from, relay),
         groupSaturated: (of) => this.groupSaturated(of),
+        groupWaits: (of) => this.groupWaits(of),
         leadsGroup: (of) => this.leadsGroup(of),
       });
       this.gates.set(key, gate);
@@ -109,6 +110,12 @@ export class GateSet<H extends GateHold> {
   }
 
   /** `gate` and the gates in use sharing a semaphore with it. */
+  /** A job of this process waits at `gate` or at a gate sharing a semaphore with it. */
+  groupWaits(gate: Gate<H>): boolean {
+    for (const g of this.related(gate)) if (g.waiting > 0) return true;
+    return false;
+  }
+
   private *related(gate: Gate<H>): Generator<Gate<H>> {
     yield gate;
     if (gate.req.names.length === 1 && this.gates.size === 1) return;

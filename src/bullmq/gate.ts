@@ -71,6 +71,8 @@ export interface GateContext<H extends GateHold> {
   kick(gate: Gate<H>, relay?: () => void): boolean;
   /** Another gate sharing a semaphore with this one has waiters and found no ticket last: queue behind them. */
   groupSaturated(gate: Gate<H>): boolean;
+  /** A job of this process waits at this gate or at one sharing a semaphore with it. */
+  groupWaits(gate: Gate<H>): boolean;
   /**
    * This gate's head is the oldest idle waiter among the gates sharing a semaphore with it and
    * none of them is trying: the one whose fallback poll may try (one poller per group).
@@ -594,8 +596,12 @@ export class Gate<H extends GateHold> {
     this.handoffs.delete(hold);
     // a lost or already released hold says nothing of who waits: it asks Postgres nothing
     const informs = !hold.lost && hold.released !== true;
-    // only a release that finds nobody waiting here promotes, so only then is it worth asking
-    const checkJobsWaiting = this.options.wakeOnRelease && this.waiters.length === 0 && this.ctx.mayPromote();
+    // Only a release that finds nobody waiting here promotes, so only then is it worth asking.
+    // Here is the group: a job waiting at a gate sharing a semaphore with this one (global +
+    // per tenant: every gate shares the global cap) is woken for what came free, and a put-back
+    // job promoted as well would mostly find it taken and be put back again (see DESIGN-NOTES,
+    // fifth round). Put-back jobs come back by their delay all the same.
+    const checkJobsWaiting = this.options.wakeOnRelease && !this.ctx.groupWaits(this) && this.ctx.mayPromote();
     let released: { jobsWaiting: boolean; notified?: boolean } = { jobsWaiting: false, notified: false };
     try {
       released = await hold.release({ commit: end.commit, checkJobsWaiting });
@@ -617,7 +623,7 @@ export class Gate<H extends GateHold> {
     // jobs put back by other workers (when asked) count as waiting too
     if (informs) this.othersWaited = released.notified === true || released.jobsWaiting;
     const { jobsWaiting } = released;
-    if (!this.options.wakeOnRelease || this.waiters.length > 0) return false;
+    if (!this.options.wakeOnRelease || this.ctx.groupWaits(this)) return false;
     if (jobsWaiting) await this.ctx.promote(hold).catch(() => undefined);
     return false;
   }

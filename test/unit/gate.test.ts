@@ -31,6 +31,7 @@ function setup(options: Partial<GateOptions> = {}) {
     hearsReleases: () => true,
     kick: (g) => g.wakeHead(),
     groupSaturated: () => false,
+    groupWaits: (g) => g.waiting > 0,
     leadsGroup: () => true,
     onIdle: vi.fn(),
   };
@@ -436,6 +437,44 @@ describe('Gate: arrivals', () => {
     expect(set.groupOf(idle)).toEqual({ group: { holding: 0, waiting: 0 }, activeGroups: 3 });
     abort.abort();
     await waiting;
+  });
+});
+
+describe('GateSet: promoting put-back jobs', () => {
+  it("a release promotes put-back jobs only when no job of the process waits at a gate sharing a semaphore with it (that one is woken instead)", async () => {
+    const results: Array<Attempt<FakeHold>> = [];
+    const ctx = {
+      tryHold: vi.fn(async () => results.shift() ?? ('busy' as const)),
+      watch: vi.fn(async () => async () => undefined),
+      promote: vi.fn(async () => undefined),
+      mayPromote: () => true,
+      hearsReleases: () => true,
+    };
+    const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
+    const t1 = set.gateFor({ names: ['api', 'tenant:1'], counts: [1, 1] });
+    const t2 = set.gateFor({ names: ['api', 'tenant:2'], counts: [1, 1] });
+    const [a, b] = [hold('a', true), hold('b', true)];
+    results.push(a, b);
+    expect(await t1.arrive('job-a')).toBe(a);
+    expect(await t1.arrive('job-b')).toBe(b);
+    // a job of tenant 2 waits (its try found 'api' short)
+    const abort = new AbortController();
+    cleanup = () => abort.abort();
+    expect(await t2.arrive('job-c')).toBeNull();
+    const waiting = t2.wait('job-c', abort.signal, 60_000).catch(() => null);
+    expect(t2.waiting).toBe(1);
+    // put-back jobs are recorded (jobsWaiting), but tenant 2's waiter is woken for what came free: no promotion
+    results.push('busy');
+    await t1.free(a, { commit: true, reusable: false });
+    expect(a.release).toHaveBeenCalledWith({ commit: true, checkJobsWaiting: false });
+    expect(ctx.promote).not.toHaveBeenCalled();
+    // nobody waits in the group any more: the next release promotes
+    abort.abort();
+    await waiting;
+    expect(t2.waiting).toBe(0);
+    await t1.free(b, { commit: true, reusable: false });
+    expect(b.release).toHaveBeenCalledWith({ commit: true, checkJobsWaiting: true });
+    expect(ctx.promote).toHaveBeenCalledWith(b);
   });
 });
 
