@@ -109,13 +109,13 @@ export class GateSet<H extends GateHold> {
     return false;
   }
 
-  /** `gate` and the gates in use sharing a semaphore with it. */
   /** A job of this process waits at `gate` or at a gate sharing a semaphore with it. */
   groupWaits(gate: Gate<H>): boolean {
     for (const g of this.related(gate)) if (g.waiting > 0) return true;
     return false;
   }
 
+  /** `gate` and the gates in use sharing a semaphore with it. */
   private *related(gate: Gate<H>): Generator<Gate<H>> {
     yield gate;
     if (gate.req.names.length === 1 && this.gates.size === 1) return;

@@ -548,9 +548,7 @@ export class Gate<H extends GateHold> {
         const i = this.parked.indexOf(entry);
         if (i < 0) return;
         this.parked.splice(i, 1);
-        void this.release(hold, { commit: true, reusable: true })
-          .catch(() => undefined)
-          .finally(() => this.dropIfIdle());
+        this.releaseKept(hold);
       }, this.options.linger),
     };
     entry.timer.unref?.();
@@ -561,10 +559,15 @@ export class Gate<H extends GateHold> {
   releaseParked(): void {
     for (let entry = this.parked.pop(); entry; entry = this.parked.pop()) {
       clearTimeout(entry.timer);
-      void this.release(entry.hold, { commit: true, reusable: true })
-        .catch(() => undefined)
-        .finally(() => this.dropIfIdle());
+      this.releaseKept(entry.hold);
     }
+  }
+
+  /** Releases a kept hold that no job took; the gate may be dropped afterwards. */
+  private releaseKept(hold: H): void {
+    void this.release(hold, { commit: true, reusable: true })
+      .catch(() => undefined)
+      .finally(() => this.dropIfIdle());
   }
 
   /**
