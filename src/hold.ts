@@ -319,16 +319,24 @@ export class Hold {
       client.release();
       return { jobsWaiting: row?.jobs_waiting === true, notified: (row?.notified ?? 0) > 0 };
     } catch (err) {
-      // The transaction ended one way or another (a dead connection frees its locks). A lost
+      // The transaction ends one way or another (a dead connection frees its locks). A lost
       // connection is no error for a hold that only held tickets, but when statements ran on
       // tx, their commit is unknown: never report it as done.
+      // On a live connection the failed statement skipped the COMMIT behind it: roll back
+      // before returning, so the tickets are free when release() returns (a destroyed
+      // connection frees them only once its backend notices, a moment later). The connection
+      // is destroyed all the same: what failed on it is not known to be harmless.
+      if (!isConnectionLost(err)) {
+        this.onRoundTrip?.();
+        await client.query(statements.ROLLBACK).catch(() => undefined);
+      }
       detach();
       client.release(err as Error);
       // An early wake-up that failed (a transaction that had failed unnoticed, a role without
       // EXECUTE on wake(), an install whose wake() differs): the COMMIT was skipped and the
-      // destroyed connection rolls the transaction back, which frees the tickets, all a hold
-      // of tickets only needs; only the NOTIFY is missing (waiters poll). Released, never a
-      // failed job. Said unless the connection died or the transaction had already failed.
+      // rollback frees the tickets, all a hold of tickets only needs; only the NOTIFY is
+      // missing (waiters poll). Released, never a failed job. Said unless the connection died
+      // or the transaction had already failed.
       if (commit && !this.touched) {
         if (isPreparedStatementLost(err)) {
           // a transaction pooler without prepared statements: the next releases send it as text
