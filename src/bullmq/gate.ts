@@ -25,7 +25,7 @@ const MAX_ARRIVAL_WINDOW = 1024;
  *   head of the queue tries;
  * - a job that is done with its hold gives it to {@link Gate.free}, the one place that
  *   decides what happens to it: hand it to the next waiter, or release it and wake the next
- *   waiter (or promote put-back jobs when nobody here waits).
+ *   waiter (or promote put-back jobs when nobody here waits on its semaphores).
  *
  * Nothing outside this class changes its counters. It talks to Postgres and BullMQ only
  * through {@link GateContext}, so it is unit-tested with fakes (`test/unit/gate.test.ts`).
@@ -59,7 +59,7 @@ export interface GateContext<H extends GateHold> {
   watch(names: string[], onRelease: (relay: () => void, own?: boolean) => boolean | void): Promise<() => Promise<void>>;
   /** NOTIFYs from other processes' releases reach this process (the LISTEN connection is confirmed). */
   hearsReleases(): boolean;
-  /** After a release that found no local waiter while jobs are recorded as waiting. */
+  /** After a release that found no local waiter on its semaphores while jobs are recorded as waiting. */
   promote(hold: H): Promise<void>;
   /** Whether anything here could promote put-back jobs (so a release should ask whether some are recorded). */
   mayPromote(): boolean;
@@ -495,7 +495,8 @@ export class Gate<H extends GateHold> {
    * The one dispatcher: a job is done with `hold`. Hands it to the next waiter when it may
    * ({@link Gate.mayHandOn}); with nobody waiting and tickets plentiful, keeps it `linger` ms
    * for the next arriving job ({@link Gate.takeParked}); otherwise releases it, then wakes the
-   * next waiter, or, when nobody here waits and jobs are recorded as waiting, promotes them.
+   * next waiter, or, when nobody here waits on its semaphores (at this gate or one sharing a
+   * semaphore with it) and jobs are recorded as waiting, promotes them.
    * @returns true when the hold was handed on or kept.
    */
   async free(hold: H, end: HoldEnd): Promise<boolean> {
@@ -592,8 +593,8 @@ export class Gate<H extends GateHold> {
 
   /**
    * Releases a hold nobody here takes (its count already left {@link Gate.holding}), then
-   * wakes the next waiter, or, when nobody here waits and jobs are recorded as waiting,
-   * promotes them.
+   * wakes the next waiter, or, when nobody here waits on its semaphores (`groupWaits`) and
+   * jobs are recorded as waiting, promotes them.
    */
   private async release(hold: H, end: HoldEnd): Promise<false> {
     this.handoffs.delete(hold);

@@ -5,9 +5,9 @@ import type { WaitingList } from './waiting-list.js';
 /**
  * The promotion policy, and everything that depends on which BullMQ backend a queue uses.
  *
- * A put-back job is recorded in the waiting list; a release that finds no local waiter takes
- * the oldest recorded jobs and promotes them (`job.promote()`), so they come back before
- * their delay runs out. On BullMQ's Postgres backend nothing is promoted: BullMQ 6.7's
+ * A put-back job is recorded in the waiting list; a release that finds no local waiter on its
+ * semaphores takes the oldest recorded jobs and promotes them (`job.promote()`), so they come
+ * back before their delay runs out. On BullMQ's Postgres backend nothing is promoted: BullMQ 6.7's
  * promote there does not re-check the job's state under a lock, and racing its own due-time
  * promotion it can send an active job back to wait and run it twice (seen in the benchmark).
  * So on that backend jobs are not recorded either (no waiting-list round trips), and they
@@ -96,7 +96,7 @@ export class Promotion {
   }
 
   /**
-   * After a release that found no local waiter while jobs are recorded as waiting: promotes
+   * After a release that found no local waiter on its semaphores while jobs are recorded as waiting: promotes
    * the oldest put-back jobs of these semaphores, one per ticket freed, from the queues
    * this process knows. A job that moved on meanwhile (running, done, removed) is skipped:
    * its own delay covers it.
