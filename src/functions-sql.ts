@@ -17,7 +17,11 @@ import { quoteSchema } from './validate.js';
  * - `(_ns() # 2, semaphore.id)` is taken *shared, at session level* by waiters, so a
  *   releaser can tell cheaply whether anyone waits before it sends a NOTIFY;
  * - `(_ns() # 3, 0)` is taken *shared, at session level* by LISTEN connections that NOTIFYs
- *   are known to reach; a releaser names one of them in its NOTIFY.
+ *   are known to reach; a releaser names one of them in its NOTIFY;
+ * - `(_ns() # 4, slot)` is taken *exclusive, at session level* by such a LISTEN connection: its
+ *   slot number (the lowest free one), and `(_ns() # (slot << 8 | 5), semaphore.id)` *shared, at
+ *   session level* beside each waiter marker it takes, so a releaser finds the next waiting
+ *   process by trying a few of these locks instead of reading `pg_locks`.
  */
 export function functionsSql(schema: string): string {
   const s = quoteSchema(schema);
@@ -397,7 +401,25 @@ LANGUAGE sql AS $$
   SELECT count(pg_advisory_unlock_shared(${s}._ns() # 2, i)) FROM unnest(p_ids) i;
 $$;
 
--- Rolling upgrade: the functions new in 0004_functions that do not exist yet get the
+-- watch() and unwatch() with the caller's slot (from hears_slot()): each waiter marker is
+-- taken, or given back, a second time under the slot, (ns # (slot << 8 | 5), id), which wake() tries.
+-- (Names of their own rather than overloads: a GRANT by name alone keeps naming one function.)
+CREATE OR REPLACE FUNCTION ${s}.watch_slot(p_names text[], p_slot integer) RETURNS integer[]
+LANGUAGE sql AS $$
+  SELECT coalesce(array_agg(m.id ORDER BY m.id), '{}')
+    FROM ${s}.semaphores m,
+         LATERAL (SELECT pg_advisory_lock_shared(${s}._ns() # 2, m.id),
+                         pg_advisory_lock_shared(${s}._ns() # ((p_slot << 8) | 5), m.id)) l
+   WHERE m.name = ANY (p_names)
+$$;
+
+CREATE OR REPLACE FUNCTION ${s}.unwatch_slot(p_ids integer[], p_slot integer) RETURNS void
+LANGUAGE sql AS $$
+  SELECT count(pg_advisory_unlock_shared(${s}._ns() # ((p_slot << 8) | 5), i)) + count(pg_advisory_unlock_shared(${s}._ns() # 2, i))
+    FROM unnest(p_ids) i;
+$$;
+
+-- Rolling upgrade: the functions new in 0004_functions or later that do not exist yet get the
 -- privileges of wake(integer[]) once they are created (the block after wake(integer[])), so
 -- a worker role granted the old list of docs/SECURITY.md (PUBLIC's right revoked by default)
 -- keeps waking and being woken after migrate(). Applied again, nothing is new: grants kept.
@@ -410,7 +432,10 @@ BEGIN
     CASE WHEN to_regprocedure('${s}.acquire_session(integer[], text[], integer[], integer[], integer[])') IS NULL
       THEN 'acquire_session(integer[], text[], integer[], integer[], integer[])' END,
     CASE WHEN to_regprocedure('${s}.release_session(integer[], integer[], integer)') IS NULL
-      THEN 'release_session(integer[], integer[], integer)' END), false);
+      THEN 'release_session(integer[], integer[], integer)' END,
+    CASE WHEN to_regprocedure('${s}.hears_slot(integer[])') IS NULL THEN 'hears_slot(integer[])' END,
+    CASE WHEN to_regprocedure('${s}.watch_slot(text[], integer)') IS NULL THEN 'watch_slot(text[], integer)' END,
+    CASE WHEN to_regprocedure('${s}.unwatch_slot(integer[], integer)') IS NULL THEN 'unwatch_slot(integer[], integer)' END), false);
 END
 $$;
 
@@ -420,6 +445,27 @@ $$;
 CREATE OR REPLACE FUNCTION ${s}.hears() RETURNS void
 LANGUAGE sql AS $$
   SELECT pg_advisory_lock_shared(${s}._ns() # 3, 0)
+$$;
+
+-- hears(), and a slot: the lowest slot number no other session holds, (ns # 4, slot)
+-- exclusive at session level, returned (NULL when all 4,096 are taken). The waiter markers
+-- the session holds already (p_ids, one per mark) are taken again under the slot, as the
+-- two-argument watch() takes them. wake() names a slot holder by its slot: '<ns>:<id>:-<slot + 1>'.
+-- Call it once per session.
+CREATE OR REPLACE FUNCTION ${s}.hears_slot(p_ids integer[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_slot integer;
+BEGIN
+  PERFORM pg_advisory_lock_shared(${s}._ns() # 3, 0);
+  FOR v_slot IN 0..4095 LOOP
+    IF pg_try_advisory_lock(${s}._ns() # 4, v_slot) THEN
+      PERFORM pg_advisory_lock_shared(${s}._ns() # ((v_slot << 8) | 5), i) FROM unnest(coalesce(p_ids, '{}')) i;
+      RETURN v_slot;
+    END IF;
+  END LOOP;
+  RETURN NULL;
+END
 $$;
 
 -- Called when a holder gives its tickets back: tells waiting processes (LISTEN
@@ -443,15 +489,76 @@ DECLARE
   v_id integer;
   v_pid integer;
   v_busy integer[] := '{}';
+  v_rest integer[] := '{}';
+  v_ns integer := ${s}._ns();
+  v_after integer;
+  v_slot integer;
+  v_s integer;
+  v_gap integer;
   v_sent integer := 0;
 BEGIN
   FOREACH v_id IN ARRAY coalesce(p_ids, '{}') LOOP
-    IF NOT pg_try_advisory_xact_lock(${s}._ns() # 2, v_id) THEN
+    IF NOT pg_try_advisory_xact_lock(v_ns # 2, v_id) THEN
       v_busy := v_busy || v_id;
     END IF;
   END LOOP;
   IF cardinality(v_busy) = 0 THEN
     RETURN 0;
+  END IF;
+  -- p_after < 0: the releaser's LISTEN session holds slot -p_after - 1 (see hears_slot()), so
+  -- the next waiting process is found by its slot markers, without reading pg_locks: the first
+  -- slot after the releaser's that waits (wrapping round, the releaser's own last), or for a
+  -- relay nothing when that one is the origin's or the relayer's (it went round; a relay whose
+  -- origin is a pid, named through pg_locks, starts again from the relayer). A slot waits when
+  -- its marker (ns # (slot << 8 | 5), id) is held: the exclusive try fails. Upwards the search
+  -- stops after 4 slots in a row that nobody holds ((ns # 4, slot) free), so a hole of 4 or
+  -- more hides the slots above it from releasers below it. Each try that succeeds keeps its
+  -- lock until the end of the transaction (a waiter taking that marker meanwhile waits for the
+  -- COMMIT, as with the waiter marker). A semaphore whose waiters hold no slot marker found so
+  -- (older library versions, sessions that do not hear NOTIFYs, a waiter between its two
+  -- markers, a hole) goes on to pg_locks below, for a first-hand wake-up only.
+  IF p_after < 0 THEN
+    v_after := -p_after - 1;
+    IF p_origin >= 0 THEN
+      p_origin := p_after;
+    END IF;
+    FOREACH v_id IN ARRAY v_busy LOOP
+      v_slot := NULL;
+      v_s := v_after + 1;
+      v_gap := 0;
+      WHILE v_s <= 4095 AND v_gap < 4 LOOP
+        IF NOT pg_try_advisory_xact_lock(v_ns # ((v_s << 8) | 5), v_id) THEN
+          v_slot := v_s;
+          EXIT;
+        ELSIF pg_try_advisory_xact_lock_shared(v_ns # 4, v_s) THEN
+          v_gap := v_gap + 1;
+        ELSE
+          v_gap := 0;
+        END IF;
+        v_s := v_s + 1;
+      END LOOP;
+      v_s := 0;
+      WHILE v_slot IS NULL AND v_s <= v_after LOOP
+        IF NOT pg_try_advisory_xact_lock(v_ns # ((v_s << 8) | 5), v_id) THEN
+          v_slot := v_s;
+        END IF;
+        v_s := v_s + 1;
+      END LOOP;
+      IF p_origin IS NOT NULL AND (-v_slot - 1 = p_origin OR v_slot = v_after) THEN
+        CONTINUE;
+      END IF;
+      IF v_slot IS NOT NULL THEN
+        PERFORM pg_notify('pg_semaphore', v_ns || ':' || v_id || ':' || (-v_slot - 1) || coalesce(':' || p_origin, ''));
+        v_sent := v_sent + 1;
+      ELSIF p_origin IS NULL THEN
+        v_rest := v_rest || v_id;
+      END IF;
+    END LOOP;
+    IF cardinality(v_rest) = 0 THEN
+      RETURN v_sent;
+    END IF;
+    v_busy := v_rest;
+    p_after := NULL;
   END IF;
   -- pg_locks is read once for all the semaphores that have waiters: the sessions holding
   -- both a semaphore's waiter marker and the "NOTIFYs reach me" mark, one picked per semaphore

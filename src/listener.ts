@@ -1,5 +1,6 @@
 import type { Notification, Pool, PoolClient } from 'pg';
 import type { Logger } from './logger.js';
+import { SQLSTATE } from './sqlstate.js';
 import * as statements from './statements.js';
 
 /**
@@ -17,6 +18,10 @@ export type OnRelease = (relay: () => void, own?: boolean) => boolean | void;
 interface Waiter {
   ids: number[];
   wake: OnRelease;
+  /** The connection holding its waiter markers (replaced on a reconnect). */
+  client: PoolClient;
+  /** The slot its markers were also taken under, if any. */
+  slot: number | undefined;
 }
 
 const noRelay = () => undefined;
@@ -37,6 +42,13 @@ export class Listener {
   private backendPid: number | undefined;
   /** The probe sent over another connection arrived on this one: NOTIFYs reach this process. */
   private heard = false;
+  /**
+   * This LISTEN session's slot (`hears_slot()`, 0005_functions): releasers find the next
+   * waiting process by slot markers instead of reading `pg_locks`, and name it `-(slot + 1)`.
+   */
+  private slot: number | undefined;
+  /** The install has no `hears_slot()` (before 0005_functions): hear by `hears()` and the pid. */
+  private noSlots = false;
   private readonly waiters = new Map<number, Waiter[]>();
   /** Statements on the LISTEN connection run one after another. */
   private chain: Promise<unknown> = Promise.resolve();
@@ -71,11 +83,14 @@ export class Listener {
   ) {}
 
   /**
-   * The backend pid of the LISTEN connection, once NOTIFYs are known to reach it (its probe
-   * arrived); undefined before, or when they never will (PgBouncer in transaction mode).
+   * How a wake-up names this process, once NOTIFYs are known to reach it (its probe arrived):
+   * `-(slot + 1)` when the session holds a slot, else the LISTEN connection's backend pid;
+   * undefined before, or when they never will (PgBouncer in transaction mode). A release
+   * passes it to `wake()` so that the next waiting process after this one is woken.
    */
   get pid(): number | undefined {
-    return this.hears ? this.backendPid : undefined;
+    if (!this.hears) return undefined;
+    return this.slot !== undefined ? -this.slot - 1 : this.backendPid;
   }
 
   /** NOTIFYs are known to reach this process: the probe sent when the connection opened arrived. */
@@ -86,9 +101,13 @@ export class Listener {
   /** Registers a waiter on the semaphores named; returns a function that unregisters it. */
   async watch(names: string[], wake: OnRelease): Promise<() => Promise<void>> {
     const client = await this.connect();
-    const { rows } = await this.run(() => client.query<{ ids: number[] }>(statements.watch(this.qs, names)));
+    let slot: number | undefined;
+    const { rows } = await this.run(() => {
+      slot = this.client === client ? this.slot : undefined;
+      return client.query<{ ids: number[] }>(statements.watch(this.qs, names, slot));
+    });
     const ids = rows[0]?.ids ?? [];
-    const waiter: Waiter = { ids, wake };
+    const waiter: Waiter = { ids, wake, client, slot };
     for (const id of ids) {
       const list = this.waiters.get(id) ?? [];
       list.push(waiter);
@@ -102,8 +121,10 @@ export class Listener {
         if (i >= 0) list.splice(i, 1);
         if (list.length === 0) this.waiters.delete(id);
       }
-      if (this.client === client) {
-        await this.run(() => client.query(statements.unwatch(this.qs, ids))).catch(() => undefined);
+      // the markers live on the connection that holds them now (re-taken after a reconnect)
+      const holder = waiter.client;
+      if (this.client === holder) {
+        await this.run(() => holder.query(statements.unwatch(this.qs, ids, waiter.slot))).catch(() => undefined);
       }
     };
   }
@@ -116,6 +137,7 @@ export class Listener {
         if (this.client !== client) return;
         this.client = undefined;
         this.heard = false;
+        this.slot = undefined;
         this.connecting = undefined;
         client.removeListener('notification', this.onNotification);
         client.release(err ?? true);
@@ -136,6 +158,12 @@ export class Listener {
         // Waiters registered on a previous connection lost their markers with it.
         const ids = [...this.waiters.entries()].flatMap(([id, list]) => list.map(() => id));
         if (ids.length > 0) await client.query(statements.watchIds(this.qs, ids));
+        for (const list of this.waiters.values()) {
+          for (const w of list) {
+            w.client = client;
+            w.slot = undefined;
+          }
+        }
       } catch (err) {
         this.connecting = undefined;
         client.release(err as Error);
@@ -143,6 +171,7 @@ export class Listener {
       }
       this.client = client;
       this.heard = false;
+      this.slot = undefined;
       this.probes = 0;
       this.probe(client);
       return client;
@@ -166,9 +195,10 @@ export class Listener {
     // '<ns>:<semaphore id>' for every waiting process (make() adding tickets, older
     // releasers), '<ns>:<semaphore id>:<pid>' for the one whose LISTEN connection has that pid,
     // '<ns>:<semaphore id>:<pid>:<origin>' relayed by a process that could not use it
+    // ('<pid>' is '-<slot + 1>' for a process named by its slot)
     const [ns, id, pid, origin] = msg.payload.split(':');
     if (Number(ns) !== this.ns) return;
-    if (pid !== undefined && Number(pid) !== this.backendPid) return;
+    if (pid !== undefined && Number(pid) !== this.backendPid && (this.slot === undefined || Number(pid) !== -this.slot - 1)) return;
     if (id === '0') {
       const client = this.client;
       if (!client || this.heard) return;
@@ -179,7 +209,7 @@ export class Listener {
         this.probe(client);
         return;
       }
-      void this.run(() => client.query(statements.hears(this.qs))).then(
+      void this.run(() => this.markHears(client)).then(
         () => {
           if (this.client === client) this.heard = true;
         },
@@ -212,15 +242,41 @@ export class Listener {
   };
 
   /**
+   * Marks the LISTEN session as one that NOTIFYs reach, with a slot when the install has
+   * `hears_slot()`: the waiters' markers held on it are taken again under the slot. Runs on
+   * the statement chain, so no watch or unwatch interleaves.
+   */
+  private async markHears(client: PoolClient): Promise<void> {
+    if (!this.noSlots) {
+      const waiters = [...this.waiters.values()].flat().filter((w, i, all) => w.client === client && all.indexOf(w) === i);
+      const ids = waiters.flatMap((w) => w.ids);
+      try {
+        const { rows } = await client.query<{ slot: number | null }>(statements.hearsSlot(this.qs, ids));
+        const slot = rows[0]?.slot ?? undefined;
+        if (this.client !== client || slot === undefined) return;
+        this.slot = slot;
+        for (const w of waiters) w.slot = slot;
+        return;
+      } catch (err) {
+        // an install before 0005_functions, or a role not granted hears_slot(): hear without a slot
+        const code = (err as { code?: unknown }).code;
+        if (code !== SQLSTATE.undefinedFunction && code !== SQLSTATE.insufficientPrivilege) throw err;
+        this.noSlots = true;
+      }
+    }
+    await client.query(statements.hears(this.qs));
+  }
+
+  /**
    * A wake-up that named this process found nothing here to use it: name the next waiting
    * process instead (one round trip, only on this path). `origin`: the first process that
    * could not use it; the SQL sends nothing when the next one would be it (it went round).
    */
   private relay(id: number, origin: number | undefined): void {
-    const pid = this.backendPid;
-    if (pid === undefined || !Number.isInteger(id)) return;
+    const me = this.slot !== undefined ? -this.slot - 1 : this.backendPid;
+    if (me === undefined || !Number.isInteger(id)) return;
     this.relays++;
-    const statement = statements.relay(this.qs, id, pid, origin ?? pid);
+    const statement = statements.relay(this.qs, id, me, origin ?? me);
     void this.pool
       .query(statement.text, statement.values)
       .catch((err: Error) => {
@@ -237,6 +293,7 @@ export class Listener {
     this.client = undefined;
     this.connecting = undefined;
     this.heard = false;
+    this.slot = undefined;
     if (client) {
       client.removeListener('notification', this.onNotification);
       client.release(true);

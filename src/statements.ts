@@ -300,8 +300,21 @@ export function hears(qs: string): Statement {
   return { text: `SELECT ${qs}.hears()` };
 }
 
-/** Marks this session as waiting on the semaphores named; the row's `ids` are their ids. @internal */
-export function watch(qs: string, names: readonly string[]): Statement {
+/**
+ * {@link hears}, and claims a slot for this LISTEN session (0005_functions): the row's `slot`,
+ * or null when none is free. The waiter markers already held (`ids`, one per mark) are taken
+ * again under it. @internal
+ */
+export function hearsSlot(qs: string, ids: readonly number[]): Statement {
+  return { text: `SELECT ${qs}.hears_slot($1::integer[]) AS slot`, values: [ids] };
+}
+
+/**
+ * Marks this session as waiting on the semaphores named (under its slot too, when it has
+ * one); the row's `ids` are their ids. @internal
+ */
+export function watch(qs: string, names: readonly string[], slot?: number): Statement {
+  if (slot !== undefined) return { text: `SELECT ${qs}.watch_slot($1::text[], $2::integer) AS ids`, values: [names, slot] };
   return { text: `SELECT ${qs}.watch($1::text[]) AS ids`, values: [names] };
 }
 
@@ -310,8 +323,9 @@ export function watchIds(qs: string, ids: readonly number[]): Statement {
   return { text: `SELECT ${qs}.watch_ids($1::integer[])`, values: [ids] };
 }
 
-/** Takes back one {@link watch} mark per id given. @internal */
-export function unwatch(qs: string, ids: readonly number[]): Statement {
+/** Takes back one {@link watch} mark per id given (taken under `slot`, if given). @internal */
+export function unwatch(qs: string, ids: readonly number[], slot?: number): Statement {
+  if (slot !== undefined) return { text: `SELECT ${qs}.unwatch_slot($1::integer[], $2::integer)`, values: [ids, slot] };
   return { text: `SELECT ${qs}.unwatch($1::integer[])`, values: [ids] };
 }
 

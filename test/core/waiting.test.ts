@@ -69,6 +69,11 @@ async function watchers(): Promise<number> {
   return rows[0]!.n;
 }
 
+/** How a wake-up names this PgSemaphore's process: -(slot + 1) once its listener holds a slot. */
+function wakeIdOf(s: PgSemaphore): number | undefined {
+  return (s as unknown as { listener?: { pid?: number } }).listener?.pid;
+}
+
 describe('waiting for a ticket', () => {
   it('wakes promptly when the holder releases, and gets the ticket only after the release', async () => {
     const listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
@@ -110,7 +115,7 @@ describe('waiting for a ticket', () => {
     }
   });
 
-  it('a release wakes one waiting process, not each: its NOTIFY names the LISTEN pid of one of them', async () => {
+  it('a release wakes one waiting process, not each: its NOTIFY names the LISTEN session (its slot) of one of them', async () => {
     const second = ctx.another({ maxPollInterval: 10_000 });
     const listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
     await listen.connect();
@@ -127,11 +132,10 @@ describe('waiting for a ticket', () => {
         timeout: 5_000,
         what: 'both waiters to register, and their probes to arrive',
       });
-      const { rows } = await ctx.admin.query<{ pid: number }>(
-        `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = $1::bigint AND objid = $2 AND objsubid = 2`,
-        [classidOf(ns ^ 2), id],
-      );
-      const listeners = rows.map((r) => r.pid);
+      // a waiting process is named by its listener's slot, -(slot + 1), or (by a releaser that
+      // has no listener, as here) by its LISTEN backend pid from pg_locks
+      const listeners = [waiter, second].flatMap((s) => [wakeIdOf(s), (s as unknown as { listener: { backendPid: number } }).listener.backendPid]);
+      expect(listeners.filter((l) => l !== undefined && l < 0)).toHaveLength(2);
       const mine = () => notes.filter((n) => n.startsWith(`${ns}:${id}`));
       await hold.release();
       await within(Promise.race([a.promise, b.promise]), 5_000, 'one waiter to get the ticket');
@@ -158,14 +162,15 @@ describe('waiting for a ticket', () => {
     await ctx.sem.make(t1, 1);
     const second = ctx.another({ maxPollInterval: 10_000 });
     const releaser = ctx.another();
-    const pidOf = (s: PgSemaphore) => (s as unknown as { listener?: { pid?: number } }).listener?.pid;
+    const pidOf = wakeIdOf;
     try {
-      // open the three LISTEN connections (releaser's: its pid is where the turn starts)
+      // open the three LISTEN connections (releaser's: its slot is where the turn starts)
       const unwatch = await Promise.all([waiter, second, releaser].map((s) => s.watch([`${name}-none`], () => true)));
       await waitFor(() => waiter.hearsWakeUps && second.hearsWakeUps && releaser.hearsWakeUps, { timeout: 5_000, what: 'the probes' });
       const after = pidOf(releaser)!;
       const pids = [pidOf(waiter)!, pidOf(second)!];
-      const named = pids.filter((p) => p > after).sort((x, y) => x - y)[0] ?? Math.min(...pids);
+      // slots: the first one after the releaser's, wrapping round (a slot s is named -(s + 1))
+      const named = pids.filter((p) => p < after).sort((x, y) => y - x)[0] ?? Math.max(...pids);
       const [a, b] = named === pids[0] ? [waiter, second] : [second, waiter];
       const times: number[] = [];
       for (let round = 0; round < 6; round++) {
@@ -244,7 +249,8 @@ describe('waiting for a ticket', () => {
     try {
       const stops = [await waiter.watch([name], () => true), await second.watch([other], () => true)];
       await waitFor(() => waiter.hearsWakeUps && second.hearsWakeUps, { timeout: 5_000, what: 'the probes' });
-      const pidOf = (s: PgSemaphore) => (s as unknown as { listener: { pid: number } }).listener.pid;
+      // without a releaser's slot (NULL) wake() reads pg_locks and names the LISTEN backend pids
+      const pidOf = (s: PgSemaphore) => (s as unknown as { listener: { backendPid: number } }).listener.backendPid;
       const { rows } = await ctx.admin.query<{ id: number; name: string }>(`SELECT id, name FROM "${ctx.schema}".semaphores WHERE name = ANY ($1)`, [[name, other]]);
       const idOf = (n: string) => rows.find((r) => r.name === n)!.id;
       const { rows: sent } = await ctx.admin.query<{ n: number }>(`SELECT "${ctx.schema}".wake($1::integer[], NULL) AS n`, [[idOf(other), idOf(name)]]);

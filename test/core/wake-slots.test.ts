@@ -1,0 +1,259 @@
+// wake() by slots (0005_functions): a LISTEN session that hears NOTIFYs claims a slot and marks
+// what it waits on under it too, so a release finds the next waiting process by trying a few
+// advisory locks instead of reading pg_locks. Plain sessions play the processes here, so the
+// slot numbers and markers are exactly the ones each test sets up.
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { setupSchema, waitFor } from '../helpers/db.js';
+import { classidOf, nsOf, track, within } from '../helpers/core.js';
+import type { PgSemaphore } from '../../src/index.js';
+
+let ctx: Awaited<ReturnType<typeof setupSchema>>;
+let ns: number;
+let qs: string;
+let id: number;
+let listen: pg.Client;
+const notes: string[] = [];
+const sessions: pg.Client[] = [];
+
+beforeAll(async () => {
+  ctx = await setupSchema('wakeslots');
+  qs = `"${ctx.schema}"`;
+  ns = await nsOf(ctx.admin, ctx.schema);
+  await ctx.sem.make('x', 1);
+  const { rows } = await ctx.admin.query<{ id: number }>(`SELECT id FROM ${qs}.semaphores WHERE name = 'x'`);
+  id = rows[0]!.id;
+  listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
+  await listen.connect();
+  listen.on('notification', (n) => {
+    // other test files share the channel: only this schema's namespace counts
+    if (n.payload?.startsWith(`${ns}:`)) notes.push(n.payload);
+  });
+  await listen.query('LISTEN pg_semaphore');
+});
+afterEach(async () => {
+  await Promise.all(sessions.splice(0).map((s) => s.end()));
+});
+afterAll(async () => {
+  await listen?.end();
+  await ctx?.drop();
+});
+
+/** A session of its own (a process's LISTEN connection), ended after the test. */
+async function session(): Promise<pg.Client> {
+  const s = new pg.Client({ connectionString: ctx.admin.options.connectionString });
+  await s.connect();
+  sessions.push(s);
+  return s;
+}
+
+/** A session that hears NOTIFYs and holds the slot it returns. */
+async function slotted(): Promise<{ s: pg.Client; slot: number }> {
+  const s = await session();
+  const { rows } = await s.query<{ slot: number }>(`SELECT ${qs}.hears_slot('{}') AS slot`);
+  return { s, slot: rows[0]!.slot };
+}
+
+const named = (slot: number) => -slot - 1;
+
+/** The backend pid of a session (pg sets it at connect; its typings do not list it). */
+const pidOf = (s: pg.Client) => (s as unknown as { processID: number }).processID;
+
+/** Runs wake() from a pool connection and returns its count and the NOTIFYs it sent. */
+async function wake(after: number | null, origin: number | null = null): Promise<{ sent: number; notes: string[] }> {
+  notes.length = 0;
+  const { rows } = await ctx.admin.query<{ n: number }>(`SELECT ${qs}.wake($1::integer[], $2::integer, $3::integer) AS n`, [[id], after, origin]);
+  const sent = rows[0]!.n;
+  if (sent > 0) await waitFor(() => notes.length >= sent, { timeout: 2_000, what: 'the NOTIFYs' });
+  // a NOTIFY arrives after its commit: one more round trip on the listening connection lets any
+  // further one (there must be none) arrive before the count is read
+  await listen.query('SELECT 1');
+  return { sent, notes: [...notes] };
+}
+
+/** This session's advisory locks in the namespace's waiter keys: the marker, and its slot's. */
+async function markersOf(s: pg.Client, slot: number): Promise<{ plain: number; slotted: number }> {
+  const { rows } = await ctx.admin.query<{ plain: number; slotted: number }>(
+    `SELECT count(*) FILTER (WHERE classid = $2::bigint)::int AS plain, count(*) FILTER (WHERE classid = $3::bigint)::int AS slotted
+       FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND pid = $1 AND objid = $4`,
+    [pidOf(s), classidOf(ns ^ 2), classidOf(ns ^ ((slot << 8) | 5)), id],
+  );
+  return rows[0]!;
+}
+
+describe('wake() by slots', () => {
+  it('claims the lowest free slot, and a released slot is claimed again', async () => {
+    const a = await slotted();
+    const b = await slotted();
+    const c = await slotted();
+    expect([b.slot - a.slot, c.slot - b.slot]).toEqual([1, 1]);
+    await b.s.end();
+    sessions.splice(sessions.indexOf(b.s), 1);
+    const d = await slotted();
+    expect(d.slot).toBe(b.slot);
+  });
+
+  it('names the first waiting slot after the releaser’s, wrapping round, the releaser’s own last', async () => {
+    const a = await slotted();
+    const b = await slotted();
+    const c = await slotted();
+    await b.s.query(`SELECT ${qs}.watch_slot('{x}', $1)`, [b.slot]);
+    await c.s.query(`SELECT ${qs}.watch_slot('{x}', $1)`, [c.slot]);
+    expect((await wake(named(a.slot))).notes).toEqual([`${ns}:${id}:${named(b.slot)}`]);
+    expect((await wake(named(b.slot))).notes).toEqual([`${ns}:${id}:${named(c.slot)}`]);
+    // after c: a does not wait, b does
+    expect((await wake(named(c.slot))).notes).toEqual([`${ns}:${id}:${named(b.slot)}`]);
+    await b.s.query(`SELECT ${qs}.unwatch_slot($1::integer[], $2)`, [[id], b.slot]);
+    // only c waits: a release from c's own process names c
+    expect((await wake(named(c.slot))).notes).toEqual([`${ns}:${id}:${named(c.slot)}`]);
+    await c.s.query(`SELECT ${qs}.unwatch_slot($1::integer[], $2)`, [[id], c.slot]);
+    // nobody waits: nothing is sent
+    expect(await wake(named(a.slot))).toEqual({ sent: 0, notes: [] });
+  });
+
+  it('a relay goes on to the next slot and stops once it went round to its origin', async () => {
+    const a = await slotted();
+    const b = await slotted();
+    const c = await slotted();
+    await a.s.query(`SELECT ${qs}.watch_slot('{x}', $1)`, [a.slot]);
+    await c.s.query(`SELECT ${qs}.watch_slot('{x}', $1)`, [c.slot]);
+    // b could not use a wake-up first named for it: c next, the payload keeps the origin
+    expect((await wake(named(b.slot), named(b.slot))).notes).toEqual([`${ns}:${id}:${named(c.slot)}:${named(b.slot)}`]);
+    // c could not use it either: a next
+    expect((await wake(named(c.slot), named(b.slot))).notes).toEqual([`${ns}:${id}:${named(a.slot)}:${named(b.slot)}`]);
+    // with c gone, the next waiting slot after a is a itself: it went round, nothing is sent
+    await c.s.query(`SELECT ${qs}.unwatch_slot($1::integer[], $2)`, [[id], c.slot]);
+    expect(await wake(named(a.slot), named(b.slot))).toEqual({ sent: 0, notes: [] });
+    // the next one being the origin stops it too
+    await c.s.query(`SELECT ${qs}.watch_slot('{x}', $1)`, [c.slot]);
+    expect(await wake(named(a.slot), named(c.slot))).toEqual({ sent: 0, notes: [] });
+    // a relay whose origin is a pid (named through pg_locks) starts again from the relayer
+    expect((await wake(named(a.slot), 12345)).notes).toEqual([`${ns}:${id}:${named(c.slot)}:${named(a.slot)}`]);
+  });
+
+  it('a waiter without a slot marker (an older library, behind a hole of 4 free slots) is named by its pid from pg_locks', async () => {
+    const a = await slotted();
+    // an older library's waiter: hears() and the one-argument watch()
+    const old = await session();
+    await old.query(`SELECT ${qs}.hears()`);
+    await old.query(`SELECT ${qs}.watch('{x}')`);
+    expect((await wake(named(a.slot))).notes).toEqual([`${ns}:${id}:${pidOf(old)}`]);
+    // a relay never falls back to pg_locks (the pid path has its own relays)
+    expect(await wake(named(a.slot), named(a.slot))).toEqual({ sent: 0, notes: [] });
+    await old.end();
+    sessions.splice(sessions.indexOf(old), 1);
+
+    // slots a+1 .. a+5 given back, a+6 waits: the search upwards from a stops after 4 free ones in a row
+    const hole = [];
+    for (let i = 0; i < 5; i++) hole.push(await slotted());
+    const far = await slotted();
+    expect(far.slot).toBe(a.slot + 6);
+    for (const h of hole) {
+      await h.s.end();
+      sessions.splice(sessions.indexOf(h.s), 1);
+    }
+    await far.s.query(`SELECT ${qs}.watch_slot('{x}', $1)`, [far.slot]);
+    expect((await wake(named(a.slot))).notes).toEqual([`${ns}:${id}:${pidOf(far.s)}`]);
+    // with the hole down to 3 free slots (a+3 .. a+5), the slot search from a+2 finds it
+    const near = [await slotted(), await slotted()];
+    expect(near.map((n) => n.slot)).toEqual([a.slot + 1, a.slot + 2]);
+    expect((await wake(named(near[1]!.slot))).notes).toEqual([`${ns}:${id}:${named(far.slot)}`]);
+  });
+
+  it('hears_slot takes the markers held already under the slot; unwatch_slot gives both back', async () => {
+    const a = await slotted();
+    const b = await session();
+    await b.query(`SELECT ${qs}.watch('{x}')`);
+    await b.query(`SELECT ${qs}.watch('{x}')`);
+    const { rows } = await b.query<{ slot: number }>(`SELECT ${qs}.hears_slot($1::integer[]) AS slot`, [[id, id]]);
+    const slot = rows[0]!.slot;
+    expect(await markersOf(b, slot)).toEqual({ plain: 1, slotted: 1 });
+    expect((await wake(named(a.slot))).notes).toEqual([`${ns}:${id}:${named(slot)}`]);
+    await b.query(`SELECT ${qs}.unwatch_slot($1::integer[], $2)`, [[id], slot]);
+    // session-level locks count: two watches, one unwatch, both kinds still held once
+    expect(await markersOf(b, slot)).toEqual({ plain: 1, slotted: 1 });
+    await b.query(`SELECT ${qs}.unwatch_slot($1::integer[], $2)`, [[id], slot]);
+    const { rows: left } = await ctx.admin.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND pid = $1 AND objid = $2 AND objsubid = 2 AND classid IN ($3::bigint, $4::bigint)`,
+      [pidOf(b), id, classidOf(ns ^ 2), classidOf(ns ^ ((slot << 8) | 5))],
+    );
+    expect(left[0]!.n).toBe(0);
+    expect(await wake(named(a.slot))).toEqual({ sent: 0, notes: [] });
+  });
+});
+
+describe('a PgSemaphore on an install without hears_slot() (before 0005_functions)', () => {
+  let old: Awaited<ReturnType<typeof setupSchema>>;
+  beforeAll(async () => {
+    old = await setupSchema('wakeslots_old');
+    await old.sem.make('y', 1);
+    await old.admin.query(`DROP FUNCTION "${old.schema}".hears_slot(integer[])`);
+  });
+  afterAll(async () => {
+    await old?.drop();
+  });
+
+  it('hears by its pid, and is woken by a release at once', async () => {
+    const waiter = old.another({ maxPollInterval: 10_000 });
+    const releaser = old.another();
+    try {
+      const held = await releaser.hold('y');
+      const start = waiter.roundTrips;
+      const w = track(waiter.hold('y', { wait: 20_000 }));
+      await waitFor(() => waiter.hearsWakeUps, { timeout: 5_000, what: 'the probe' });
+      const listener = (waiter as unknown as { listener: { pid?: number; backendPid: number } }).listener;
+      expect(listener.pid).toBe(listener.backendPid);
+      // its poll has backed off: only a wake-up is prompt
+      await waitFor(() => waiter.roundTrips - start >= 14, { timeout: 10_000, interval: 5, what: 'the waiter to back off' });
+      const started = performance.now();
+      await held.release();
+      const got = await within(w.promise, 15_000, 'the waiter to get the ticket');
+      expect(performance.now() - started).toBeLessThan(400);
+      await got.release();
+    } finally {
+      await within(waiter.close(), 5_000, 'waiter.close()');
+      await within(releaser.close(), 5_000, 'releaser.close()');
+    }
+  });
+});
+
+describe('PgSemaphore waiters hold slots', () => {
+  it('a waiting PgSemaphore is named by its slot, and its markers are all given back when it stops waiting', async () => {
+    const waiter = ctx.another({ maxPollInterval: 10_000 });
+    const releaser: PgSemaphore = ctx.another();
+    try {
+      const held = await releaser.hold('x');
+      const w = track(waiter.hold('x', { wait: 20_000 }));
+      await waitFor(() => waiter.hearsWakeUps, { timeout: 5_000, what: 'the probe' });
+      const listener = (waiter as unknown as { listener: { pid?: number; backendPid: number } }).listener;
+      expect(listener.pid).toBeLessThan(0);
+      const slot = -listener.pid! - 1;
+      // the waiter took its marker before the probe came back: hears_slot took it again under the slot
+      await waitFor(async () => {
+        const { rows } = await ctx.admin.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND pid = $1 AND classid = $2::bigint AND objid = $3`,
+          [listener.backendPid, classidOf(ns ^ ((slot << 8) | 5)), id],
+        );
+        return rows[0]!.n === 1;
+      }, { timeout: 5_000, what: 'the slot marker' });
+      notes.length = 0;
+      await held.release();
+      const got = await within(w.promise, 15_000, 'the waiter to get the ticket');
+      await waitFor(() => notes.some((n) => n.split(':')[1] === String(id)), { timeout: 2_000, what: 'the NOTIFY' });
+      // the releaser never waited (no listener): its wake-up reads pg_locks and names the pid,
+      // or, once it holds a slot, the slot
+      expect([`${ns}:${id}:${listener.backendPid}`, `${ns}:${id}:${listener.pid}`]).toContain(notes.find((n) => n.split(':')[1] === String(id)));
+      await got.release();
+      await waitFor(async () => {
+        const { rows } = await ctx.admin.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND pid = $1 AND objid = $2 AND classid IN ($3::bigint, $4::bigint)`,
+          [listener.backendPid, id, classidOf(ns ^ 2), classidOf(ns ^ ((slot << 8) | 5))],
+        );
+        return rows[0]!.n === 0;
+      }, { timeout: 5_000, what: 'the markers to be given back' });
+    } finally {
+      await within(waiter.close(), 5_000, 'waiter.close()');
+      await within(releaser.close(), 5_000, 'releaser.close()');
+    }
+  });
+});
