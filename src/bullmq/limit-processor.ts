@@ -339,11 +339,14 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       metrics.holdTime.record(heldMs / 1000, attrs);
       let handedOff = false;
       const done = gate.free(hold, { commit: ok || !txUsed, reusable: !txUsed, mayKeep: stop?.stopping !== true }).then((handed) => void (handedOff = handed)).finally(() => events.emit('released', { job: job as Job, names, heldMs, handedOff }));
-      if (sem.holding === 'session') {
-        // Session holding: the release is one statement on the process's holding connection,
-        // where the next acquire queues behind it anyway, and it cannot fail the job (no
-        // transaction to commit): the job is done without waiting for its answer. The gate
-        // stays until the release's aftermath (waking a waiter, promoting) has run.
+      if (sem.holding === 'session' || !txUsed) {
+        // A release that cannot fail the job is not waited for: session holding's (one
+        // statement on the process's holding connection, where the next acquire queues behind
+        // it anyway; no transaction to commit), and a holding transaction the job never used
+        // (its COMMIT has nothing of the job's to keep). The job is done at once, so BullMQ
+        // completes it while the release's round trip runs (uncontended, every chain end had
+        // it on the slot's path). The gate stays until the release's aftermath (waking a
+        // waiter, promoting) has run. A job that used `tx` waits: its COMMIT is its result.
         gate.enter();
         done.catch(() => undefined).finally(() => gate.leave());
       } else {

@@ -14,7 +14,7 @@ const workers: Worker[] = [];
 
 beforeAll(async () => {
   ctx = await setupSchema('wrapper');
-  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label', 'w-relabel-0', 'w-relabel-late', 'w-relabel-long', 'w-weight', 'w-weight-bad', 'w-session-tx', 'w-linger', 'w-linger-0', 'w-linger-close']);
+  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label', 'w-relabel-0', 'w-relabel-late', 'w-relabel-long', 'w-weight', 'w-weight-bad', 'w-session-tx', 'w-linger', 'w-linger-0', 'w-linger-close', 'w-release-tx']);
 });
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.close(true)));
@@ -300,6 +300,54 @@ describe('limitProcessor', () => {
       expect(processor.stats).toMatchObject({ ran: 1, attempts: 1, handoffs: 0 });
     } finally {
       await sem.close();
+    }
+  });
+
+  it('a job that did not use tx is done without waiting for its release; one that used tx is done only after its COMMIT', async () => {
+    await ctx.sem.make('release-tx', 1);
+    const processor = limitProcessor<{ useTx: boolean }>(
+      ctx.sem,
+      async (job, _token, _signal, c) => {
+        if (job.data.useTx) await (c.tx as unknown as { execute(q: string): Promise<unknown> }).execute('SELECT 1');
+        return 'done';
+      },
+      { semaphore: 'release-tx', linger: 0 },
+    );
+    const w = worker('w-release-tx', processor, 1);
+    const completed: string[] = [];
+    w.on('completed', (job) => completed.push(job.name));
+    // The release asks whether put-back jobs wait (it reads waiting_jobs): a lock on that table
+    // holds every release back until this transaction ends, so what completes meanwhile did
+    // not wait for its release.
+    const blocker = await ctx.admin.connect();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query(`LOCK TABLE "${ctx.schema}".waiting_jobs IN ACCESS EXCLUSIVE MODE`);
+      await queue('w-release-tx').add('plain', { useTx: false });
+      await waitFor(() => completed.includes('plain'), { timeout: 10_000, what: 'the job that did not use tx to complete' });
+      // its release is still held back: the ticket too
+      expect((await ctx.sem.status('release-tx')).held).toBe(1);
+      await blocker.query('ROLLBACK');
+      await waitFor(async () => (await ctx.sem.status('release-tx')).held === 0, { timeout: 5_000, what: 'the release to go through' });
+
+      await blocker.query('BEGIN');
+      await blocker.query(`LOCK TABLE "${ctx.schema}".waiting_jobs IN ACCESS EXCLUSIVE MODE`);
+      await queue('w-release-tx').add('tx', { useTx: true });
+      // the job ran and wrote in the holding transaction: its release (COMMIT first) waits here
+      await waitFor(async () => {
+        const { rows } = await ctx.admin.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted AND relation = $1::regclass`,
+          [`"${ctx.schema}".waiting_jobs`],
+        );
+        return rows[0]!.n > 0;
+      }, { timeout: 10_000, what: "the tx job's release to wait for the lock" });
+      expect(completed).not.toContain('tx');
+      await blocker.query('ROLLBACK');
+      await waitFor(() => completed.includes('tx'), { timeout: 10_000, what: 'the tx job to complete' });
+      await waitFor(async () => (await ctx.sem.status('release-tx')).held === 0, { timeout: 5_000, what: 'the ticket to be back' });
+    } finally {
+      await blocker.query('ROLLBACK').catch(() => undefined);
+      blocker.release();
     }
   });
 
