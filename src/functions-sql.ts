@@ -401,24 +401,6 @@ LANGUAGE sql AS $$
   SELECT count(pg_advisory_unlock_shared(${s}._ns() # 2, i)) FROM unnest(p_ids) i;
 $$;
 
--- watch() and unwatch() with the caller's slot (from hears_slot()): each waiter marker is
--- taken, or given back, a second time under the slot, (ns # (slot << 8 | 5), id), which wake() tries.
--- (Names of their own rather than overloads: a GRANT by name alone keeps naming one function.)
-CREATE OR REPLACE FUNCTION ${s}.watch_slot(p_names text[], p_slot integer) RETURNS integer[]
-LANGUAGE sql AS $$
-  SELECT coalesce(array_agg(m.id ORDER BY m.id), '{}')
-    FROM ${s}.semaphores m,
-         LATERAL (SELECT pg_advisory_lock_shared(${s}._ns() # 2, m.id),
-                         pg_advisory_lock_shared(${s}._ns() # ((p_slot << 8) | 5), m.id)) l
-   WHERE m.name = ANY (p_names)
-$$;
-
-CREATE OR REPLACE FUNCTION ${s}.unwatch_slot(p_ids integer[], p_slot integer) RETURNS void
-LANGUAGE sql AS $$
-  SELECT count(pg_advisory_unlock_shared(${s}._ns() # ((p_slot << 8) | 5), i)) + count(pg_advisory_unlock_shared(${s}._ns() # 2, i))
-    FROM unnest(p_ids) i;
-$$;
-
 -- Rolling upgrade: the functions new in 0004_functions or later that do not exist yet get the
 -- privileges of wake(integer[]) once they are created (the block after wake(integer[])), so
 -- a worker role granted the old list of docs/SECURITY.md (PUBLIC's right revoked by default)
@@ -447,10 +429,28 @@ LANGUAGE sql AS $$
   SELECT pg_advisory_lock_shared(${s}._ns() # 3, 0)
 $$;
 
+-- watch() and unwatch() with the caller's slot (from hears_slot()): each waiter marker is
+-- taken, or given back, a second time under the slot, (ns # (slot << 8 | 5), id), which wake() tries.
+-- (Names of their own rather than overloads: a GRANT by name alone keeps naming one function.)
+CREATE OR REPLACE FUNCTION ${s}.watch_slot(p_names text[], p_slot integer) RETURNS integer[]
+LANGUAGE sql AS $$
+  SELECT coalesce(array_agg(m.id ORDER BY m.id), '{}')
+    FROM ${s}.semaphores m,
+         LATERAL (SELECT pg_advisory_lock_shared(${s}._ns() # 2, m.id),
+                         pg_advisory_lock_shared(${s}._ns() # ((p_slot << 8) | 5), m.id)) l
+   WHERE m.name = ANY (p_names)
+$$;
+
+CREATE OR REPLACE FUNCTION ${s}.unwatch_slot(p_ids integer[], p_slot integer) RETURNS void
+LANGUAGE sql AS $$
+  SELECT count(pg_advisory_unlock_shared(${s}._ns() # ((p_slot << 8) | 5), i)) + count(pg_advisory_unlock_shared(${s}._ns() # 2, i))
+    FROM unnest(p_ids) i;
+$$;
+
 -- hears(), and a slot: the lowest slot number no other session holds, (ns # 4, slot)
 -- exclusive at session level, returned (NULL when all 4,096 are taken). The waiter markers
--- the session holds already (p_ids, one per mark) are taken again under the slot, as the
--- two-argument watch() takes them. wake() names a slot holder by its slot: '<ns>:<id>:-<slot + 1>'.
+-- the session holds already (p_ids, one per mark) are taken again under the slot, as
+-- watch_slot() takes them. wake() names a slot holder by its slot: '<ns>:<id>:-<slot + 1>'.
 -- Call it once per session.
 CREATE OR REPLACE FUNCTION ${s}.hears_slot(p_ids integer[]) RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -495,6 +495,8 @@ DECLARE
   v_slot integer;
   v_s integer;
   v_gap integer;
+  v_tries integer;
+  v_up boolean;
   v_sent integer := 0;
 BEGIN
   FOREACH v_id IN ARRAY coalesce(p_ids, '{}') LOOP
@@ -510,37 +512,48 @@ BEGIN
   -- slot after the releaser's that waits (wrapping round, the releaser's own last), or for a
   -- relay nothing when that one is the origin's or the relayer's (it went round; a relay whose
   -- origin is a pid, named through pg_locks, starts again from the relayer). A slot waits when
-  -- its marker (ns # (slot << 8 | 5), id) is held: the exclusive try fails. Upwards the search
-  -- stops after 4 slots in a row that nobody holds ((ns # 4, slot) free), so a hole of 4 or
-  -- more hides the slots above it from releasers below it. Each try that succeeds keeps its
-  -- lock until the end of the transaction (a waiter taking that marker meanwhile waits for the
-  -- COMMIT, as with the waiter marker). A semaphore whose waiters hold no slot marker found so
-  -- (older library versions, sessions that do not hear NOTIFYs, a waiter between its two
-  -- markers, a hole) goes on to pg_locks below, for a first-hand wake-up only.
+  -- its marker (ns # (slot << 8 | 5), id) is held (the exclusive try fails) and the slot is
+  -- claimed ((ns # 4, slot) cannot be taken shared): a marker try of another release at the
+  -- same moment also fails the try, and is told apart so. Upwards the search stops after 8
+  -- unclaimed slots in a row, and after 64 tries in all. Each try that succeeds keeps its lock
+  -- until the end of the transaction (a waiter taking that marker meanwhile waits for the
+  -- COMMIT, as with the waiter marker; no lock of a try outlives it). A semaphore whose waiters
+  -- are not found so (older library versions, sessions without a slot, a waiter between its
+  -- two markers, slots above a hole of 8 or past the 64 tries) goes on to pg_locks below, for
+  -- a first-hand wake-up only: a relay stops there.
+  IF p_after < -4096 THEN
+    p_after := NULL;
+  END IF;
   IF p_after < 0 THEN
     v_after := -p_after - 1;
-    IF p_origin >= 0 THEN
+    IF p_origin >= 0 OR p_origin < -4096 THEN
       p_origin := p_after;
     END IF;
     FOREACH v_id IN ARRAY v_busy LOOP
       v_slot := NULL;
       v_s := v_after + 1;
       v_gap := 0;
-      WHILE v_s <= 4095 AND v_gap < 4 LOOP
-        IF NOT pg_try_advisory_xact_lock(v_ns # ((v_s << 8) | 5), v_id) THEN
-          v_slot := v_s;
-          EXIT;
-        ELSIF pg_try_advisory_xact_lock_shared(v_ns # 4, v_s) THEN
-          v_gap := v_gap + 1;
-        ELSE
-          v_gap := 0;
+      v_tries := 0;
+      v_up := true;
+      LOOP
+        IF v_up AND (v_s > 4095 OR v_gap >= 8) THEN
+          v_up := false;
+          v_s := 0;
         END IF;
-        v_s := v_s + 1;
-      END LOOP;
-      v_s := 0;
-      WHILE v_slot IS NULL AND v_s <= v_after LOOP
+        EXIT WHEN (NOT v_up AND v_s > v_after) OR v_tries >= 64;
+        v_tries := v_tries + 1;
         IF NOT pg_try_advisory_xact_lock(v_ns # ((v_s << 8) | 5), v_id) THEN
-          v_slot := v_s;
+          IF NOT pg_try_advisory_xact_lock_shared(v_ns # 4, v_s) THEN
+            v_slot := v_s;
+            EXIT;
+          END IF;
+          v_gap := v_gap + 1;
+        ELSIF v_up THEN
+          IF pg_try_advisory_xact_lock_shared(v_ns # 4, v_s) THEN
+            v_gap := v_gap + 1;
+          ELSE
+            v_gap := 0;
+          END IF;
         END IF;
         v_s := v_s + 1;
       END LOOP;

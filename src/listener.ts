@@ -50,6 +50,8 @@ export class Listener {
   /** The install has no `hears_slot()` (before 0005_functions): hear by `hears()` and the pid. */
   private noSlots = false;
   private readonly waiters = new Map<number, Waiter[]>();
+  /** Gives up the current LISTEN connection (waiters poll until the next wait reconnects). */
+  private drop: ((err?: Error) => void) | undefined;
   /** Statements on the LISTEN connection run one after another. */
   private chain: Promise<unknown> = Promise.resolve();
 
@@ -135,6 +137,7 @@ export class Listener {
       const client = await this.pool.connect();
       const drop = (err?: Error) => {
         if (this.client !== client) return;
+        this.drop = undefined;
         this.client = undefined;
         this.heard = false;
         this.slot = undefined;
@@ -148,6 +151,7 @@ export class Listener {
         this.logger.warn(`pg-semaphore: listener connection lost (${err.message}); waiters poll until it is back`);
         drop(err);
       });
+      let again: Waiter[] = [];
       try {
         const { rows } = await client.query<{ ns: number; pid: number }>(statements.namespace(this.qs));
         this.ns = rows[0]!.ns;
@@ -156,13 +160,12 @@ export class Listener {
         // one round trip: keepalives (see KEEPALIVES) and LISTEN
         await client.query(`${statements.KEEPALIVES}; ${statements.LISTEN}`);
         // Waiters registered on a previous connection lost their markers with it.
-        const ids = [...this.waiters.entries()].flatMap(([id, list]) => list.map(() => id));
+        again = [...new Set([...this.waiters.values()].flat())];
+        const ids = again.flatMap((w) => w.ids);
         if (ids.length > 0) await client.query(statements.watchIds(this.qs, ids));
-        for (const list of this.waiters.values()) {
-          for (const w of list) {
-            w.client = client;
-            w.slot = undefined;
-          }
+        for (const w of again) {
+          w.client = client;
+          w.slot = undefined;
         }
       } catch (err) {
         this.connecting = undefined;
@@ -170,9 +173,14 @@ export class Listener {
         throw err;
       }
       this.client = client;
+      this.drop = drop;
       this.heard = false;
       this.slot = undefined;
       this.probes = 0;
+      // A waiter that stopped while this connection opened found none to give its markers back
+      // on; they were taken again above: give them back (a waiter stopping from now on does).
+      const gone = again.filter((w) => !w.ids.some((id) => this.waiters.get(id)?.includes(w))).flatMap((w) => w.ids);
+      if (gone.length > 0) void this.run(() => client.query(statements.unwatch(this.qs, gone))).catch(() => undefined);
       this.probe(client);
       return client;
     })();
@@ -213,7 +221,13 @@ export class Listener {
         () => {
           if (this.client === client) this.heard = true;
         },
-        () => undefined,
+        (err: Error) => {
+          // hears_slot() may have failed after taking its slot or some markers (session locks
+          // outlive a failed statement): a slot nobody answers for must not stay held
+          if (this.client !== client) return;
+          this.logger.warn(`pg-semaphore: listener could not take its slot (${err.message}); waiters poll until it is back`);
+          this.drop?.(err);
+        },
       );
       return;
     }
@@ -292,6 +306,7 @@ export class Listener {
     const client = this.client ?? (this.connecting ? await this.connecting.catch(() => undefined) : undefined);
     this.client = undefined;
     this.connecting = undefined;
+    this.drop = undefined;
     this.heard = false;
     this.slot = undefined;
     if (client) {

@@ -346,7 +346,9 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
         // (its COMMIT has nothing of the job's to keep). The job is done at once, so BullMQ
         // completes it while the release's round trip runs (uncontended, every chain end had
         // it on the slot's path). The gate stays until the release's aftermath (waking a
-        // waiter, promoting) has run. A job that used `tx` waits: its COMMIT is its result.
+        // waiter, promoting) has run. A job that used `tx` waits: its COMMIT is its result. In
+        // transaction holding the slot's next job may arrive before that COMMIT: a try then may
+        // find the ticket still taken and wait for the release's wake-up like any other waiter.
         gate.enter();
         done.catch(() => undefined).finally(() => gate.leave());
       } else {

@@ -332,7 +332,7 @@ describe('limitProcessor', () => {
 
       await blocker.query('BEGIN');
       await blocker.query(`LOCK TABLE "${ctx.schema}".waiting_jobs IN ACCESS EXCLUSIVE MODE`);
-      await queue('w-release-tx').add('tx', { useTx: true });
+      const txJob = await queue('w-release-tx').add('tx', { useTx: true });
       // the job ran and wrote in the holding transaction: its release (COMMIT first) waits here
       await waitFor(async () => {
         const { rows } = await ctx.admin.query<{ n: number }>(
@@ -341,6 +341,13 @@ describe('limitProcessor', () => {
         );
         return rows[0]!.n > 0;
       }, { timeout: 10_000, what: "the tx job's release to wait for the lock" });
+      // and the job stays active while it waits (were it done at once, BullMQ would complete it
+      // within a Redis round trip or two)
+      const until = Date.now() + 500;
+      while (Date.now() < until) {
+        expect(await txJob.getState()).toBe('active');
+        await new Promise((r) => setTimeout(r, 25));
+      }
       expect(completed).not.toContain('tx');
       await blocker.query('ROLLBACK');
       await waitFor(() => completed.includes('tx'), { timeout: 10_000, what: 'the tx job to complete' });

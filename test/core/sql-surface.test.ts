@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PgSemaphore, installSql } from '../../src/index.js';
 import { loadMigrations } from '../../src/migrations.js';
 import { databaseUrl, setupSchema, testSchemaName, waitFor } from '../helpers/db.js';
-import { heldOf } from '../helpers/core.js';
+import { classidOf, heldOf, nsOf } from '../helpers/core.js';
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
 let client: pg.Client;
@@ -359,6 +359,18 @@ describe('upgrading an older install (0.1: acquire returned row ids; 0002: acqui
       const start = waiter.roundTrips;
       const waiting = waiter.hold('api', { wait: 20_000 });
       await waitFor(() => holder.hearsWakeUps && waiter.hearsWakeUps, { timeout: 5_000, what: 'both listeners to take hears()' });
+      // the functions 0005_functions added got wake(integer[])'s grants (PUBLIC's taken back, the
+      // worker's given), as the rolling-upgrade block promises
+      const grantees = async (fn: string) =>
+        (await admin.query<{ g: string }>(
+          `SELECT coalesce(string_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, ',' ORDER BY 1), '') AS g
+             FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+            WHERE p.oid = to_regprocedure($1) AND a.grantee <> p.proowner AND a.privilege_type = 'EXECUTE'`,
+          [`"${schema}".${fn}`],
+        )).rows[0]!.g;
+      const wakeGrantees = await grantees('wake(integer[])');
+      expect(wakeGrantees).toBe(role);
+      for (const fn of ['hears_slot(integer[])', 'watch_slot(text[], integer)', 'unwatch_slot(integer[], integer)']) expect(await grantees(fn), fn).toBe(wakeGrantees);
       // both took a slot: the functions 0005_functions added got wake(integer[])'s grants
       const wakeIdOf = (s: PgSemaphore) => (s as unknown as { listener: { pid?: number } }).listener.pid;
       expect([wakeIdOf(holder), wakeIdOf(waiter)].every((p) => p !== undefined && p < 0)).toBe(true);
@@ -368,6 +380,21 @@ describe('upgrading an older install (0.1: acquire returned row ids; 0002: acqui
       const got = await waiting;
       expect(performance.now() - started).toBeLessThan(400);
       await got.release();
+      // a wait now that the waiter holds a slot: watch_slot and unwatch_slot run as the worker role
+      const slot = -wakeIdOf(waiter)! - 1;
+      const listenerPid = (waiter as unknown as { listener: { backendPid: number } }).listener.backendPid;
+      const ns = await nsOf(admin, schema);
+      const markers = async (key1: number) =>
+        (await admin.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND pid = $1 AND classid = $2::bigint`,
+          [listenerPid, classidOf(key1)],
+        )).rows[0]!.n;
+      const second = await holder.hold('api');
+      const waiting2 = waiter.hold('api', { wait: 20_000 });
+      await waitFor(async () => (await markers(ns ^ ((slot << 8) | 5))) === 1, { timeout: 5_000, what: 'the waiter to mark its wait under its slot' });
+      await second.release();
+      await (await waiting2).release();
+      await waitFor(async () => (await markers(ns ^ ((slot << 8) | 5))) + (await markers(ns ^ 2)) === 0, { timeout: 5_000, what: 'both markers to be given back' });
       // an early release whose wake-up fails for another reason than the connection still
       // releases (the rollback frees the tickets), with a warning
       await admin.query(`REVOKE EXECUTE ON FUNCTION "${schema}".wake(integer[], integer) FROM "${role}"`);

@@ -131,7 +131,7 @@ describe('wake() by slots', () => {
     expect((await wake(named(a.slot), 12345)).notes).toEqual([`${ns}:${id}:${named(c.slot)}:${named(a.slot)}`]);
   });
 
-  it('a waiter without a slot marker (an older library, behind a hole of 4 free slots) is named by its pid from pg_locks', async () => {
+  it('a waiter without a slot marker (an older library, behind a hole of 8 free slots) is named by its pid from pg_locks', async () => {
     const a = await slotted();
     // an older library's waiter: hears() and the one-argument watch()
     const old = await session();
@@ -143,21 +143,37 @@ describe('wake() by slots', () => {
     await old.end();
     sessions.splice(sessions.indexOf(old), 1);
 
-    // slots a+1 .. a+5 given back, a+6 waits: the search upwards from a stops after 4 free ones in a row
+    // slots a+1 .. a+9 given back, a+10 waits: the search upwards from a stops after 8 free ones in a row
     const hole = [];
-    for (let i = 0; i < 5; i++) hole.push(await slotted());
+    for (let i = 0; i < 9; i++) hole.push(await slotted());
     const far = await slotted();
-    expect(far.slot).toBe(a.slot + 6);
+    expect(far.slot).toBe(a.slot + 10);
     for (const h of hole) {
       await h.s.end();
       sessions.splice(sessions.indexOf(h.s), 1);
     }
     await far.s.query(`SELECT ${qs}.watch_slot('{x}', $1)`, [far.slot]);
     expect((await wake(named(a.slot))).notes).toEqual([`${ns}:${id}:${pidOf(far.s)}`]);
-    // with the hole down to 3 free slots (a+3 .. a+5), the slot search from a+2 finds it
+    // with the hole down to 7 free slots (a+3 .. a+9), the slot search from a+2 finds it
     const near = [await slotted(), await slotted()];
     expect(near.map((n) => n.slot)).toEqual([a.slot + 1, a.slot + 2]);
     expect((await wake(named(near[1]!.slot))).notes).toEqual([`${ns}:${id}:${named(far.slot)}`]);
+  });
+
+  it('a marker held by another release trying it at the same moment is not taken for a waiter', async () => {
+    const w = await slotted();
+    await w.s.query(`SELECT ${qs}.watch_slot('{x}', $1)`, [w.slot]);
+    // a release after slot w+1 that has not committed: its tries of the free slots above keep their locks
+    const first = await ctx.admin.connect();
+    try {
+      await first.query('BEGIN');
+      await first.query(`SELECT ${qs}.wake($1::integer[], $2::integer)`, [[id], named(w.slot + 1)]);
+      // another release after slot w+2 meets those locks on unclaimed slots: still it names w
+      expect((await wake(named(w.slot + 2))).notes).toEqual([`${ns}:${id}:${named(w.slot)}`]);
+    } finally {
+      await first.query('ROLLBACK');
+      first.release();
+    }
   });
 
   it('hears_slot takes the markers held already under the slot; unwatch_slot gives both back', async () => {
@@ -221,7 +237,10 @@ describe('PgSemaphore waiters hold slots', () => {
   it('a waiting PgSemaphore is named by its slot, and its markers are all given back when it stops waiting', async () => {
     const waiter = ctx.another({ maxPollInterval: 10_000 });
     const releaser: PgSemaphore = ctx.another();
+    // the releaser listens too (it hears NOTIFYs and holds a slot): its release passes its slot
+    const stopListening = await releaser.watch(['none'], () => true);
     try {
+      await waitFor(() => releaser.hearsWakeUps, { timeout: 5_000, what: "the releaser's probe" });
       const held = await releaser.hold('x');
       const w = track(waiter.hold('x', { wait: 20_000 }));
       await waitFor(() => waiter.hearsWakeUps, { timeout: 5_000, what: 'the probe' });
@@ -240,9 +259,8 @@ describe('PgSemaphore waiters hold slots', () => {
       await held.release();
       const got = await within(w.promise, 15_000, 'the waiter to get the ticket');
       await waitFor(() => notes.some((n) => n.split(':')[1] === String(id)), { timeout: 2_000, what: 'the NOTIFY' });
-      // the releaser never waited (no listener): its wake-up reads pg_locks and names the pid,
-      // or, once it holds a slot, the slot
-      expect([`${ns}:${id}:${listener.backendPid}`, `${ns}:${id}:${listener.pid}`]).toContain(notes.find((n) => n.split(':')[1] === String(id)));
+      // the releaser's wake-up found the waiter by its slot marker and named its slot
+      expect(notes.filter((n) => n.split(':')[1] === String(id))).toEqual([`${ns}:${id}:${listener.pid}`]);
       await got.release();
       await waitFor(async () => {
         const { rows } = await ctx.admin.query<{ n: number }>(
@@ -252,6 +270,7 @@ describe('PgSemaphore waiters hold slots', () => {
         return rows[0]!.n === 0;
       }, { timeout: 5_000, what: 'the markers to be given back' });
     } finally {
+      await stopListening();
       await within(waiter.close(), 5_000, 'waiter.close()');
       await within(releaser.close(), 5_000, 'releaser.close()');
     }

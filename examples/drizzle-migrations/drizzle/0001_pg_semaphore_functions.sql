@@ -1,4 +1,4 @@
--- pg-semaphore 0004_functions
+-- pg-semaphore 0005_functions
 -- pg-semaphore SQL functions for schema "semaphore"
 CREATE OR REPLACE FUNCTION "semaphore"._ns() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -375,7 +375,7 @@ LANGUAGE sql AS $$
   SELECT count(pg_advisory_unlock_shared("semaphore"._ns() # 2, i)) FROM unnest(p_ids) i;
 $$;
 
--- Rolling upgrade: the functions new in 0004_functions that do not exist yet get the
+-- Rolling upgrade: the functions new in 0004_functions or later that do not exist yet get the
 -- privileges of wake(integer[]) once they are created (the block after wake(integer[])), so
 -- a worker role granted the old list of docs/SECURITY.md (PUBLIC's right revoked by default)
 -- keeps waking and being woken after migrate(). Applied again, nothing is new: grants kept.
@@ -388,7 +388,10 @@ BEGIN
     CASE WHEN to_regprocedure('"semaphore".acquire_session(integer[], text[], integer[], integer[], integer[])') IS NULL
       THEN 'acquire_session(integer[], text[], integer[], integer[], integer[])' END,
     CASE WHEN to_regprocedure('"semaphore".release_session(integer[], integer[], integer)') IS NULL
-      THEN 'release_session(integer[], integer[], integer)' END), false);
+      THEN 'release_session(integer[], integer[], integer)' END,
+    CASE WHEN to_regprocedure('"semaphore".hears_slot(integer[])') IS NULL THEN 'hears_slot(integer[])' END,
+    CASE WHEN to_regprocedure('"semaphore".watch_slot(text[], integer)') IS NULL THEN 'watch_slot(text[], integer)' END,
+    CASE WHEN to_regprocedure('"semaphore".unwatch_slot(integer[], integer)') IS NULL THEN 'unwatch_slot(integer[], integer)' END), false);
 END
 $$;
 
@@ -398,6 +401,45 @@ $$;
 CREATE OR REPLACE FUNCTION "semaphore".hears() RETURNS void
 LANGUAGE sql AS $$
   SELECT pg_advisory_lock_shared("semaphore"._ns() # 3, 0)
+$$;
+
+-- watch() and unwatch() with the caller's slot (from hears_slot()): each waiter marker is
+-- taken, or given back, a second time under the slot, (ns # (slot << 8 | 5), id), which wake() tries.
+-- (Names of their own rather than overloads: a GRANT by name alone keeps naming one function.)
+CREATE OR REPLACE FUNCTION "semaphore".watch_slot(p_names text[], p_slot integer) RETURNS integer[]
+LANGUAGE sql AS $$
+  SELECT coalesce(array_agg(m.id ORDER BY m.id), '{}')
+    FROM "semaphore".semaphores m,
+         LATERAL (SELECT pg_advisory_lock_shared("semaphore"._ns() # 2, m.id),
+                         pg_advisory_lock_shared("semaphore"._ns() # ((p_slot << 8) | 5), m.id)) l
+   WHERE m.name = ANY (p_names)
+$$;
+
+CREATE OR REPLACE FUNCTION "semaphore".unwatch_slot(p_ids integer[], p_slot integer) RETURNS void
+LANGUAGE sql AS $$
+  SELECT count(pg_advisory_unlock_shared("semaphore"._ns() # ((p_slot << 8) | 5), i)) + count(pg_advisory_unlock_shared("semaphore"._ns() # 2, i))
+    FROM unnest(p_ids) i;
+$$;
+
+-- hears(), and a slot: the lowest slot number no other session holds, (ns # 4, slot)
+-- exclusive at session level, returned (NULL when all 4,096 are taken). The waiter markers
+-- the session holds already (p_ids, one per mark) are taken again under the slot, as
+-- watch_slot() takes them. wake() names a slot holder by its slot: '<ns>:<id>:-<slot + 1>'.
+-- Call it once per session.
+CREATE OR REPLACE FUNCTION "semaphore".hears_slot(p_ids integer[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_slot integer;
+BEGIN
+  PERFORM pg_advisory_lock_shared("semaphore"._ns() # 3, 0);
+  FOR v_slot IN 0..4095 LOOP
+    IF pg_try_advisory_lock("semaphore"._ns() # 4, v_slot) THEN
+      PERFORM pg_advisory_lock_shared("semaphore"._ns() # ((v_slot << 8) | 5), i) FROM unnest(coalesce(p_ids, '{}')) i;
+      RETURN v_slot;
+    END IF;
+  END LOOP;
+  RETURN NULL;
+END
 $$;
 
 -- Called when a holder gives its tickets back: tells waiting processes (LISTEN
@@ -421,15 +463,89 @@ DECLARE
   v_id integer;
   v_pid integer;
   v_busy integer[] := '{}';
+  v_rest integer[] := '{}';
+  v_ns integer := "semaphore"._ns();
+  v_after integer;
+  v_slot integer;
+  v_s integer;
+  v_gap integer;
+  v_tries integer;
+  v_up boolean;
   v_sent integer := 0;
 BEGIN
   FOREACH v_id IN ARRAY coalesce(p_ids, '{}') LOOP
-    IF NOT pg_try_advisory_xact_lock("semaphore"._ns() # 2, v_id) THEN
+    IF NOT pg_try_advisory_xact_lock(v_ns # 2, v_id) THEN
       v_busy := v_busy || v_id;
     END IF;
   END LOOP;
   IF cardinality(v_busy) = 0 THEN
     RETURN 0;
+  END IF;
+  -- p_after < 0: the releaser's LISTEN session holds slot -p_after - 1 (see hears_slot()), so
+  -- the next waiting process is found by its slot markers, without reading pg_locks: the first
+  -- slot after the releaser's that waits (wrapping round, the releaser's own last), or for a
+  -- relay nothing when that one is the origin's or the relayer's (it went round; a relay whose
+  -- origin is a pid, named through pg_locks, starts again from the relayer). A slot waits when
+  -- its marker (ns # (slot << 8 | 5), id) is held (the exclusive try fails) and the slot is
+  -- claimed ((ns # 4, slot) cannot be taken shared): a marker try of another release at the
+  -- same moment also fails the try, and is told apart so. Upwards the search stops after 8
+  -- unclaimed slots in a row, and after 64 tries in all. Each try that succeeds keeps its lock
+  -- until the end of the transaction (a waiter taking that marker meanwhile waits for the
+  -- COMMIT, as with the waiter marker; no lock of a try outlives it). A semaphore whose waiters
+  -- are not found so (older library versions, sessions without a slot, a waiter between its
+  -- two markers, slots above a hole of 8 or past the 64 tries) goes on to pg_locks below, for
+  -- a first-hand wake-up only: a relay stops there.
+  IF p_after < -4096 THEN
+    p_after := NULL;
+  END IF;
+  IF p_after < 0 THEN
+    v_after := -p_after - 1;
+    IF p_origin >= 0 OR p_origin < -4096 THEN
+      p_origin := p_after;
+    END IF;
+    FOREACH v_id IN ARRAY v_busy LOOP
+      v_slot := NULL;
+      v_s := v_after + 1;
+      v_gap := 0;
+      v_tries := 0;
+      v_up := true;
+      LOOP
+        IF v_up AND (v_s > 4095 OR v_gap >= 8) THEN
+          v_up := false;
+          v_s := 0;
+        END IF;
+        EXIT WHEN (NOT v_up AND v_s > v_after) OR v_tries >= 64;
+        v_tries := v_tries + 1;
+        IF NOT pg_try_advisory_xact_lock(v_ns # ((v_s << 8) | 5), v_id) THEN
+          IF NOT pg_try_advisory_xact_lock_shared(v_ns # 4, v_s) THEN
+            v_slot := v_s;
+            EXIT;
+          END IF;
+          v_gap := v_gap + 1;
+        ELSIF v_up THEN
+          IF pg_try_advisory_xact_lock_shared(v_ns # 4, v_s) THEN
+            v_gap := v_gap + 1;
+          ELSE
+            v_gap := 0;
+          END IF;
+        END IF;
+        v_s := v_s + 1;
+      END LOOP;
+      IF p_origin IS NOT NULL AND (-v_slot - 1 = p_origin OR v_slot = v_after) THEN
+        CONTINUE;
+      END IF;
+      IF v_slot IS NOT NULL THEN
+        PERFORM pg_notify('pg_semaphore', v_ns || ':' || v_id || ':' || (-v_slot - 1) || coalesce(':' || p_origin, ''));
+        v_sent := v_sent + 1;
+      ELSIF p_origin IS NULL THEN
+        v_rest := v_rest || v_id;
+      END IF;
+    END LOOP;
+    IF cardinality(v_rest) = 0 THEN
+      RETURN v_sent;
+    END IF;
+    v_busy := v_rest;
+    p_after := NULL;
   END IF;
   -- pg_locks is read once for all the semaphores that have waiters: the sessions holding
   -- both a semaphore's waiter marker and the "NOTIFYs reach me" mark, one picked per semaphore
