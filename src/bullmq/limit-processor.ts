@@ -50,7 +50,11 @@ export interface LimiterEventMap {
   acquired: [{ job: Job; names: readonly string[]; tickets: readonly HeldTicket[]; waitedMs: number; handoff: boolean }];
   /** A job was put back to wait, with the delay chosen. */
   rescheduled: [{ job: Job; names: readonly string[]; delay: number; reschedules: number }];
-  /** A job gave its tickets back (or handed them on), after holding them `heldMs`. */
+  /**
+   * A job gave its tickets back (or handed them on), after holding them `heldMs`. Emitted once
+   * the release went through: for a job that did not use `ctx.tx`, and in session holding,
+   * that can be after BullMQ completed the job (the job does not wait for its release).
+   */
   released: [{ job: Job; names: readonly string[]; heldMs: number; handedOff: boolean }];
   /** A job's tickets were lost while it ran. */
   ticketLost: [{ job: Job; names: readonly string[]; error: unknown }];
