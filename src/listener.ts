@@ -91,7 +91,11 @@ export class Listener {
    * passes it to `wake()` so that the next waiting process after this one is woken.
    */
   get pid(): number | undefined {
-    if (!this.hears) return undefined;
+    return this.hears ? this.wakeId : undefined;
+  }
+
+  /** How wake-ups name this LISTEN session: `-(slot + 1)` with a slot, else its backend pid. */
+  private get wakeId(): number | undefined {
     return this.slot !== undefined ? -this.slot - 1 : this.backendPid;
   }
 
@@ -206,7 +210,7 @@ export class Listener {
     // ('<pid>' is '-<slot + 1>' for a process named by its slot)
     const [ns, id, pid, origin] = msg.payload.split(':');
     if (Number(ns) !== this.ns) return;
-    if (pid !== undefined && Number(pid) !== this.backendPid && (this.slot === undefined || Number(pid) !== -this.slot - 1)) return;
+    if (pid !== undefined && Number(pid) !== this.backendPid && Number(pid) !== this.wakeId) return;
     if (id === '0') {
       const client = this.client;
       if (!client || this.heard) return;
@@ -262,7 +266,7 @@ export class Listener {
    */
   private async markHears(client: PoolClient): Promise<void> {
     if (!this.noSlots) {
-      const waiters = [...this.waiters.values()].flat().filter((w, i, all) => w.client === client && all.indexOf(w) === i);
+      const waiters = [...new Set([...this.waiters.values()].flat())].filter((w) => w.client === client);
       const ids = waiters.flatMap((w) => w.ids);
       try {
         const { rows } = await client.query<{ slot: number | null }>(statements.hearsSlot(this.qs, ids));
@@ -287,7 +291,7 @@ export class Listener {
    * could not use it; the SQL sends nothing when the next one would be it (it went round).
    */
   private relay(id: number, origin: number | undefined): void {
-    const me = this.slot !== undefined ? -this.slot - 1 : this.backendPid;
+    const me = this.wakeId;
     if (me === undefined || !Number.isInteger(id)) return;
     this.relays++;
     const statement = statements.relay(this.qs, id, me, origin ?? me);
