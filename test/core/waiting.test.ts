@@ -237,7 +237,7 @@ describe('waiting for a ticket', () => {
     }
   });
 
-  it('one wake() for several semaphores (one pg_locks read) names, for each, a process waiting on that one', async () => {
+  it('one wake() for several semaphores names, for each, a process waiting on that one', async () => {
     const other = `${name}-b`;
     await ctx.sem.make(other, 1);
     const second = ctx.another({ maxPollInterval: 10_000 });
@@ -249,8 +249,9 @@ describe('waiting for a ticket', () => {
     try {
       const stops = [await waiter.watch([name], () => true), await second.watch([other], () => true)];
       await waitFor(() => waiter.hearsWakeUps && second.hearsWakeUps, { timeout: 5_000, what: 'the probes' });
-      // without a releaser's slot (NULL) wake() reads pg_locks and names the LISTEN backend pids
-      const pidOf = (s: PgSemaphore) => (s as unknown as { listener: { backendPid: number } }).listener.backendPid;
+      // without a releaser's slot (NULL) wake() searches the slots from one at random and names
+      // each waiting process by its slot
+      const pidOf = (s: PgSemaphore) => wakeIdOf(s)!;
       const { rows } = await ctx.admin.query<{ id: number; name: string }>(`SELECT id, name FROM "${ctx.schema}".semaphores WHERE name = ANY ($1)`, [[name, other]]);
       const idOf = (n: string) => rows.find((r) => r.name === n)!.id;
       const { rows: sent } = await ctx.admin.query<{ n: number }>(`SELECT "${ctx.schema}".wake($1::integer[], NULL) AS n`, [[idOf(other), idOf(name)]]);

@@ -160,6 +160,23 @@ describe('wake() by slots', () => {
     expect((await wake(named(near[1]!.slot))).notes).toEqual([`${ns}:${id}:${named(far.slot)}`]);
   });
 
+  it('a wake-up from a releaser without a slot (wake(ids), wake_names) finds the waiting slot too; waiters without one by pid', async () => {
+    const w = await slotted();
+    await w.s.query(`SELECT ${qs}.watch_slot('{x}', $1)`, [w.slot]);
+    expect((await wake(null)).notes).toEqual([`${ns}:${id}:${named(w.slot)}`]);
+    notes.length = 0;
+    const { rows } = await ctx.admin.query<{ n: number }>(`SELECT ${qs}.wake_names('{x}') AS n`);
+    expect(rows[0]!.n).toBe(1);
+    await waitFor(() => notes.length === 1, { timeout: 2_000, what: 'the NOTIFY' });
+    expect(notes).toEqual([`${ns}:${id}:${named(w.slot)}`]);
+    await w.s.query(`SELECT ${qs}.unwatch_slot($1::integer[], $2)`, [[id], w.slot]);
+    // an older library's waiter only: found through pg_locks, named by pid
+    const old = await session();
+    await old.query(`SELECT ${qs}.hears()`);
+    await old.query(`SELECT ${qs}.watch('{x}')`);
+    expect((await wake(null)).notes).toEqual([`${ns}:${id}:${pidOf(old)}`]);
+  });
+
   it('a marker held by another release trying it at the same moment is not taken for a waiter', async () => {
     const w = await slotted();
     await w.s.query(`SELECT ${qs}.watch_slot('{x}', $1)`, [w.slot]);
