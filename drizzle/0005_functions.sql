@@ -495,7 +495,7 @@ BEGIN
   -- two markers, slots above a hole of 8 or past the 64 tries) goes on to pg_locks below, for
   -- a first-hand wake-up only: a relay stops there.
   -- A first-hand wake-up from a releaser without a slot (p_after NULL: wake(ids), wake_names(),
-  -- make(), a process that never waited) searches the slots too, from one of the first 8 at
+  -- a process that never waited) searches the slots too, from one of the first 8 at
   -- random: the pg_locks read it replaces grows with every lock held (8 ms a call with 200
   -- holding transactions in the benchmark's large cap).
   IF p_after < -4096 THEN
