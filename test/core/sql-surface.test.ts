@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PgSemaphore, installSql } from '../../src/index.js';
 import { loadMigrations } from '../../src/migrations.js';
 import { databaseUrl, setupSchema, testSchemaName, waitFor } from '../helpers/db.js';
-import { classidOf, heldOf, nsOf } from '../helpers/core.js';
+import { advisoryLocksOf, heldOf, listenerOf, nsOf, slotKey } from '../helpers/core.js';
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
 let client: pg.Client;
@@ -372,7 +372,7 @@ describe('upgrading an older install (0.1: acquire returned row ids; 0002: acqui
       expect(wakeGrantees).toBe(role);
       for (const fn of ['hears_slot(integer[])', 'watch_slot(text[], integer)', 'unwatch_slot(integer[], integer)']) expect(await grantees(fn), fn).toBe(wakeGrantees);
       // both took a slot: the functions 0005_functions added got wake(integer[])'s grants
-      const wakeIdOf = (s: PgSemaphore) => (s as unknown as { listener: { pid?: number } }).listener.pid;
+      const wakeIdOf = (s: PgSemaphore) => listenerOf(s).wakeId;
       expect([wakeIdOf(holder), wakeIdOf(waiter)].every((p) => p !== undefined && p < 0)).toBe(true);
       await waitFor(() => waiter.roundTrips - start >= 14, { timeout: 10_000, interval: 5, what: 'the waiter to back off' });
       const started = performance.now();
@@ -382,19 +382,15 @@ describe('upgrading an older install (0.1: acquire returned row ids; 0002: acqui
       await got.release();
       // a wait now that the waiter holds a slot: watch_slot and unwatch_slot run as the worker role
       const slot = -wakeIdOf(waiter)! - 1;
-      const listenerPid = (waiter as unknown as { listener: { backendPid: number } }).listener.backendPid;
+      const listenerPid = listenerOf(waiter).backendPid!;
       const ns = await nsOf(admin, schema);
-      const markers = async (key1: number) =>
-        (await admin.query<{ n: number }>(
-          `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND pid = $1 AND classid = $2::bigint`,
-          [listenerPid, classidOf(key1)],
-        )).rows[0]!.n;
+      const markers = (key1: number) => advisoryLocksOf(admin, listenerPid, key1);
       const second = await holder.hold('api');
       const waiting2 = waiter.hold('api', { wait: 20_000 });
-      await waitFor(async () => (await markers(ns ^ ((slot << 8) | 5))) === 1, { timeout: 5_000, what: 'the waiter to mark its wait under its slot' });
+      await waitFor(async () => (await markers(slotKey(ns, slot))) === 1, { timeout: 5_000, what: 'the waiter to mark its wait under its slot' });
       await second.release();
       await (await waiting2).release();
-      await waitFor(async () => (await markers(ns ^ ((slot << 8) | 5))) + (await markers(ns ^ 2)) === 0, { timeout: 5_000, what: 'both markers to be given back' });
+      await waitFor(async () => (await markers(slotKey(ns, slot))) + (await markers(ns ^ 2)) === 0, { timeout: 5_000, what: 'both markers to be given back' });
       // an early release whose wake-up fails for another reason than the connection still
       // releases (the rollback frees the tickets), with a warning
       await admin.query(`REVOKE EXECUTE ON FUNCTION "${schema}".wake(integer[], integer) FROM "${role}"`);

@@ -2,7 +2,7 @@
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { setupSchema, waitFor } from '../helpers/db.js';
-import { classidOf, heldOf, nsOf, rejection, track, within } from '../helpers/core.js';
+import { classidOf, heldOf, listenerOf, nsOf, rejection, track, within } from '../helpers/core.js';
 import { SemaphoreBusyError, SemaphoreTimeoutError, type Hold, type PgSemaphore } from '../../src/index.js';
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
@@ -70,9 +70,7 @@ async function watchers(): Promise<number> {
 }
 
 /** How a wake-up names this PgSemaphore's process: -(slot + 1) once its listener holds a slot. */
-function wakeIdOf(s: PgSemaphore): number | undefined {
-  return (s as unknown as { listener?: { pid?: number } }).listener?.pid;
-}
+const wakeIdOf = (s: PgSemaphore) => listenerOf(s).wakeId;
 
 describe('waiting for a ticket', () => {
   it('wakes promptly when the holder releases, and gets the ticket only after the release', async () => {
@@ -134,7 +132,7 @@ describe('waiting for a ticket', () => {
       });
       // a waiting process is named by its listener's slot, -(slot + 1), or (by a releaser that
       // has no listener, as here) by its LISTEN backend pid from pg_locks
-      const listeners = [waiter, second].flatMap((s) => [wakeIdOf(s), (s as unknown as { listener: { backendPid: number } }).listener.backendPid]);
+      const listeners = [waiter, second].flatMap((s) => [listenerOf(s).wakeId, listenerOf(s).backendPid]);
       expect(listeners.filter((l) => l !== undefined && l < 0)).toHaveLength(2);
       const mine = () => notes.filter((n) => n.startsWith(`${ns}:${id}`));
       await hold.release();

@@ -5,7 +5,7 @@
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { setupSchema, waitFor } from '../helpers/db.js';
-import { classidOf, nsOf, track, within } from '../helpers/core.js';
+import { advisoryLocksOf, listenerOf, nsOf, slotKey, track, within } from '../helpers/core.js';
 import type { PgSemaphore } from '../../src/index.js';
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
@@ -72,13 +72,8 @@ async function wake(after: number | null, origin: number | null = null): Promise
 }
 
 /** This session's advisory locks in the namespace's waiter keys: the marker, and its slot's. */
-async function markersOf(s: pg.Client, slot: number): Promise<{ plain: number; slotted: number }> {
-  const { rows } = await ctx.admin.query<{ plain: number; slotted: number }>(
-    `SELECT count(*) FILTER (WHERE classid = $2::bigint)::int AS plain, count(*) FILTER (WHERE classid = $3::bigint)::int AS slotted
-       FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND pid = $1 AND objid = $4`,
-    [pidOf(s), classidOf(ns ^ 2), classidOf(ns ^ ((slot << 8) | 5)), id],
-  );
-  return rows[0]!;
+async function markersOf(pid: number, slot: number): Promise<{ plain: number; slotted: number }> {
+  return { plain: await advisoryLocksOf(ctx.admin, pid, ns ^ 2, id), slotted: await advisoryLocksOf(ctx.admin, pid, slotKey(ns, slot), id) };
 }
 
 describe('wake() by slots', () => {
@@ -200,17 +195,13 @@ describe('wake() by slots', () => {
     await b.query(`SELECT ${qs}.watch('{x}')`);
     const { rows } = await b.query<{ slot: number }>(`SELECT ${qs}.hears_slot($1::integer[]) AS slot`, [[id, id]]);
     const slot = rows[0]!.slot;
-    expect(await markersOf(b, slot)).toEqual({ plain: 1, slotted: 1 });
+    expect(await markersOf(pidOf(b), slot)).toEqual({ plain: 1, slotted: 1 });
     expect((await wake(named(a.slot))).notes).toEqual([`${ns}:${id}:${named(slot)}`]);
     await b.query(`SELECT ${qs}.unwatch_slot($1::integer[], $2)`, [[id], slot]);
     // session-level locks count: two watches, one unwatch, both kinds still held once
-    expect(await markersOf(b, slot)).toEqual({ plain: 1, slotted: 1 });
+    expect(await markersOf(pidOf(b), slot)).toEqual({ plain: 1, slotted: 1 });
     await b.query(`SELECT ${qs}.unwatch_slot($1::integer[], $2)`, [[id], slot]);
-    const { rows: left } = await ctx.admin.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND pid = $1 AND objid = $2 AND objsubid = 2 AND classid IN ($3::bigint, $4::bigint)`,
-      [pidOf(b), id, classidOf(ns ^ 2), classidOf(ns ^ ((slot << 8) | 5))],
-    );
-    expect(left[0]!.n).toBe(0);
+    expect(await markersOf(pidOf(b), slot)).toEqual({ plain: 0, slotted: 0 });
     expect(await wake(named(a.slot))).toEqual({ sent: 0, notes: [] });
   });
 });
@@ -234,8 +225,8 @@ describe('a PgSemaphore on an install without hears_slot() (before 0005_function
       const start = waiter.roundTrips;
       const w = track(waiter.hold('y', { wait: 20_000 }));
       await waitFor(() => waiter.hearsWakeUps, { timeout: 5_000, what: 'the probe' });
-      const listener = (waiter as unknown as { listener: { pid?: number; backendPid: number } }).listener;
-      expect(listener.pid).toBe(listener.backendPid);
+      const listener = listenerOf(waiter);
+      expect(listener.wakeId).toBe(listener.backendPid);
       // its poll has backed off: only a wake-up is prompt
       await waitFor(() => waiter.roundTrips - start >= 14, { timeout: 10_000, interval: 5, what: 'the waiter to back off' });
       const started = performance.now();
@@ -261,30 +252,22 @@ describe('PgSemaphore waiters hold slots', () => {
       const held = await releaser.hold('x');
       const w = track(waiter.hold('x', { wait: 20_000 }));
       await waitFor(() => waiter.hearsWakeUps, { timeout: 5_000, what: 'the probe' });
-      const listener = (waiter as unknown as { listener: { pid?: number; backendPid: number } }).listener;
-      expect(listener.pid).toBeLessThan(0);
-      const slot = -listener.pid! - 1;
+      const listener = listenerOf(waiter);
+      expect(listener.wakeId).toBeLessThan(0);
+      const slot = -listener.wakeId! - 1;
+      const pid = listener.backendPid!;
       // the waiter took its marker before the probe came back: hears_slot took it again under the slot
-      await waitFor(async () => {
-        const { rows } = await ctx.admin.query<{ n: number }>(
-          `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND pid = $1 AND classid = $2::bigint AND objid = $3`,
-          [listener.backendPid, classidOf(ns ^ ((slot << 8) | 5)), id],
-        );
-        return rows[0]!.n === 1;
-      }, { timeout: 5_000, what: 'the slot marker' });
+      await waitFor(async () => (await markersOf(pid, slot)).slotted === 1, { timeout: 5_000, what: 'the slot marker' });
       notes.length = 0;
       await held.release();
       const got = await within(w.promise, 15_000, 'the waiter to get the ticket');
       await waitFor(() => notes.some((n) => n.split(':')[1] === String(id)), { timeout: 2_000, what: 'the NOTIFY' });
       // the releaser's wake-up found the waiter by its slot marker and named its slot
-      expect(notes.filter((n) => n.split(':')[1] === String(id))).toEqual([`${ns}:${id}:${listener.pid}`]);
+      expect(notes.filter((n) => n.split(':')[1] === String(id))).toEqual([`${ns}:${id}:${listener.wakeId}`]);
       await got.release();
       await waitFor(async () => {
-        const { rows } = await ctx.admin.query<{ n: number }>(
-          `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND pid = $1 AND objid = $2 AND classid IN ($3::bigint, $4::bigint)`,
-          [listener.backendPid, id, classidOf(ns ^ 2), classidOf(ns ^ ((slot << 8) | 5))],
-        );
-        return rows[0]!.n === 0;
+        const m = await markersOf(pid, slot);
+        return m.plain + m.slotted === 0;
       }, { timeout: 5_000, what: 'the markers to be given back' });
     } finally {
       await stopListening();

@@ -109,3 +109,23 @@ export async function killAll(children: Child[]): Promise<void> {
   await within(Promise.all(children.map((c) => c.exited)), 10_000, 'children to exit').catch(() => undefined);
   children.length = 0;
 }
+
+/** First key of a LISTEN session's slot marker: `(ns # (slot << 8 | 5), semaphore id)` (0005_functions). */
+export function slotKey(ns: number, slot: number): number {
+  return ns ^ ((slot << 8) | 5);
+}
+
+/** A PgSemaphore's LISTEN connection: how wake-ups name it (`-(slot + 1)`, or its pid) and its backend pid. */
+export function listenerOf(sem: PgSemaphore): { wakeId: number | undefined; backendPid: number | undefined } {
+  const listener = (sem as unknown as { listener?: { pid?: number; backendPid?: number } }).listener;
+  return { wakeId: listener?.pid, backendPid: listener?.backendPid };
+}
+
+/** Granted two-key advisory locks a backend holds with first key `key1` (and second key `objid`, if given). */
+export async function advisoryLocksOf(admin: pg.Pool, pid: number, key1: number, objid?: number): Promise<number> {
+  const { rows } = await admin.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND pid = $1 AND classid = $2::bigint AND ($3::bigint IS NULL OR objid = $3::bigint)`,
+    [pid, classidOf(key1), objid ?? null],
+  );
+  return rows[0]!.n;
+}
