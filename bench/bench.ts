@@ -11,7 +11,9 @@
 // SIGINT/SIGTERM. With DATABASE_URL set (or --pg=url) it uses that server instead and reads
 // what it can there; --pg=own starts its own even so. REDIS_URL overrides the Redis default.
 //
-// Options: --quick, --raw (also write every run's job timestamps), --pool=<pg-semaphore pool max per process, 8; a workload may set its own>, --only=<contender,...>, --workloads=<workload id,...>, --jobs=<n>, --deadline=<s per run>,
+// Options: --quick, --raw (also write every run's job timestamps), --pool=<pg-semaphore pool max per process, 8; a workload may set its own>,
+// --lib=dist|src (the worker hosts load the build in dist/, made first by `npm run build`, as users run it; src: the
+// TypeScript sources through tsx, no build), --only=<contender,...>, --workloads=<workload id,...>, --jobs=<n>, --deadline=<s per run>,
 // --budget=<s in all>, --out=<dir>, --pg=own|url. The full run (no --only/--workloads) ends with the acquire microbenchmark (bench/acquire.ts).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,6 +23,7 @@ import { waitForQuiet } from './lib/cpu.js';
 import { collectEnvironment } from './lib/environment.js';
 import { fullPlan, quickPlan } from './lib/plan.js';
 import { acquireMarkdown, runAcquireBench, type AcquireResult } from './lib/acquire-bench.js';
+import { buildLibrary } from './lib/build.js';
 import { PgMeter } from './lib/pgstats.js';
 import { evaluateTargets, printTable, writeResults } from './lib/report.js';
 import { resolveTarget } from './lib/target.js';
@@ -31,8 +34,8 @@ const args = process.argv.slice(2);
 const flag = (name: string) => args.includes(`--${name}`);
 const opt = (name: string) => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
 for (const a of args) {
-  if (!/^--(quick|raw|pool=\d+|only=.+|workloads=.+|jobs=\d+|deadline=\d+|budget=\d+|quiet-wait=\d+|out=.+|pg=(own|url))$/.test(a)) {
-    console.error(`bench: unknown argument ${a}; expected --quick, --raw, --pool=, --only=, --workloads=, --jobs=, --deadline=, --budget=, --quiet-wait=, --out=, --pg=own|url`);
+  if (!/^--(quick|raw|pool=\d+|lib=(dist|src)|only=.+|workloads=.+|jobs=\d+|deadline=\d+|budget=\d+|quiet-wait=\d+|out=.+|pg=(own|url))$/.test(a)) {
+    console.error(`bench: unknown argument ${a}; expected --quick, --raw, --pool=, --lib=dist|src, --only=, --workloads=, --jobs=, --deadline=, --budget=, --quiet-wait=, --out=, --pg=own|url`);
     process.exit(2);
   }
 }
@@ -42,6 +45,7 @@ const budgetMs = Number(opt('budget') ?? (quick ? 55 : 24 * 60)) * 1000;
 const runDeadlineMs = Number(opt('deadline') ?? (quick ? 20 : 90)) * 1000;
 // pg-semaphore's pool per worker process stays small (a shared DATABASE_URL server may have max_connections 100).
 const semPoolMax = Number(opt('pool') ?? 8);
+const lib = (opt('lib') ?? 'dist') as 'dist' | 'src';
 const quietWaitMs = Number(opt('quiet-wait') ?? (quick ? 0 : 10)) * 1000;
 /** At most this long waiting for quiet over the whole benchmark. */
 const quietBudgetMs = 120_000;
@@ -75,6 +79,16 @@ process.on('exit', () => {
 });
 process.on('SIGINT', () => void emergencyExit(130, 'interrupted'));
 process.on('SIGTERM', () => void emergencyExit(143, 'terminated'));
+
+// ---------------------------------------------------------------- the library under test
+if (lib === 'dist') {
+  try {
+    buildLibrary(log);
+  } catch (err) {
+    log(`bench: ${(err as Error).message}`);
+    process.exit(1);
+  }
+}
 
 // ---------------------------------------------------------------- Postgres
 const started = Date.now();
@@ -126,7 +140,7 @@ for (const workload of plan) {
         ')',
     );
     try {
-      const raw = await runOne(contender, workload, { target, meter, redisUrl, semPoolMax, bqPoolMax: 3 }, deadline, log);
+      const raw = await runOne(contender, workload, { target, meter, redisUrl, semPoolMax, bqPoolMax: 3, lib }, deadline, log);
       const f = analyze(raw);
       f.backgroundBusy = quiet.busy;
       if (flag('raw')) {
@@ -168,7 +182,7 @@ own = undefined;
 
 // ---------------------------------------------------------------- report
 const targets = evaluateTargets(figures, environment, acquire);
-const settings = { semPoolMax, bqPoolMax: 3, runDeadlineS: runDeadlineMs / 1000, budgetS: budgetMs / 1000, quietWaitS: quietWaitMs / 1000 };
+const settings = { lib, semPoolMax, bqPoolMax: 3, runDeadlineS: runDeadlineMs / 1000, budgetS: budgetMs / 1000, quietWaitS: quietWaitMs / 1000 };
 printTable(figures, targets, { settings, skipped, crashed, totalSeconds, quick, postgres: postgresText, acquire });
 mkdirSync(outDir, { recursive: true });
 const written = writeResults(outDir, { environment, settings, plan, figures, targets, skipped, crashed, totalSeconds, quick, postgres: postgresText, acquire });

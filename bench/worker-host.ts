@@ -5,8 +5,8 @@ import http from 'node:http';
 import { Worker, createPostgresBackend, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { MultiSemaphore as RedisMultiSemaphore, Semaphore as RedisSemaphore } from 'redis-semaphore';
-import { PgSemaphore } from '../src/index.js';
-import { limitProcessor, type LimitedProcessor } from '../src/bullmq/index.js';
+import type { PgSemaphore as PgSemaphoreType } from '../src/index.js';
+import type { LimitedProcessor } from '../src/bullmq/index.js';
 import type { HostConfig, HostMessage, HostResult, JobRecord, ParentMessage } from './lib/types.js';
 
 const cfg = JSON.parse(process.env.BENCH_CONFIG ?? '') as HostConfig;
@@ -160,7 +160,14 @@ const semKey = (job: Job<JobData>) => (cfg.mode === 'tenant' ? `tenant:${job.dat
 /** global-tenant: the API's cap (weighted) and the tenant's, taken together. */
 const globalTenantRequest = (job: Job<JobData>) => [{ name: 'api', tickets: job.data.w ?? 1 }, `tenant:${job.data.tenant}`];
 
-let sem: PgSemaphore | undefined;
+// The library as users run it: the build in dist/, which the benchmark makes first. --lib=src
+// loads the TypeScript sources through tsx instead, whose keepNames wraps every closure made.
+const fromSrc = cfg.lib === 'src';
+const dist = (file: string) => import(new URL(`../dist/${file}`, import.meta.url).href);
+const { PgSemaphore } = (fromSrc ? await import('../src/index.js') : await dist('index.js')) as typeof import('../src/index.js');
+const { limitProcessor } = (fromSrc ? await import('../src/bullmq/index.js') : await dist('bullmq.js')) as typeof import('../src/bullmq/index.js');
+
+let sem: PgSemaphoreType | undefined;
 let limited: LimitedProcessor<JobData, void> | undefined;
 const rsem = { acquireCalls: 0, tries: 0, redisCalls: 0 };
 let redis: Redis | undefined;

@@ -230,6 +230,8 @@ function churnWhy(f: RunFigures): string {
 }
 
 export interface Settings {
+  /** Which pg-semaphore the worker hosts loaded: dist/ (the build) or src/ (through tsx); older results lack it. */
+  lib?: 'dist' | 'src';
   semPoolMax: number;
   bqPoolMax: number;
   runDeadlineS: number;
@@ -438,7 +440,7 @@ function markdown(env: Environment, plan: WorkloadSpec[], figures: RunFigures[],
   md.push(`- Code: git HEAD ${env.git.head ?? 'unknown'}, src/ sha256 ${env.git.srcSha256} (as on disk)`);
   const st = extra.settings;
   md.push(
-    `- Settings: pg-semaphore pool max ${st.semPoolMax} per worker process, BullMQ Postgres backend pool max ${st.bqPoolMax}; each run's deadline ${st.runDeadlineS} s, whole budget ${st.budgetS} s; before each run up to ${st.quietWaitS} s waiting for the machine to go quiet (it is shared)`,
+    `- Settings: ${st.lib === 'src' ? 'pg-semaphore from src/ through tsx (--lib=src)' : 'pg-semaphore as built in dist/'}; pool max ${st.semPoolMax} per worker process, BullMQ Postgres backend pool max ${st.bqPoolMax}; each run's deadline ${st.runDeadlineS} s, whole budget ${st.budgetS} s; before each run up to ${st.quietWaitS} s waiting for the machine to go quiet (it is shared)`,
   );
   md.push(`- Took ${extra.totalSeconds.toFixed(0)} s. Postgres, Redis, the worker processes and the fake API all share the same cores, loopback only.`, '');
   md.push('## Workloads', '');

@@ -20,6 +20,8 @@ export interface RunEnv {
   redisUrl: string;
   semPoolMax: number;
   bqPoolMax: number;
+  /** Which pg-semaphore the hosts load (HostConfig.lib). */
+  lib: 'dist' | 'src';
 }
 
 export interface RawRun {
@@ -246,6 +248,7 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
         // a workload's own pool size is for transaction holding (a connection per held ticket set)
         semPoolMax: info.holding === 'transaction' ? (workload.semPoolMax ?? env.semPoolMax) : env.semPoolMax,
         bqPoolMax: env.bqPoolMax,
+        lib: env.lib,
         semAppName,
         bqAppName,
       };

@@ -107,6 +107,8 @@ export interface HostConfig {
   semAppName: string;
   /** application_name of the BullMQ Postgres backend pool. */
   bqAppName: string;
+  /** Which pg-semaphore the host loads: the build in dist/ (what users run) or src/ through tsx. */
+  lib: 'dist' | 'src';
 }
 
 /**
