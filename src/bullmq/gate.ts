@@ -9,6 +9,14 @@ import { backoff, sleep } from '../timing.js';
  * chains of 33). 250 ms keeps a chain of 10 ms jobs about 25 long.
  */
 const MAX_CHAIN_MS = 250;
+/**
+ * The time limit of a chain while tickets are plentiful (see `Gate.plentiful`): nobody else
+ * needs a turn then, and a chain that ended would only be acquired again by the same worker
+ * (uncontended, 10 ms jobs: a release and an acquire every ~12 jobs with 250 ms). It stays
+ * bounded because "plentiful" is only as fresh as this set's last try and last release: a
+ * release that finds another process waiting shortens every chain to `MAX_CHAIN_MS` again.
+ */
+const MAX_PLENTIFUL_CHAIN_MS = 2_000;
 /** The most arriving tries of one gate in flight at once while tickets seem plentiful (see `Gate.arrive`). */
 const MAX_ARRIVAL_WINDOW = 1024;
 
@@ -532,13 +540,19 @@ export class Gate<H extends GateHold> {
   private mayLinger(): boolean {
     return (
       (this.options.linger ?? 0) > 0 &&
-      this.waiters.length === 0 &&
       // an arrival's try in flight may come back busy and wait: the hold would idle beside it
       this.arriving === 0 &&
-      !this.saturated &&
-      !this.othersWaited &&
-      !this.ctx.groupSaturated(this)
+      this.plentiful()
     );
+  }
+
+  /**
+   * Tickets are plentiful as far as this process can tell: nobody here waits for the set, the
+   * last try found a ticket, the last release woke nobody elsewhere, and no set sharing a
+   * semaphore with this one found its tickets taken.
+   */
+  private plentiful(): boolean {
+    return this.waiters.length === 0 && !this.saturated && !this.othersWaited && !this.ctx.groupSaturated(this);
   }
 
   /** Keeps `hold` for the next arriving job, at most `linger` ms; then it is released. */
@@ -638,16 +652,21 @@ export class Gate<H extends GateHold> {
     this.handoffs.set(hold, { count: chain.count + 1, since: chain.since });
   }
 
-  /** A hold may pass to another job: wake-ups on, the transaction reusable and alive, real tickets, hand-offs left. */
+  /**
+   * A hold may pass to another job: wake-ups on, the transaction reusable and alive, real
+   * tickets, hand-offs and time left (`MAX_CHAIN_MS`, or `MAX_PLENTIFUL_CHAIN_MS` while tickets
+   * are plentiful).
+   */
   private mayHandOn(hold: H, end: HoldEnd): boolean {
+    const chain = this.handoffs.get(hold);
     return (
       this.options.wakeOnRelease &&
       end.reusable &&
       !hold.lost &&
       hold.released !== true &&
       hold.tickets.length > 0 &&
-      (this.handoffs.get(hold)?.count ?? 0) < this.options.maxHandoffs &&
-      Date.now() - (this.handoffs.get(hold)?.since ?? Date.now()) < MAX_CHAIN_MS
+      (chain?.count ?? 0) < this.options.maxHandoffs &&
+      (chain === undefined || Date.now() - chain.since < (this.plentiful() ? MAX_PLENTIFUL_CHAIN_MS : MAX_CHAIN_MS))
     );
   }
 

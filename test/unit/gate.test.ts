@@ -155,6 +155,44 @@ describe('Gate: the choice of the next waiter', () => {
     expect(w2.settled).toBeUndefined();
   });
 
+  it('a chain of kept holds lasts up to 2 s while tickets are plentiful; once a try finds none, 250 ms', async () => {
+    // only Date is faked: the chain limits read Date.now(), the linger timers stay real (1 s, never reached)
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const t = setup({ linger: 1_000 });
+    cleanup = () => {
+      t.stop();
+      vi.useRealTimers();
+    };
+    const later = (ms: number) => vi.setSystemTime(Date.now() + ms);
+    const a = hold('a');
+    t.results.push(a);
+    expect(await t.gate.arrive('job-0')).toBe(a);
+    // job-0 ends: its hold is kept, and job-1 takes it (the chain starts)
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
+    expect(t.gate.takeParked()).toBe(a);
+    // 1.9 s later nobody waits anywhere and the last try found a ticket: kept again
+    later(1_900);
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
+    expect(a.release).not.toHaveBeenCalled();
+    expect(t.gate.takeParked()).toBe(a);
+    // past 2 s: released, even so
+    later(200);
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(false);
+    expect(a.release).toHaveBeenCalledTimes(1);
+
+    // a new chain, 300 ms old when an arriving try finds no ticket: its next end releases
+    const b = hold('b');
+    t.results.push(b);
+    expect(await t.gate.arrive('job-2')).toBe(b);
+    expect(await t.gate.free(b, { commit: true, reusable: true })).toBe(true);
+    expect(t.gate.takeParked()).toBe(b);
+    later(300);
+    t.results.push('busy');
+    expect(await t.gate.arrive('job-3')).toBeNull();
+    expect(await t.gate.free(b, { commit: true, reusable: true })).toBe(false);
+    expect(b.release).toHaveBeenCalledTimes(1);
+  });
+
   it('when a chain ends before the watch is in place, wakes the local head at once (no NOTIFY would reach it)', async () => {
     const t = setup({ maxHandoffs: 0 });
     cleanup = t.stop;
