@@ -26,6 +26,11 @@ interface Waiter {
 
 const noRelay = () => undefined;
 
+/** Probes sent back to back on a connection while each arrives when it runs a statement. */
+const QUICK_PROBES = 5;
+/** After those, the pause before each further probe: from 1 s, doubling, at most this long. */
+const MAX_PROBE_PAUSE_MS = 30_000;
+
 /**
  * One LISTEN connection per {@link PgSemaphore}, opened the first time something waits.
  * Waiters register the semaphores they wait on (a shared session-level advisory lock via
@@ -59,6 +64,8 @@ export class Listener {
   private busy = 0;
   /** Probes sent on the current connection. */
   private probes = 0;
+  /** The next probe, once the quick ones all arrived while the connection was busy. */
+  private probeTimer: NodeJS.Timeout | undefined;
   /** Wake-ups relayed to the next waiting process (tests read it). */
   relays = 0;
   /** A relay failed (and was logged). */
@@ -146,6 +153,7 @@ export class Listener {
         this.heard = false;
         this.slot = undefined;
         this.connecting = undefined;
+        this.stopProbing();
         client.removeListener('notification', this.onNotification);
         client.release(err ?? true);
         // Waiters now see no wake-ups until the next wait reconnects; their poll covers the gap.
@@ -191,9 +199,35 @@ export class Listener {
     return this.connecting;
   }
 
-  /** Sends a NOTIFY naming this connection from another one (a few times at most per connection). */
+  /**
+   * Sends a NOTIFY naming this connection from another one: at once for the first few, then
+   * after a pause that doubles up to 30 s. A connection that runs a statement whenever a probe
+   * arrives (waiters of a busy process watching and unwatching back to back) would otherwise
+   * never count as hearing: no slot, named by no release of a process with one, woken mostly by
+   * its poll. A probe that arrives while it runs nothing ends this.
+   */
   private probe(client: PoolClient): void {
-    if (this.probes >= 5 || this.ns === undefined || this.backendPid === undefined) return;
+    if (this.ns === undefined || this.backendPid === undefined || this.client !== client || this.heard) return;
+    if (this.probes >= QUICK_PROBES) {
+      if (this.probeTimer) return;
+      const pause = Math.min(MAX_PROBE_PAUSE_MS, 1_000 * 2 ** (this.probes - QUICK_PROBES));
+      this.probeTimer = setTimeout(() => {
+        this.probeTimer = undefined;
+        this.sendProbe(client);
+      }, pause);
+      this.probeTimer.unref();
+      return;
+    }
+    this.sendProbe(client);
+  }
+
+  private stopProbing(): void {
+    clearTimeout(this.probeTimer);
+    this.probeTimer = undefined;
+  }
+
+  private sendProbe(client: PoolClient): void {
+    if (this.ns === undefined || this.backendPid === undefined || this.client !== client || this.heard) return;
     this.probes++;
     const probe = statements.probe(this.ns, this.backendPid);
     // after the statement in flight, if any, so that the answer finds the connection idle
@@ -313,6 +347,7 @@ export class Listener {
     this.drop = undefined;
     this.heard = false;
     this.slot = undefined;
+    this.stopProbing();
     if (client) {
       client.removeListener('notification', this.onNotification);
       client.release(true);

@@ -242,6 +242,38 @@ describe('a PgSemaphore on an install without hears_slot() (before 0005_function
 });
 
 describe('PgSemaphore waiters hold slots', () => {
+  it('a listener whose probes all arrive while its connection runs a statement keeps probing, slowly, and comes to hear once idle', async () => {
+    const sem = ctx.another();
+    // waiters coming and going back to back: a watch or an unwatch runs on the LISTEN
+    // connection whenever a probe arrives, so no probe proves that NOTIFYs reach it when idle
+    let churning = true;
+    let rounds = 0;
+    const churn = async () => {
+      while (churning) {
+        const stop = await sem.watch(['x'], () => true);
+        await stop();
+        rounds++;
+      }
+    };
+    const loops = [churn(), churn(), churn(), churn()];
+    try {
+      await waitFor(() => listenerOf(sem).probes >= 5, { timeout: 15_000, what: 'the quick probes to be used up' });
+      // the scene this test is about: every probe so far came while a statement ran
+      expect(sem.hearsWakeUps).toBe(false);
+      expect(rounds).toBeGreaterThan(0);
+    } finally {
+      churning = false;
+      await Promise.all(loops);
+    }
+    try {
+      // idle now: a later probe (1 s, 2 s, ... after the quick ones) arrives while nothing runs
+      await waitFor(() => sem.hearsWakeUps, { timeout: 15_000, what: 'the listener to hear' });
+      expect(listenerOf(sem).wakeId).toBeLessThan(0);
+    } finally {
+      await within(sem.close(), 5_000, 'sem.close()');
+    }
+  });
+
   it('a waiting PgSemaphore is named by its slot, and its markers are all given back when it stops waiting', async () => {
     const waiter = ctx.another({ maxPollInterval: 10_000 });
     const releaser: PgSemaphore = ctx.another();

@@ -115,10 +115,10 @@ export function slotKey(ns: number, slot: number): number {
   return ns ^ ((slot << 8) | 5);
 }
 
-/** A PgSemaphore's LISTEN connection: how wake-ups name it (`-(slot + 1)`, or its pid) and its backend pid. */
-export function listenerOf(sem: PgSemaphore): { wakeId: number | undefined; backendPid: number | undefined } {
-  const listener = (sem as unknown as { listener?: { pid?: number; backendPid?: number } }).listener;
-  return { wakeId: listener?.pid, backendPid: listener?.backendPid };
+/** A PgSemaphore's LISTEN connection: how wake-ups name it (`-(slot + 1)`, or its pid), its backend pid, and the probes sent on it. */
+export function listenerOf(sem: PgSemaphore): { wakeId: number | undefined; backendPid: number | undefined; probes: number } {
+  const listener = (sem as unknown as { listener?: { pid?: number; backendPid?: number; probes?: number } }).listener;
+  return { wakeId: listener?.pid, backendPid: listener?.backendPid, probes: listener?.probes ?? 0 };
 }
 
 /** Granted two-key advisory locks a backend holds with first key `key1` (and second key `objid`, if given). */
