@@ -153,6 +153,8 @@ for (const workload of plan) {
         `  ${contender}: ${f.completed}/${f.jobs} jobs, ${f.jobsPerSec.toFixed(0)} jobs/s` +
           (f.shareOfIdeal !== null ? ` (${(f.shareOfIdeal * 100).toFixed(1)} % of ideal)` : '') +
           `, max holders ${f.maxHolders} (api) ${f.maxHoldersByClock} (clock)${f.cap !== null ? ` of cap ${f.cap}` : ''}, cpu ${f.cpuBusy !== null ? (f.cpuBusy * 100).toFixed(0) : '?'} %` +
+          `, jobs per host ${f.hostJobs.join('/')}` +
+          (f.deafHosts ? `; ${f.deafHosts} host(s) never heard NOTIFYs` : '') +
           (f.errors.length ? `; ${f.errors.slice(0, 3).join('; ')}` : ''),
       );
     } catch (err) {

@@ -319,6 +319,7 @@ process.on('message', (m: ParentMessage) => {
 async function close(): Promise<void> {
   if (progressTimer) clearInterval(progressTimer);
   const cpu = process.cpuUsage(cpuAtGo);
+  const hearsWakeUps = sem?.hearsWakeUps;
   await worker.close();
   rssPeak = Math.max(rssPeak, process.memoryUsage().rss);
   clearInterval(rssTimer);
@@ -337,6 +338,7 @@ async function close(): Promise<void> {
     rssPeak,
     cpuMs: (cpu.user + cpu.system) / 1000,
     attemptsMadeNonZero,
+    ...(sem ? { hearsWakeUps } : {}),
     ...(limited ? { stats: { ...limited.stats }, roundTrips: (sem?.roundTrips ?? 0) + (sem?.backgroundRoundTrips ?? 0), putBackAfterMs: putBackAfter, soloRoundTrips: solo } : {}),
     ...(cfg.contender === 'redis-semaphore' ? { rsem } : {}),
   };

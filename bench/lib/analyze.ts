@@ -63,6 +63,8 @@ export interface RunFigures {
   /** Jobs completed per worker process, and busiest / least busy. */
   hostJobs: number[];
   hostSpread: number | null;
+  /** pg-semaphore: hosts whose LISTEN connection did not hear NOTIFYs at the end of the run (null: not pg-semaphore, or older results). */
+  deafHosts?: number | null;
   /** Postgres execution time and WAL per completed job, pg-semaphore's and BullMQ backend's apart. */
   pg: {
     method: string;
@@ -385,6 +387,7 @@ export function analyze(run: RawRun): RunFigures {
     critRt,
     hostJobs,
     hostSpread,
+    deafHosts: run.hosts.some((h) => h.hearsWakeUps !== undefined) ? run.hosts.filter((h) => h.hearsWakeUps === false).length : null,
     pg: pgFig,
     attemptsMadeNonZero: run.hosts.reduce((a, h) => a + (h.attemptsMadeNonZero ?? 0), 0),
     tenantHolders,

@@ -178,7 +178,7 @@ export function evaluateTargets(figures: RunFigures[], env: Environment, acquire
     for (const w of ['saturated-10ms', 'saturated-0ms']) {
       const f = find(figures, w, c);
       if (!f) continue;
-      add(7, `busiest host <= 1.5 x least busy host's jobs (${w})`, c, f.hostSpread === null ? '—' : `${num(f.hostSpread)} (${f.hostJobs.join('/')})`, f.hostSpread === null ? null : f.hostSpread <= 1.5, `jobs per host ${f.hostJobs.join(', ')}`);
+      add(7, `busiest host <= 1.5 x least busy host's jobs (${w})`, c, f.hostSpread === null ? '—' : `${num(f.hostSpread)} (${f.hostJobs.join('/')})`, f.hostSpread === null ? null : f.hostSpread <= 1.5, `jobs per host ${f.hostJobs.join(', ')}${f.deafHosts ? `; ${f.deafHosts} whose LISTEN connection never heard NOTIFYs` : ''}`);
     }
   }
   // Issue 12: a large cap on few connections.

@@ -144,6 +144,8 @@ export interface HostResult {
    * process overlapped (so the count is that job's alone).
    */
   soloRoundTrips?: { pre: number[]; post: number[] };
+  /** pg-semaphore: its LISTEN connection was known to hear NOTIFYs when the run ended (false: never opened, or its probes never arrived while it was idle). */
+  hearsWakeUps?: boolean;
   /** Jobs whose body saw job.attemptsMade > 0 (a wait must not use an attempt). */
   attemptsMadeNonZero?: number;
   /** Per put-back: ms from the processor call until the job was put back. */
