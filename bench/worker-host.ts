@@ -264,6 +264,7 @@ switch (cfg.contender) {
   }
   case 'bullmq-global':
   case 'plain':
+  case 'plain-pg':
     // The cap, if any, is BullMQ's own queue-wide global concurrency, set by the parent.
     processor = timed(async (job, _token, signal) => body(job, signal, -1));
     break;

@@ -12,6 +12,7 @@ const COLORS: Record<ContenderId, string> = {
   'bullmq-global': '#ea580c',
   'redis-semaphore': '#dc2626',
   plain: '#9ca3af',
+  'plain-pg': '#d1d5db',
 };
 
 const TITLES: Record<string, string> = {

@@ -47,7 +47,8 @@ export function fullPlan(): WorkloadSpec[] {
       cap: 100,
       mode: 'single',
       tenants: 0,
-      contenders: ['pgsem-redis', 'pgsem-pg', 'pgsem-redis-session', 'redis-semaphore', 'plain'],
+      // plain-pg: what BullMQ's Postgres backend does alone, for pgsem-pg's overhead
+      contenders: ['pgsem-redis', 'pgsem-pg', 'pgsem-redis-session', 'redis-semaphore', 'plain', 'plain-pg'],
     },
     {
       // One job at a time in one process: every acquire and release is alone, so the round

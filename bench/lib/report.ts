@@ -108,6 +108,8 @@ export function evaluateTargets(figures: RunFigures[], env: Environment, acquire
     }
     const unc = find(figures, 'uncontended', c);
     const plainUnc = find(figures, 'uncontended', 'plain');
+    // on BullMQ's Postgres backend, also what that backend does alone (information, not the target)
+    const plainPg = CONTENDERS[c].backend === 'postgres' ? find(figures, 'uncontended', 'plain-pg') : undefined;
     if (unc) {
       add(
         1,
@@ -115,7 +117,8 @@ export function evaluateTargets(figures: RunFigures[], env: Environment, acquire
         c,
         plainUnc ? `${unc.jobsPerSec.toFixed(0)} vs ${plainUnc.jobsPerSec.toFixed(0)} (${pct(unc.jobsPerSec / plainUnc.jobsPerSec)})` : unc.jobsPerSec.toFixed(0),
         plainUnc ? unc.jobsPerSec >= 0.85 * plainUnc.jobsPerSec : null,
-        plainUnc ? roundTripWhy(unc) : notRun('uncontended', 'plain'),
+        (plainUnc ? roundTripWhy(unc) : notRun('uncontended', 'plain')) +
+          (plainPg ? `; the plain worker on BullMQ's Postgres backend did ${plainPg.jobsPerSec.toFixed(0)} jobs/s: this is ${pct(unc.jobsPerSec / plainPg.jobsPerSec)} of it` : ''),
       );
     }
     // 2. Tickets kept busy
@@ -380,11 +383,15 @@ export function overheadLines(figures: RunFigures[]): string[] {
   const plain = find(figures, 'uncontended', 'plain');
   if (!plain) return [];
   const lines: string[] = [];
-  for (const f of figures.filter((x) => x.workload === 'uncontended' && x.contender !== 'plain')) {
+  const plainPg = find(figures, 'uncontended', 'plain-pg');
+  for (const f of figures.filter((x) => x.workload === 'uncontended' && x.contender !== 'plain' && x.contender !== 'plain-pg')) {
+    const same = CONTENDERS[f.contender as ContenderId]?.backend === 'postgres' ? plainPg : undefined;
     lines.push(
       `${f.contender}: +${num(f.pre.p50 - plain.pre.p50)} ms p50, +${num(f.pre.p99 - plain.pre.p99)} ms p99 before the body; ` +
         `+${num(f.post.p50 - plain.post.p50)} ms p50 after it (release); ${num(f.roundTripsPerJob)} PG round trips/job; ` +
-        `${pct(f.jobsPerSec / plain.jobsPerSec, 0)} of the plain worker's jobs/s; worker CPU ${num(f.workerCpuMsPerJob)} vs ${num(plain.workerCpuMsPerJob)} ms/job`,
+        `${pct(f.jobsPerSec / plain.jobsPerSec, 0)} of the plain worker's jobs/s` +
+        (same ? ` (${pct(f.jobsPerSec / same.jobsPerSec, 0)} of the plain worker's on BullMQ's Postgres backend, ${same.jobsPerSec.toFixed(0)})` : '') +
+        `; worker CPU ${num(f.workerCpuMsPerJob)} vs ${num(plain.workerCpuMsPerJob)} ms/job`,
     );
   }
   return lines;

@@ -12,7 +12,8 @@ export type ContenderId =
   | 'pgsem-nowake'
   | 'bullmq-global'
   | 'redis-semaphore'
-  | 'plain';
+  | 'plain'
+  | 'plain-pg';
 
 /** Which load. */
 export type WorkloadId = 'saturated-10ms' | 'saturated-0ms' | 'per-key' | 'uncontended' | 'uncontended-serial' | 'global-tenant' | 'large-cap';
@@ -37,6 +38,7 @@ export const CONTENDERS: Record<ContenderId, ContenderInfo> = {
   'bullmq-global': { id: 'bullmq-global', label: 'BullMQ setGlobalConcurrency', backend: 'redis', capped: true },
   'redis-semaphore': { id: 'redis-semaphore', label: 'redis-semaphore (10 ms poll)', backend: 'redis', capped: true },
   plain: { id: 'plain', label: 'plain BullMQ, no cap (ceiling)', backend: 'redis', capped: false },
+  'plain-pg': { id: 'plain-pg', label: "plain BullMQ on its Postgres backend, no cap (that backend's ceiling)", backend: 'postgres', capped: false },
 };
 
 export interface WorkloadSpec {
