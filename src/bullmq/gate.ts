@@ -12,11 +12,14 @@ const MAX_CHAIN_MS = 250;
 /**
  * The time limit of a chain while tickets are plentiful (see `Gate.plentiful`): nobody else
  * needs a turn then, and a chain that ended would only be acquired again by the same worker
- * (uncontended, 10 ms jobs: a release and an acquire every ~12 jobs with 250 ms). It stays
- * bounded because "plentiful" is only as fresh as this set's last try and last release: a
- * release that finds another process waiting shortens every chain to `MAX_CHAIN_MS` again.
+ * (uncontended, 10 ms jobs: a release and an acquire every ~12 jobs with 250 ms; with 1 s,
+ * `maxHandoffs` ends most chains first). It stays short because "plentiful" is only as fresh as
+ * this set's last try and last release, neither of which a kept chain makes: a process that
+ * starts waiting meanwhile (another's try took the last ticket) waits for the first of these
+ * chains to end, at most this long, instead of `MAX_CHAIN_MS`; that release finds it waiting
+ * and every chain of the set ends within `MAX_CHAIN_MS` again.
  */
-const MAX_PLENTIFUL_CHAIN_MS = 2_000;
+const MAX_PLENTIFUL_CHAIN_MS = 1_000;
 /** The most arriving tries of one gate in flight at once while tickets seem plentiful (see `Gate.arrive`). */
 const MAX_ARRIVAL_WINDOW = 1024;
 
@@ -290,6 +293,8 @@ export class Gate<H extends GateHold> {
   private readonly parked: Array<{ hold: H; timer: NodeJS.Timeout }> = [];
   /** The last release of this set woke another process waiting on one of its semaphores: tickets are not plentiful. */
   private othersWaited = false;
+  /** When a release of this set last found nobody waiting anywhere (no NOTIFY sent, no put-back jobs); 0: never. */
+  private quietReleaseAt = 0;
 
   constructor(
     /** The set's identity within its processor. */
@@ -639,7 +644,10 @@ export class Gate<H extends GateHold> {
       }
     }
     // jobs put back by other workers (when asked) count as waiting too
-    if (informs) this.othersWaited = released.notified === true || released.jobsWaiting;
+    if (informs) {
+      this.othersWaited = released.notified === true || released.jobsWaiting;
+      if (!this.othersWaited) this.quietReleaseAt = Date.now();
+    }
     const { jobsWaiting } = released;
     if (!this.options.wakeOnRelease || this.ctx.groupWaits(this)) return false;
     if (jobsWaiting) await this.ctx.promote(hold).catch(() => undefined);
@@ -654,20 +662,28 @@ export class Gate<H extends GateHold> {
 
   /**
    * A hold may pass to another job: wake-ups on, the transaction reusable and alive, real
-   * tickets, hand-offs and time left (`MAX_CHAIN_MS`, or `MAX_PLENTIFUL_CHAIN_MS` while tickets
-   * are plentiful).
+   * tickets, hand-offs and time left (`MAX_CHAIN_MS`; `MAX_PLENTIFUL_CHAIN_MS` while tickets
+   * are plentiful and a release of the set found nobody waiting within the last `MAX_CHAIN_MS`,
+   * so what "plentiful" says is never older than that: long jobs, or chains that all started
+   * together, release at the old limit and so find out whether anyone waits).
    */
   private mayHandOn(hold: H, end: HoldEnd): boolean {
     const chain = this.handoffs.get(hold);
-    return (
-      this.options.wakeOnRelease &&
-      end.reusable &&
-      !hold.lost &&
-      hold.released !== true &&
-      hold.tickets.length > 0 &&
-      (chain?.count ?? 0) < this.options.maxHandoffs &&
-      (chain === undefined || Date.now() - chain.since < (this.plentiful() ? MAX_PLENTIFUL_CHAIN_MS : MAX_CHAIN_MS))
-    );
+    if (
+      !this.options.wakeOnRelease ||
+      !end.reusable ||
+      hold.lost ||
+      hold.released === true ||
+      hold.tickets.length === 0 ||
+      (chain?.count ?? 0) >= this.options.maxHandoffs
+    ) {
+      return false;
+    }
+    if (chain === undefined) return true;
+    const now = Date.now();
+    const age = now - chain.since;
+    if (age < MAX_CHAIN_MS) return true;
+    return age < MAX_PLENTIFUL_CHAIN_MS && now - this.quietReleaseAt < MAX_CHAIN_MS && this.plentiful();
   }
 
   /** The oldest idle waiter: the one that tries, and the one a freed hold goes to. */

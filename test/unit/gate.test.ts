@@ -155,7 +155,7 @@ describe('Gate: the choice of the next waiter', () => {
     expect(w2.settled).toBeUndefined();
   });
 
-  it('a chain of kept holds lasts up to 2 s while tickets are plentiful; once a try finds none, 250 ms', async () => {
+  it('a chain of kept holds lasts up to 1 s while tickets are plentiful and a release found nobody waiting within 250 ms; otherwise 250 ms', async () => {
     // only Date is faked: the chain limits read Date.now(), the linger timers stay real (1 s, never reached)
     vi.useFakeTimers({ toFake: ['Date'] });
     const t = setup({ linger: 1_000 });
@@ -164,33 +164,64 @@ describe('Gate: the choice of the next waiter', () => {
       vi.useRealTimers();
     };
     const later = (ms: number) => vi.setSystemTime(Date.now() + ms);
-    const a = hold('a');
-    t.results.push(a);
+    const end = { commit: true, reusable: true };
+    const [a, z] = [hold('a'), hold('z')];
+    t.results.push(a, z);
     expect(await t.gate.arrive('job-0')).toBe(a);
-    // job-0 ends: its hold is kept, and job-1 takes it (the chain starts)
-    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
+    expect(await t.gate.arrive('job-1')).toBe(z);
+    // job-0 ends: its hold is kept, and job-2 takes it (the chain is as old as the acquire)
+    expect(await t.gate.free(a, end)).toBe(true);
     expect(t.gate.takeParked()).toBe(a);
-    // 1.9 s later nobody waits anywhere and the last try found a ticket: kept again
-    later(1_900);
-    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
+    // 900 ms later the other hold is given back (its worker stops) and finds nobody waiting
+    later(900);
+    expect(await t.gate.free(z, { ...end, mayKeep: false })).toBe(false);
+    // so the 900 ms old chain is kept again
+    expect(await t.gate.free(a, end)).toBe(true);
     expect(a.release).not.toHaveBeenCalled();
     expect(t.gate.takeParked()).toBe(a);
-    // past 2 s: released, even so
+    // past 1 s: released, even so
     later(200);
-    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(false);
+    expect(await t.gate.free(a, end)).toBe(false);
     expect(a.release).toHaveBeenCalledTimes(1);
 
-    // a new chain, 300 ms old when an arriving try finds no ticket: its next end releases
+    // a chain 300 ms old whose set last heard of nobody waiting more than 250 ms ago: released
     const b = hold('b');
     t.results.push(b);
-    expect(await t.gate.arrive('job-2')).toBe(b);
-    expect(await t.gate.free(b, { commit: true, reusable: true })).toBe(true);
+    expect(await t.gate.arrive('job-3')).toBe(b);
+    expect(await t.gate.free(b, end)).toBe(true);
     expect(t.gate.takeParked()).toBe(b);
     later(300);
+    expect(await t.gate.free(b, end)).toBe(false);
+
+    // fresh news of nobody waiting, but an arriving try found no ticket: 250 ms
+    const [c, y] = [hold('c'), hold('y')];
+    t.results.push(c, y);
+    expect(await t.gate.arrive('job-4')).toBe(c);
+    expect(await t.gate.arrive('job-5')).toBe(y);
+    expect(await t.gate.free(c, end)).toBe(true);
+    expect(t.gate.takeParked()).toBe(c);
+    later(300);
+    expect(await t.gate.free(y, { ...end, mayKeep: false })).toBe(false);
     t.results.push('busy');
-    expect(await t.gate.arrive('job-3')).toBeNull();
-    expect(await t.gate.free(b, { commit: true, reusable: true })).toBe(false);
-    expect(b.release).toHaveBeenCalledTimes(1);
+    expect(await t.gate.arrive('job-6')).toBeNull();
+    expect(await t.gate.free(c, end)).toBe(false);
+    expect(c.release).toHaveBeenCalledTimes(1);
+
+    // tickets again (a try found one), but this chain's release woke another process: the
+    // next hold is not kept for a next job at all
+    const d = hold('d');
+    d.release.mockResolvedValue({ jobsWaiting: false, notified: true } as never);
+    t.results.push(d);
+    expect(await t.gate.arrive('job-7')).toBe(d);
+    expect(await t.gate.free(d, end)).toBe(true);
+    expect(t.gate.takeParked()).toBe(d);
+    later(300);
+    expect(await t.gate.free(d, end)).toBe(false);
+    const e = hold('e');
+    t.results.push(e);
+    expect(await t.gate.arrive('job-8')).toBe(e);
+    expect(await t.gate.free(e, end)).toBe(false);
+    expect(e.release).toHaveBeenCalledTimes(1);
   });
 
   it('when a chain ends before the watch is in place, wakes the local head at once (no NOTIFY would reach it)', async () => {
