@@ -12,8 +12,9 @@
 // what it can there; --pg=own starts its own even so. REDIS_URL overrides the Redis default.
 //
 // Options: --quick, --raw (also write every run's job timestamps), --pool=<pg-semaphore pool max per process, 8; a workload may set its own>,
-// --lib=dist|src (the worker hosts load the build in dist/, made first by `npm run build`, as users run it; src: the
-// TypeScript sources through tsx, no build), --only=<contender,...>, --workloads=<workload id,...>, --jobs=<n>, --deadline=<s per run>,
+// --lib=dist|src (dist: the worker hosts load the library as built for publishing, made first into bench/.lib/<pid>/
+// with the package's tsup config and removed at the end; src: the TypeScript sources through tsx, no build; the
+// acquire microbenchmark and the setup always use src/), --only=<contender,...>, --workloads=<workload id,...>, --jobs=<n>, --deadline=<s per run>,
 // --budget=<s in all>, --out=<dir>, --pg=own|url. The full run (no --only/--workloads) ends with the acquire microbenchmark (bench/acquire.ts).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -23,7 +24,7 @@ import { waitForQuiet } from './lib/cpu.js';
 import { collectEnvironment } from './lib/environment.js';
 import { fullPlan, quickPlan } from './lib/plan.js';
 import { acquireMarkdown, runAcquireBench, type AcquireResult } from './lib/acquire-bench.js';
-import { buildLibrary } from './lib/build.js';
+import { buildLibrary, removeLibrary } from './lib/build.js';
 import { PgMeter } from './lib/pgstats.js';
 import { evaluateTargets, printTable, writeResults } from './lib/report.js';
 import { resolveTarget } from './lib/target.js';
@@ -76,14 +77,16 @@ async function emergencyExit(code: number, why: string): Promise<never> {
 }
 process.on('exit', () => {
   for (const c of liveChildren) c.kill('SIGKILL');
+  removeLibrary(libDir);
 });
 process.on('SIGINT', () => void emergencyExit(130, 'interrupted'));
 process.on('SIGTERM', () => void emergencyExit(143, 'terminated'));
 
 // ---------------------------------------------------------------- the library under test
+let libDir: string | undefined;
 if (lib === 'dist') {
   try {
-    buildLibrary(log);
+    libDir = buildLibrary(log);
   } catch (err) {
     log(`bench: ${(err as Error).message}`);
     process.exit(1);
@@ -140,7 +143,7 @@ for (const workload of plan) {
         ')',
     );
     try {
-      const raw = await runOne(contender, workload, { target, meter, redisUrl, semPoolMax, bqPoolMax: 3, lib }, deadline, log);
+      const raw = await runOne(contender, workload, { target, meter, redisUrl, semPoolMax, bqPoolMax: 3, libDir }, deadline, log);
       const f = analyze(raw);
       f.backgroundBusy = quiet.busy;
       if (flag('raw')) {
@@ -154,7 +157,7 @@ for (const workload of plan) {
           (f.shareOfIdeal !== null ? ` (${(f.shareOfIdeal * 100).toFixed(1)} % of ideal)` : '') +
           `, max holders ${f.maxHolders} (api) ${f.maxHoldersByClock} (clock)${f.cap !== null ? ` of cap ${f.cap}` : ''}, cpu ${f.cpuBusy !== null ? (f.cpuBusy * 100).toFixed(0) : '?'} %` +
           `, jobs per host ${f.hostJobs.join('/')}` +
-          (f.deafHosts ? `; ${f.deafHosts} host(s) never heard NOTIFYs` : '') +
+          (f.deafHosts ? `; ${f.deafHosts} host(s) not hearing NOTIFYs at the end` : '') +
           (f.errors.length ? `; ${f.errors.slice(0, 3).join('; ')}` : ''),
       );
     } catch (err) {

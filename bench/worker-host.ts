@@ -1,6 +1,8 @@
 // A worker "host" of the benchmark: one OS process with one BullMQ Worker whose jobs call the
 // loopback fake API while holding a ticket of the contender under test. Started by
 // bench/lib/run.ts with `node --import tsx`; configured by BENCH_CONFIG (JSON); talks over IPC.
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import http from 'node:http';
 import { Worker, createPostgresBackend, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -160,10 +162,11 @@ const semKey = (job: Job<JobData>) => (cfg.mode === 'tenant' ? `tenant:${job.dat
 /** global-tenant: the API's cap (weighted) and the tenant's, taken together. */
 const globalTenantRequest = (job: Job<JobData>) => [{ name: 'api', tickets: job.data.w ?? 1 }, `tenant:${job.data.tenant}`];
 
-// The library as users run it: the build in dist/, which the benchmark makes first. --lib=src
-// loads the TypeScript sources through tsx instead, whose keepNames wraps every closure made.
-const fromSrc = cfg.lib === 'src';
-const dist = (file: string) => import(new URL(`../dist/${file}`, import.meta.url).href);
+// The library as users run it: built for publishing into a folder of the run's own, which the
+// benchmark makes first. --lib=src loads the TypeScript sources through tsx instead, whose
+// keepNames wraps every closure made.
+const fromSrc = cfg.libDir === undefined;
+const dist = (file: string) => import(pathToFileURL(join(cfg.libDir!, file)).href);
 const { PgSemaphore } = (fromSrc ? await import('../src/index.js') : await dist('index.js')) as typeof import('../src/index.js');
 const { limitProcessor } = (fromSrc ? await import('../src/bullmq/index.js') : await dist('bullmq.js')) as typeof import('../src/bullmq/index.js');
 
@@ -320,7 +323,9 @@ process.on('message', (m: ParentMessage) => {
 async function close(): Promise<void> {
   if (progressTimer) clearInterval(progressTimer);
   const cpu = process.cpuUsage(cpuAtGo);
-  const hearsWakeUps = sem?.hearsWakeUps;
+  // only a listener that was opened (something waited) can say; @internal field, read for the report
+  const listened = (sem as unknown as { listener?: unknown } | undefined)?.listener !== undefined;
+  const hearsWakeUps = listened ? sem?.hearsWakeUps : undefined;
   await worker.close();
   rssPeak = Math.max(rssPeak, process.memoryUsage().rss);
   clearInterval(rssTimer);
@@ -339,7 +344,7 @@ async function close(): Promise<void> {
     rssPeak,
     cpuMs: (cpu.user + cpu.system) / 1000,
     attemptsMadeNonZero,
-    ...(sem ? { hearsWakeUps } : {}),
+    ...(hearsWakeUps !== undefined ? { hearsWakeUps } : {}),
     ...(limited ? { stats: { ...limited.stats }, roundTrips: (sem?.roundTrips ?? 0) + (sem?.backgroundRoundTrips ?? 0), putBackAfterMs: putBackAfter, soloRoundTrips: solo } : {}),
     ...(cfg.contender === 'redis-semaphore' ? { rsem } : {}),
   };

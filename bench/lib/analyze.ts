@@ -63,7 +63,7 @@ export interface RunFigures {
   /** Jobs completed per worker process, and busiest / least busy. */
   hostJobs: number[];
   hostSpread: number | null;
-  /** pg-semaphore: hosts whose LISTEN connection did not hear NOTIFYs at the end of the run (null: not pg-semaphore, or older results). */
+  /** pg-semaphore: hosts whose LISTEN connection was open but not hearing NOTIFYs at the end of the run (null: none opened, not pg-semaphore, or older results). */
   deafHosts?: number | null;
   /** Postgres execution time and WAL per completed job, pg-semaphore's and BullMQ backend's apart. */
   pg: {

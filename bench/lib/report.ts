@@ -181,7 +181,7 @@ export function evaluateTargets(figures: RunFigures[], env: Environment, acquire
     for (const w of ['saturated-10ms', 'saturated-0ms']) {
       const f = find(figures, w, c);
       if (!f) continue;
-      add(7, `busiest host <= 1.5 x least busy host's jobs (${w})`, c, f.hostSpread === null ? '—' : `${num(f.hostSpread)} (${f.hostJobs.join('/')})`, f.hostSpread === null ? null : f.hostSpread <= 1.5, `jobs per host ${f.hostJobs.join(', ')}${f.deafHosts ? `; ${f.deafHosts} whose LISTEN connection never heard NOTIFYs` : ''}`);
+      add(7, `busiest host <= 1.5 x least busy host's jobs (${w})`, c, f.hostSpread === null ? '—' : `${num(f.hostSpread)} (${f.hostJobs.join('/')})`, f.hostSpread === null ? null : f.hostSpread <= 1.5, `jobs per host ${f.hostJobs.join(', ')}${f.deafHosts ? `; ${f.deafHosts} whose LISTEN connection was not hearing NOTIFYs at the end` : ''}`);
     }
   }
   // Issue 12: a large cap on few connections.
@@ -386,12 +386,14 @@ export function overheadLines(figures: RunFigures[]): string[] {
   const plainPg = find(figures, 'uncontended', 'plain-pg');
   for (const f of figures.filter((x) => x.workload === 'uncontended' && x.contender !== 'plain' && x.contender !== 'plain-pg')) {
     const same = CONTENDERS[f.contender as ContenderId]?.backend === 'postgres' ? plainPg : undefined;
+    // the latencies against the plain worker on the same backend where it ran
+    const base = same ?? plain;
     lines.push(
-      `${f.contender}: +${num(f.pre.p50 - plain.pre.p50)} ms p50, +${num(f.pre.p99 - plain.pre.p99)} ms p99 before the body; ` +
-        `+${num(f.post.p50 - plain.post.p50)} ms p50 after it (release); ${num(f.roundTripsPerJob)} PG round trips/job; ` +
+      `${f.contender}: +${num(f.pre.p50 - base.pre.p50)} ms p50, +${num(f.pre.p99 - base.pre.p99)} ms p99 before the body; ` +
+        `+${num(f.post.p50 - base.post.p50)} ms p50 after it (release)${same ? ' (against plain-pg)' : ''}; ${num(f.roundTripsPerJob)} PG round trips/job; ` +
         `${pct(f.jobsPerSec / plain.jobsPerSec, 0)} of the plain worker's jobs/s` +
         (same ? ` (${pct(f.jobsPerSec / same.jobsPerSec, 0)} of the plain worker's on BullMQ's Postgres backend, ${same.jobsPerSec.toFixed(0)})` : '') +
-        `; worker CPU ${num(f.workerCpuMsPerJob)} vs ${num(plain.workerCpuMsPerJob)} ms/job`,
+        `; worker CPU ${num(f.workerCpuMsPerJob)} vs ${num(base.workerCpuMsPerJob)} ms/job`,
     );
   }
   return lines;
@@ -447,7 +449,7 @@ function markdown(env: Environment, plan: WorkloadSpec[], figures: RunFigures[],
   md.push(`- Code: git HEAD ${env.git.head ?? 'unknown'}, src/ sha256 ${env.git.srcSha256} (as on disk)`);
   const st = extra.settings;
   md.push(
-    `- Settings: ${st.lib === 'src' ? 'pg-semaphore from src/ through tsx (--lib=src)' : 'pg-semaphore as built in dist/'}; pool max ${st.semPoolMax} per worker process, BullMQ Postgres backend pool max ${st.bqPoolMax}; each run's deadline ${st.runDeadlineS} s, whole budget ${st.budgetS} s; before each run up to ${st.quietWaitS} s waiting for the machine to go quiet (it is shared)`,
+    `- Settings: ${st.lib === 'src' ? 'worker hosts ran pg-semaphore from src/ through tsx (--lib=src)' : st.lib === 'dist' ? 'worker hosts ran pg-semaphore as built for publishing (tsup, its own folder per run; the acquire microbenchmark runs src/ through tsx)' : 'worker hosts ran src/ through tsx'}; pool max ${st.semPoolMax} per worker process, BullMQ Postgres backend pool max ${st.bqPoolMax}; each run's deadline ${st.runDeadlineS} s, whole budget ${st.budgetS} s; before each run up to ${st.quietWaitS} s waiting for the machine to go quiet (it is shared)`,
   );
   md.push(`- Took ${extra.totalSeconds.toFixed(0)} s. Postgres, Redis, the worker processes and the fake API all share the same cores, loopback only.`, '');
   md.push('## Workloads', '');

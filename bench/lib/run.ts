@@ -20,8 +20,8 @@ export interface RunEnv {
   redisUrl: string;
   semPoolMax: number;
   bqPoolMax: number;
-  /** Which pg-semaphore the hosts load (HostConfig.lib). */
-  lib: 'dist' | 'src';
+  /** Where the hosts load pg-semaphore from (HostConfig.libDir). */
+  libDir: string | undefined;
 }
 
 export interface RawRun {
@@ -248,7 +248,7 @@ export async function runOne(contender: ContenderId, workload: WorkloadSpec, env
         // a workload's own pool size is for transaction holding (a connection per held ticket set)
         semPoolMax: info.holding === 'transaction' ? (workload.semPoolMax ?? env.semPoolMax) : env.semPoolMax,
         bqPoolMax: env.bqPoolMax,
-        lib: env.lib,
+        libDir: env.libDir,
         semAppName,
         bqAppName,
       };

@@ -109,8 +109,8 @@ export interface HostConfig {
   semAppName: string;
   /** application_name of the BullMQ Postgres backend pool. */
   bqAppName: string;
-  /** Which pg-semaphore the host loads: the build in dist/ (what users run) or src/ through tsx. */
-  lib: 'dist' | 'src';
+  /** The folder of the built pg-semaphore the host loads (what users run); undefined: src/ through tsx. */
+  libDir?: string;
 }
 
 /**
@@ -146,7 +146,7 @@ export interface HostResult {
    * process overlapped (so the count is that job's alone).
    */
   soloRoundTrips?: { pre: number[]; post: number[] };
-  /** pg-semaphore: its LISTEN connection was known to hear NOTIFYs when the run ended (false: never opened, or its probes never arrived while it was idle). */
+  /** pg-semaphore: its LISTEN connection was known to hear NOTIFYs when the run ended (false: no probe arrived while it was idle); absent when it was never opened (nothing waited). */
   hearsWakeUps?: boolean;
   /** Jobs whose body saw job.attemptsMade > 0 (a wait must not use an attempt). */
   attemptsMadeNonZero?: number;
