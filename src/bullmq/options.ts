@@ -57,9 +57,9 @@ export interface LimitOptions<D = unknown, R = unknown, N extends string = strin
   maxLocalWaiters?: number;
   /**
    * A holding transaction is handed from job to job at most this many times (and for at most
-   * 250 ms after it was acquired; 1 s while it is kept for the next job with `linger`, the last
-   * try saw a free ticket and a release within the last 250 ms saw nobody waiting) before it is
-   * committed, so other processes get a turn.
+   * 250 ms after it was acquired; 1 s for jobs of ~30 ms or less kept for the next job with
+   * `linger` while the last try saw a free ticket and a release within the last 250 ms saw
+   * nobody waiting) before it is committed, so other processes get a turn.
    * @default 32
    */
   maxHandoffs?: number;

@@ -224,6 +224,29 @@ describe('Gate: the choice of the next waiter', () => {
     expect(e.release).toHaveBeenCalledTimes(1);
   });
 
+  it('long jobs get no longer chain while tickets are plentiful: 250 ms, as before', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const t = setup({ linger: 1_000 });
+    cleanup = () => {
+      t.stop();
+      vi.useRealTimers();
+    };
+    const later = (ms: number) => vi.setSystemTime(Date.now() + ms);
+    const end = { commit: true, reusable: true };
+    const [a, z] = [hold('a'), hold('z')];
+    t.results.push(a, z);
+    expect(await t.gate.arrive('job-0')).toBe(a);
+    expect(await t.gate.arrive('job-1')).toBe(z);
+    t.gate.recordHoldTime(500);
+    expect(await t.gate.free(a, end)).toBe(true);
+    expect(t.gate.takeParked()).toBe(a);
+    later(300);
+    // nobody waits, and a release just found nobody waiting: still released, the jobs are long
+    expect(await t.gate.free(z, { ...end, mayKeep: false })).toBe(false);
+    expect(await t.gate.free(a, end)).toBe(false);
+    expect(a.release).toHaveBeenCalledTimes(1);
+  });
+
   it('when a chain ends before the watch is in place, wakes the local head at once (no NOTIFY would reach it)', async () => {
     const t = setup({ maxHandoffs: 0 });
     cleanup = t.stop;
