@@ -64,6 +64,25 @@ afterEach(() => cleanup());
 
 const tick = () => new Promise<void>((r) => setImmediate(r));
 
+/**
+ * A gate (`linger` 1 s) whose chain limits run on a faked clock, holding `a` and `z` for jobs 0
+ * and 1. Only Date is faked: the chain limits read Date.now(), the linger timers stay real
+ * (1 s, never reached in these tests).
+ */
+async function twoHoldsOnFakedClock() {
+  vi.useFakeTimers({ toFake: ['Date'] });
+  const t = setup({ linger: 1_000 });
+  cleanup = () => {
+    t.stop();
+    vi.useRealTimers();
+  };
+  const [a, z] = [hold('a'), hold('z')];
+  t.results.push(a, z);
+  expect(await t.gate.arrive('job-0')).toBe(a);
+  expect(await t.gate.arrive('job-1')).toBe(z);
+  return { t, a, z, later: (ms: number) => vi.setSystemTime(Date.now() + ms), end: { commit: true, reusable: true } };
+}
+
 describe('Gate: the choice of the next waiter', () => {
   it('hands a freed hold to the oldest waiter, with no acquire call, and the hold stays counted', async () => {
     const t = setup();
@@ -156,19 +175,7 @@ describe('Gate: the choice of the next waiter', () => {
   });
 
   it('a chain of kept holds lasts up to 1 s while tickets are plentiful and a release found nobody waiting within 250 ms; otherwise 250 ms', async () => {
-    // only Date is faked: the chain limits read Date.now(), the linger timers stay real (1 s, never reached)
-    vi.useFakeTimers({ toFake: ['Date'] });
-    const t = setup({ linger: 1_000 });
-    cleanup = () => {
-      t.stop();
-      vi.useRealTimers();
-    };
-    const later = (ms: number) => vi.setSystemTime(Date.now() + ms);
-    const end = { commit: true, reusable: true };
-    const [a, z] = [hold('a'), hold('z')];
-    t.results.push(a, z);
-    expect(await t.gate.arrive('job-0')).toBe(a);
-    expect(await t.gate.arrive('job-1')).toBe(z);
+    const { t, later, end, a, z } = await twoHoldsOnFakedClock();
     // job-0 ends: its hold is kept, and job-2 takes it (the chain is as old as the acquire)
     expect(await t.gate.free(a, end)).toBe(true);
     expect(t.gate.takeParked()).toBe(a);
@@ -225,18 +232,7 @@ describe('Gate: the choice of the next waiter', () => {
   });
 
   it('long jobs get no longer chain while tickets are plentiful: 250 ms, as before', async () => {
-    vi.useFakeTimers({ toFake: ['Date'] });
-    const t = setup({ linger: 1_000 });
-    cleanup = () => {
-      t.stop();
-      vi.useRealTimers();
-    };
-    const later = (ms: number) => vi.setSystemTime(Date.now() + ms);
-    const end = { commit: true, reusable: true };
-    const [a, z] = [hold('a'), hold('z')];
-    t.results.push(a, z);
-    expect(await t.gate.arrive('job-0')).toBe(a);
-    expect(await t.gate.arrive('job-1')).toBe(z);
+    const { t, later, end, a, z } = await twoHoldsOnFakedClock();
     t.gate.recordHoldTime(500);
     expect(await t.gate.free(a, end)).toBe(true);
     expect(t.gate.takeParked()).toBe(a);
