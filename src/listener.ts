@@ -30,6 +30,8 @@ const noRelay = () => undefined;
 const QUICK_PROBES = 5;
 /** After those, the pause before each further probe: from 1 s, doubling, at most this long. */
 const MAX_PROBE_PAUSE_MS = 30_000;
+/** How long statements on the LISTEN connection wait for a probe on its way (see `Listener.quiet`). */
+const QUIET_MS = 250;
 
 /**
  * One LISTEN connection per {@link PgSemaphore}, opened the first time something waits.
@@ -66,6 +68,11 @@ export class Listener {
   private probes = 0;
   /** The next probe, once the quick ones all arrived while the connection was busy. */
   private probeTimer: NodeJS.Timeout | undefined;
+  /**
+   * A probe is on its way: statements wait to start until it arrives (at most `QUIET_MS`), so
+   * that it finds the connection idle even while waiters watch and unwatch back to back.
+   */
+  private quiet: { done: Promise<void>; end(): void } | undefined;
   /** Wake-ups relayed to the next waiting process (tests read it). */
   relays = 0;
   /** A relay failed (and was logged). */
@@ -73,6 +80,7 @@ export class Listener {
 
   private run<T>(fn: () => Promise<T>): Promise<T> {
     const counted = async () => {
+      while (this.quiet) await this.quiet.done;
       this.busy++;
       try {
         return await fn();
@@ -224,15 +232,41 @@ export class Listener {
   private stopProbing(): void {
     clearTimeout(this.probeTimer);
     this.probeTimer = undefined;
+    this.endQuiet();
+  }
+
+  /** Holds back the statements of this connection until {@link Listener.endQuiet}, or `QUIET_MS`. */
+  private beginQuiet(): void {
+    if (this.quiet) return;
+    let resolve!: () => void;
+    const done = new Promise<void>((r) => (resolve = r));
+    const timer = setTimeout(() => this.endQuiet(), QUIET_MS);
+    timer.unref();
+    this.quiet = {
+      done,
+      end: () => {
+        clearTimeout(timer);
+        resolve();
+      },
+    };
+  }
+
+  private endQuiet(): void {
+    const quiet = this.quiet;
+    this.quiet = undefined;
+    quiet?.end();
   }
 
   private sendProbe(client: PoolClient): void {
     if (this.ns === undefined || this.backendPid === undefined || this.client !== client || this.heard) return;
     this.probes++;
     const probe = statements.probe(this.ns, this.backendPid);
-    // after the statement in flight, if any, so that the answer finds the connection idle
+    // after the statements queued so far, and holding back the ones queued after it until it
+    // arrives: the answer finds the connection idle
     void this.chain.then(() => {
-      if (this.client === client) void this.pool.query(probe.text, probe.values).catch(() => undefined);
+      if (this.client !== client) return;
+      this.beginQuiet();
+      void this.pool.query(probe.text, probe.values).catch(() => this.endQuiet());
     });
   }
 
@@ -246,6 +280,8 @@ export class Listener {
     if (Number(ns) !== this.ns) return;
     if (pid !== undefined && Number(pid) !== this.backendPid && Number(pid) !== this.wakeId) return;
     if (id === '0') {
+      // the probe is here: the statements held back for it may go
+      this.endQuiet();
       const client = this.client;
       if (!client || this.heard) return;
       // Only a NOTIFY that arrives while this connection runs nothing proves that the server
