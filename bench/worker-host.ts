@@ -166,9 +166,9 @@ const globalTenantRequest = (job: Job<JobData>) => [{ name: 'api', tickets: job.
 // benchmark makes first. --lib=src loads the TypeScript sources through tsx instead, whose
 // keepNames wraps every closure made.
 const fromSrc = cfg.libDir === undefined;
-const dist = (file: string) => import(pathToFileURL(join(cfg.libDir!, file)).href);
-const { PgSemaphore } = (fromSrc ? await import('../src/index.js') : await dist('index.js')) as typeof import('../src/index.js');
-const { limitProcessor } = (fromSrc ? await import('../src/bullmq/index.js') : await dist('bullmq.js')) as typeof import('../src/bullmq/index.js');
+const built = (file: string) => import(pathToFileURL(join(cfg.libDir!, file)).href);
+const { PgSemaphore } = (fromSrc ? await import('../src/index.js') : await built('index.js')) as typeof import('../src/index.js');
+const { limitProcessor } = (fromSrc ? await import('../src/bullmq/index.js') : await built('bullmq.js')) as typeof import('../src/bullmq/index.js');
 
 let sem: PgSemaphoreType | undefined;
 let limited: LimitedProcessor<JobData, void> | undefined;

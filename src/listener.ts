@@ -26,7 +26,7 @@ interface Waiter {
 
 const noRelay = () => undefined;
 
-/** Probes sent back to back on a connection while each arrives when it runs a statement. */
+/** Probes sent at once on a connection, each after the one before arrived while a statement ran. */
 const QUICK_PROBES = 5;
 /** After those, the pause before each further probe: from 1 s, doubling, at most this long. */
 const MAX_PROBE_PAUSE_MS = 30_000;
@@ -180,7 +180,7 @@ export class Listener {
         // one round trip: keepalives (see KEEPALIVES) and LISTEN
         await client.query(`${statements.KEEPALIVES}; ${statements.LISTEN}`);
         // Waiters registered on a previous connection lost their markers with it.
-        again = [...new Set([...this.waiters.values()].flat())];
+        again = this.allWaiters();
         const ids = again.flatMap((w) => w.ids);
         if (ids.length > 0) await client.query(statements.watchIds(this.qs, ids));
         for (const w of again) {
@@ -215,7 +215,7 @@ export class Listener {
    * its poll. A probe that arrives while it runs nothing ends this.
    */
   private probe(client: PoolClient): void {
-    if (this.ns === undefined || this.backendPid === undefined || this.client !== client || this.heard) return;
+    if (!this.mayProbe(client)) return;
     if (this.probes >= QUICK_PROBES) {
       if (this.probeTimer) return;
       const pause = Math.min(MAX_PROBE_PAUSE_MS, 1_000 * 2 ** (this.probes - QUICK_PROBES));
@@ -257,10 +257,21 @@ export class Listener {
     quiet?.end();
   }
 
+  /** `client` is still the LISTEN connection, known by its backend pid, and not yet known to hear. */
+  private mayProbe(client: PoolClient): boolean {
+    return this.ns !== undefined && this.backendPid !== undefined && this.client === client && !this.heard;
+  }
+
+  /** Each waiter once (one waiting on several semaphores is listed under each). */
+  private allWaiters(): Waiter[] {
+    return [...new Set([...this.waiters.values()].flat())];
+  }
+
   private sendProbe(client: PoolClient): void {
-    if (this.ns === undefined || this.backendPid === undefined || this.client !== client || this.heard) return;
+    if (!this.mayProbe(client)) return;
     this.probes++;
-    const probe = statements.probe(this.ns, this.backendPid);
+    // mayProbe: both known
+    const probe = statements.probe(this.ns!, this.backendPid!);
     // after the statements queued so far, and holding back the ones queued after it until it
     // arrives: the answer finds the connection idle
     void this.chain.then(() => {
@@ -336,7 +347,7 @@ export class Listener {
    */
   private async markHears(client: PoolClient): Promise<void> {
     if (!this.noSlots) {
-      const waiters = [...new Set([...this.waiters.values()].flat())].filter((w) => w.client === client);
+      const waiters = this.allWaiters().filter((w) => w.client === client);
       const ids = waiters.flatMap((w) => w.ids);
       try {
         const { rows } = await client.query<{ slot: number | null }>(statements.hearsSlot(this.qs, ids));

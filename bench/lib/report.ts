@@ -449,7 +449,7 @@ function markdown(env: Environment, plan: WorkloadSpec[], figures: RunFigures[],
   md.push(`- Code: git HEAD ${env.git.head ?? 'unknown'}, src/ sha256 ${env.git.srcSha256} (as on disk)`);
   const st = extra.settings;
   md.push(
-    `- Settings: ${st.lib === 'src' ? 'worker hosts ran pg-semaphore from src/ through tsx (--lib=src)' : st.lib === 'dist' ? 'worker hosts ran pg-semaphore as built for publishing (tsup, its own folder per run; the acquire microbenchmark runs src/ through tsx)' : 'worker hosts ran src/ through tsx'}; pool max ${st.semPoolMax} per worker process, BullMQ Postgres backend pool max ${st.bqPoolMax}; each run's deadline ${st.runDeadlineS} s, whole budget ${st.budgetS} s; before each run up to ${st.quietWaitS} s waiting for the machine to go quiet (it is shared)`,
+    `- Settings: ${st.lib === 'dist' ? 'worker hosts ran pg-semaphore as built for publishing (tsup, its own folder per run; the acquire microbenchmark runs src/ through tsx)' : 'worker hosts ran pg-semaphore from src/ through tsx'}; pool max ${st.semPoolMax} per worker process, BullMQ Postgres backend pool max ${st.bqPoolMax}; each run's deadline ${st.runDeadlineS} s, whole budget ${st.budgetS} s; before each run up to ${st.quietWaitS} s waiting for the machine to go quiet (it is shared)`,
   );
   md.push(`- Took ${extra.totalSeconds.toFixed(0)} s. Postgres, Redis, the worker processes and the fake API all share the same cores, loopback only.`, '');
   md.push('## Workloads', '');
