@@ -156,6 +156,11 @@ export class Waiter<H> {
   private relayFn: (() => void) | undefined;
   /** A wake-up it holds was for a semaphore only its gate watches here (see `Gate.wakeOwn`). */
   private own = false;
+  /**
+   * The relays of further wake-ups by releases elsewhere (NOTIFYs naming this process, or
+   * passed on from one) that came before it tried: each announces a ticket of its own.
+   */
+  private moreRelays: Array<() => void> = [];
 
   /** Where the waiter stands (see {@link WaiterState}). */
   get state(): WaiterState {
@@ -174,13 +179,13 @@ export class Waiter<H> {
 
   /**
    * A ticket may be free: try as soon as you are the head. A second wake-up before the try
-   * keeps both relays (each passes on the wake-up of its own semaphore); `own`: see `Gate.wakeOwn`.
+   * keeps both relays (each passes on a wake-up of its own); `own`: see `Gate.wakeOwn`.
    */
   wake(relay?: () => void, own = false): void {
     if (this.current === 'waiting') this.current = 'woken';
-    if (relay) {
-      const before = this.relayFn;
-      this.relayFn = before && before !== relay ? () => (before(), relay()) : relay;
+    if (relay && relay !== this.relayFn && !this.moreRelays.includes(relay)) {
+      if (this.relayFn) this.moreRelays.push(relay);
+      else this.relayFn = relay;
     }
     if (own) this.own = true;
     this.cut?.();
@@ -191,11 +196,26 @@ export class Waiter<H> {
     return this.own;
   }
 
-  /** The relay of the wake-ups it holds (and forgets them). */
+  /**
+   * Whether it holds a wake-up that came from a release elsewhere by NOTIFY (one naming this
+   * process, or passed on from one): one release's ticket. Read before {@link Waiter.takeRelay}.
+   */
+  get wokenByRelease(): boolean {
+    return this.relayFn !== undefined || this.own;
+  }
+
+  /** The relay of the first wake-up it holds (and forgets it, and whether it was own). */
   takeRelay(): (() => void) | undefined {
     const r = this.relayFn;
     this.relayFn = undefined;
     this.own = false;
+    return r;
+  }
+
+  /** The relays of the further wake-ups it holds (and forgets them); see `moreRelays`. */
+  takeMoreRelays(): Array<() => void> {
+    const r = this.moreRelays;
+    this.moreRelays = [];
     return r;
   }
 
@@ -283,12 +303,12 @@ export class Gate<H extends GateHold> {
   /** The last acquire call could not reach Postgres (no arrival window then: every arrival finds out at once). */
   private unreachable = false;
   /**
-   * A wake-up came while a waiter of this gate was trying and was held back (one try at a
-   * time per group); the trying waiter takes it when its call comes back busy. False otherwise.
+   * Wake-ups that came while a waiter of this gate was trying and were held back (one try at a
+   * time per group); the trying waiter takes them when its call comes back (see `passOnEach`).
    */
-  private heldBackWakeUp = false;
-  /** The relay of the held-back wake-up, if it named this process. */
-  private heldBackRelay: (() => void) | undefined;
+  private heldBackWakeUps = 0;
+  /** The relays of the held-back wake-ups that named this process (or were passed on from one). */
+  private heldBackRelays: Array<() => void> = [];
   /** The semaphores that last busy try found short; undefined: not known (any of the set's). */
   private short: readonly string[] | undefined;
   /** Mean time a job held its tickets, in ms: an exponential average (weight 0.1), 0 until the first job ends. */
@@ -446,11 +466,18 @@ export class Gate<H extends GateHold> {
           // that comes back busy because another semaphore of the request was short does not
           // pass it on (in global + per tenant that relay cost a third more acquire calls, mostly
           // busy ones elsewhere, for no more jobs/s; see docs/DESIGN-NOTES.md, fifth round)
+          // a wake-up from a release elsewhere announces that release's ticket: a success uses it
+          const oneTicket = me.state === 'woken' && me.wokenByRelease;
           me.takeRelay();
+          // further wake-ups that came while it slept: with one semaphore per job each announces
+          // a ticket this try does not need (passed on after a success); with several they are
+          // the NOTIFYs of one release for what one job can use (see `passOnEach`)
+          const more = me.takeMoreRelays();
+          if (this.req.names.length > 1) more.length = 0;
           me.startTrying();
           let got: { hold: H | null; more: boolean } | undefined;
-          let heldBack = false;
-          let heldBackRelay: (() => void) | undefined;
+          let heldBack = 0;
+          let heldBackRelays: Array<() => void> = [];
           try {
             got = await this.attempt(label);
           } finally {
@@ -458,17 +485,19 @@ export class Gate<H extends GateHold> {
             me.stopTrying();
             // A wake-up held back by the group while this call was in flight announces a ticket
             // this call may not have used (another release's): pass it on after any outcome.
-            heldBack = this.heldBackWakeUp;
-            heldBackRelay = this.heldBackRelay;
-            this.heldBackWakeUp = false;
-            this.heldBackRelay = undefined;
-            // the call threw: this waiter leaves, the next one of the group takes the wake-up
-            if (got === undefined && heldBack) queueMicrotask(() => this.passOn(heldBackRelay));
+            heldBack = this.heldBackWakeUps;
+            heldBackRelays = this.heldBackRelays;
+            this.heldBackWakeUps = 0;
+            this.heldBackRelays = [];
+            // the call threw: this waiter leaves, the next one of the group takes the wake-ups
+            if (got === undefined && heldBack > 0) queueMicrotask(() => this.passOnEach(heldBackRelays));
           }
           if (got.hold) {
-            if (got.more) queueMicrotask(() => this.wakeHead());
-            // after this waiter left the queue (the finally below): the group's next head tries
-            if (heldBack) queueMicrotask(() => this.passOn(heldBackRelay));
+            if (got.more && !oneTicket) queueMicrotask(() => this.wakeHead());
+            // after this waiter left the queue (the finally below): the group's next heads try,
+            // one per wake-up this try did not use
+            const unused = heldBack > 0 ? [...heldBackRelays, ...more] : more;
+            if (unused.length > 0 || heldBack > 0) queueMicrotask(() => this.passOnEach(unused));
             return { hold: got.hold, handoff: false };
           }
           // A wake-up that came while this call was in flight may announce a ticket the call
@@ -476,9 +505,9 @@ export class Gate<H extends GateHold> {
           // idle waiter takes it, possibly of another gate), or one that went to the waiter
           // behind us and is of no use to it while we are the head again. Take it and try once
           // more at once, instead of leaving the ticket to the next poll.
-          if (heldBack) {
+          if (heldBack > 0) {
             this.takeMissedWakeUp(me);
-            this.passOn(heldBackRelay);
+            this.passOnEach(heldBackRelays);
             if (me.state === 'woken') continue;
           } else if (this.takeMissedWakeUp(me)) {
             me.wake();
@@ -730,8 +759,8 @@ export class Gate<H extends GateHold> {
 
   /** A wake-up for this gate was held back because one of its waiters was trying (see GateSet.kick). */
   holdBackWakeUp(relay?: () => void): void {
-    this.heldBackWakeUp = true;
-    if (relay) this.heldBackRelay = relay;
+    this.heldBackWakeUps++;
+    if (relay && !this.heldBackRelays.includes(relay)) this.heldBackRelays.push(relay);
   }
 
   /** A wake-up nobody here used goes to the group's next waiter, or on to the next process. */
@@ -746,8 +775,32 @@ export class Gate<H extends GateHold> {
   private passOnFrom(w: Waiter<H>): void {
     const own = w.wokenOwn;
     const relay = w.takeRelay();
-    if (own && !this.trying && this.wakeHead(relay, true)) return;
-    this.passOn(relay);
+    const more = w.takeMoreRelays();
+    if (own && !this.trying && this.wakeHead(relay, true)) {
+      this.passOnEach(more, true);
+      return;
+    }
+    this.passOnEach(relay ? [relay, ...more] : more);
+  }
+
+  /**
+   * Passes on wake-ups nobody here used, one per relay (or one without a relay when there is
+   * none, unless `onlyRelays`). With one semaphore per job each announces a ticket of its own
+   * (each release NOTIFYs once), so each goes to the next waiter of the group, or on to the
+   * next process. With several (`['api', 'tenant:7']`) one release sends a NOTIFY per
+   * semaphore for what one job can use, so they go on as one wake-up whose relay is all of
+   * theirs, as before.
+   */
+  private passOnEach(relays: ReadonlyArray<() => void>, onlyRelays = false): void {
+    if (relays.length === 0) {
+      if (!onlyRelays) this.passOn(undefined);
+      return;
+    }
+    if (this.req.names.length > 1) {
+      this.passOn(relays.length === 1 ? relays[0] : () => relays.forEach((r) => r()));
+      return;
+    }
+    for (const r of relays) this.passOn(r);
   }
 
   /**
@@ -756,8 +809,9 @@ export class Gate<H extends GateHold> {
    * @returns whether there was one.
    */
   private takeMissedWakeUp(head: Waiter<H>): boolean {
-    let missed = this.heldBackWakeUp;
-    this.heldBackWakeUp = false;
+    let missed = this.heldBackWakeUps > 0;
+    this.heldBackWakeUps = 0;
+    this.heldBackRelays = [];
     for (const w of this.waiters) {
       if (w !== head && w.state === 'woken') {
         w.sleepAgain();

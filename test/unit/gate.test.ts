@@ -817,15 +817,17 @@ describe('GateSet: one fallback poller per group', () => {
 });
 
 describe('Waiter', () => {
-  it('keeps the relay of every wake-up before its try (each passes on its own semaphore)', () => {
+  it('keeps the relay of every wake-up before its try, each apart (each announces a ticket of its own)', () => {
     const w = new Waiter<string>();
     const relays = [vi.fn(), vi.fn()];
     w.wake(relays[0]);
     w.wake(relays[1], true);
-    expect(w.wokenOwn).toBe(true);
-    w.takeRelay()!();
-    expect(relays.map((r) => r.mock.calls.length)).toEqual([1, 1]);
-    expect([w.wokenOwn, w.takeRelay()]).toEqual([false, undefined]);
+    // the same wake-up twice (offered to two consumers) is one
+    w.wake(relays[1]);
+    expect([w.wokenOwn, w.wokenByRelease]).toEqual([true, true]);
+    expect(w.takeRelay()).toBe(relays[0]);
+    expect(w.takeMoreRelays()).toEqual([relays[1]]);
+    expect([w.wokenOwn, w.wokenByRelease, w.takeRelay(), w.takeMoreRelays()]).toEqual([false, false, undefined, []]);
   });
 
   it('has one state, changed only by its methods, which check it', () => {
@@ -938,6 +940,90 @@ describe('Gate: wake-ups that must not be lost (items of the cold review)', () =
     expect(await t.gate.arrive('job-0')).toBe(null); // busy
     t.waiter('w1');
     await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(2), { timeout: 100, interval: 5 });
+  });
+});
+
+describe('Gate: one wake-up by a release elsewhere, one ticket (one semaphore per job)', () => {
+  /** A gate of one semaphore in a GateSet (kicks carry the relay), acquire calls answered by the test. */
+  async function namedWakeUps() {
+    const answers: Array<(a: Attempt<FakeHold>) => void> = [];
+    let onRelease!: (relay: () => void, own?: boolean) => boolean | void;
+    const ctx = {
+      tryHold: vi.fn(() => new Promise<Attempt<FakeHold>>((r) => answers.push(r))),
+      watch: vi.fn(async (_names: string[], cb: (relay: () => void, own?: boolean) => boolean | void) => {
+        onRelease = cb;
+        return async () => undefined;
+      }),
+      promote: vi.fn(async () => undefined),
+      mayPromote: () => false,
+      hearsReleases: () => true,
+    };
+    const gate = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx).gateFor({ names: ['api'], counts: [1] });
+    const abort = new AbortController();
+    cleanup = () => abort.abort();
+    const wait = (label: string) => gate.wait(label, abort.signal, 60_000).catch(() => null);
+    /** Answers acquire call `n` (1-based) once it was made. */
+    const answer = async (n: number, a: Attempt<FakeHold>) => {
+      await vi.waitFor(() => expect(ctx.tryHold).toHaveBeenCalledTimes(n), { timeout: 100, interval: 5 });
+      answers[n - 1]!(a);
+    };
+    const notify = (relay: () => void) => onRelease(relay, true);
+    return { gate, ctx, abort, wait, answer, notify, watched: () => vi.waitFor(() => expect(ctx.watch).toHaveBeenCalled()) };
+  }
+
+  it('two NOTIFYs before the head tries: its success passes the second ticket to the next waiter here', async () => {
+    const t = await namedWakeUps();
+    const arrival = t.gate.arrive('job-0');
+    await t.answer(1, 'busy'); // saturated: a success says nothing of more tickets
+    expect(await arrival).toBeNull();
+    const w1 = t.wait('w1');
+    const w2 = t.wait('w2');
+    await t.watched();
+    await t.answer(2, 'busy'); // the try once the watch is in place
+    await tick();
+    const relays = [vi.fn(), vi.fn()];
+    t.notify(relays[0]!);
+    t.notify(relays[1]!); // before w1's try: both wake-ups are w1's
+    await t.answer(3, hold('a'));
+    expect(await w1).toMatchObject({ handoff: false });
+    // the second release's ticket goes to w2 at once (it would otherwise wait for its poll)
+    await t.answer(4, hold('b'));
+    expect(await w2).toMatchObject({ handoff: false });
+    expect(relays.map((r) => r.mock.calls.length)).toEqual([0, 0]);
+  });
+
+  it('with nobody else waiting here, the unused wake-up is relayed to the next waiting process', async () => {
+    const t = await namedWakeUps();
+    const arrival = t.gate.arrive('job-0');
+    await t.answer(1, 'busy');
+    expect(await arrival).toBeNull();
+    const w1 = t.wait('w1');
+    await t.watched();
+    await t.answer(2, 'busy');
+    await tick();
+    const relays = [vi.fn(), vi.fn()];
+    t.notify(relays[0]!);
+    t.notify(relays[1]!);
+    await t.answer(3, hold('a'));
+    expect(await w1).toMatchObject({ handoff: false });
+    await vi.waitFor(() => expect(relays[1]).toHaveBeenCalledTimes(1), { timeout: 100, interval: 5 });
+    expect(relays[0]).not.toHaveBeenCalled();
+  });
+
+  it('a head woken by a NOTIFY that acquires while tickets were plentiful does not wake the next waiter (that release freed one ticket)', async () => {
+    const t = await namedWakeUps();
+    const arrival = t.gate.arrive('job-0');
+    await t.answer(1, hold('a')); // plentiful: the last try found a ticket
+    expect(await arrival).toMatchObject({ id: 'a' });
+    const w1 = t.wait('w1');
+    void t.wait('w2');
+    await t.watched();
+    await tick();
+    t.notify(vi.fn());
+    await t.answer(2, hold('b'));
+    expect(await w1).toMatchObject({ handoff: false });
+    for (let i = 0; i < 5; i++) await tick();
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(2);
   });
 });
 
