@@ -158,7 +158,7 @@ export class Waiter<H> {
   private own = false;
   /**
    * The relays of further wake-ups by releases elsewhere (NOTIFYs naming this process, or
-   * passed on from one) that came before it tried: each announces a ticket of its own.
+   * passed on from one) that came before it tried, one per wake-up (see `Gate.passOnAll`).
    */
   private moreRelays: Array<() => void> = [];
 
@@ -179,11 +179,12 @@ export class Waiter<H> {
 
   /**
    * A ticket may be free: try as soon as you are the head. A second wake-up before the try
-   * keeps both relays (each passes on a wake-up of its own); `own`: see `Gate.wakeOwn`.
+   * keeps both relays, apart (each passes on a wake-up of its own; the same relay twice, as
+   * wake-ups passed on by another process share one, counts twice); `own`: see `Gate.wakeOwn`.
    */
   wake(relay?: () => void, own = false): void {
     if (this.current === 'waiting') this.current = 'woken';
-    if (relay && relay !== this.relayFn && !this.moreRelays.includes(relay)) {
+    if (relay) {
       if (this.relayFn) this.moreRelays.push(relay);
       else this.relayFn = relay;
     }
@@ -280,6 +281,11 @@ export class Waiter<H> {
   }
 }
 
+/** One function that calls each of `fns`. */
+function all(fns: ReadonlyArray<() => void>): () => void {
+  return fns.length === 1 ? fns[0]! : () => fns.forEach((f) => f());
+}
+
 /** The shared scheduling state of one semaphore set in one limited processor (see the file's comment). @internal */
 export class Gate<H extends GateHold> {
   /** Jobs of this process waiting for the set, oldest first; a waiter leaves when handed a hold or done waiting. */
@@ -304,7 +310,7 @@ export class Gate<H extends GateHold> {
   private unreachable = false;
   /**
    * Wake-ups that came while a waiter of this gate was trying and were held back (one try at a
-   * time per group); the trying waiter takes them when its call comes back (see `passOnEach`).
+   * time per group); the trying waiter takes them when its call comes back (see `passOnAll`).
    */
   private heldBackWakeUps = 0;
   /** The relays of the held-back wake-ups that named this process (or were passed on from one). */
@@ -462,18 +468,19 @@ export class Gate<H extends GateHold> {
         // the poll is the fallback for a lost wake-up: one per group of gates sharing a
         // semaphore (the waiter a kick would wake), not one per gate
         if (isHead && (me.state === 'woken' || (polls > 0 && !nudged && this.ctx.leadsGroup(this)))) {
-          // A wake-up that named this process is used up by this try, whatever it finds: a try
-          // that comes back busy because another semaphore of the request was short does not
-          // pass it on (in global + per tenant that relay cost a third more acquire calls, mostly
-          // busy ones elsewhere, for no more jobs/s; see docs/DESIGN-NOTES.md, fifth round)
-          // a wake-up from a release elsewhere announces that release's ticket: a success uses it
-          const oneTicket = me.state === 'woken' && me.wokenByRelease;
+          // The (first) wake-up that named this process is used up by this try, whatever it
+          // finds: a try that comes back busy because another semaphore of the request was short
+          // does not pass it on (in global + per tenant that relay cost a third more acquire
+          // calls, mostly busy ones elsewhere, for no more jobs/s; see docs/DESIGN-NOTES.md,
+          // fifth round). With one ticket per job (`ticketPerWakeUp`), a wake-up from a release
+          // elsewhere announces that release's ticket: a success uses it and says nothing of more.
+          const oneTicket = this.ticketPerWakeUp && me.state === 'woken' && me.wokenByRelease;
           me.takeRelay();
-          // further wake-ups that came while it slept: with one semaphore per job each announces
-          // a ticket this try does not need (passed on after a success); with several they are
-          // the NOTIFYs of one release for what one job can use (see `passOnEach`)
+          // further wake-ups that came while it slept: each announces a ticket this try does not
+          // need, passed on after a success (with one ticket per job; otherwise dropped, as the
+          // first one's relay is: see `passOnAll`)
           const more = me.takeMoreRelays();
-          if (this.req.names.length > 1) more.length = 0;
+          if (!this.ticketPerWakeUp) more.length = 0;
           me.startTrying();
           let got: { hold: H | null; more: boolean } | undefined;
           let heldBack = 0;
@@ -490,14 +497,13 @@ export class Gate<H extends GateHold> {
             this.heldBackWakeUps = 0;
             this.heldBackRelays = [];
             // the call threw: this waiter leaves, the next one of the group takes the wake-ups
-            if (got === undefined && heldBack > 0) queueMicrotask(() => this.passOnEach(heldBackRelays));
+            if (got === undefined && heldBack > 0) queueMicrotask(() => this.passOnAll(heldBackRelays, heldBackRelays.at(-1)));
           }
           if (got.hold) {
             if (got.more && !oneTicket) queueMicrotask(() => this.wakeHead());
-            // after this waiter left the queue (the finally below): the group's next heads try,
-            // one per wake-up this try did not use
-            const unused = heldBack > 0 ? [...heldBackRelays, ...more] : more;
-            if (unused.length > 0 || heldBack > 0) queueMicrotask(() => this.passOnEach(unused));
+            // after this waiter left the queue (the finally below): the wake-ups this try did not
+            // use go to the group's next waiter (one try at a time) or on to the next process
+            if (heldBack > 0 || more.length > 0) queueMicrotask(() => this.passOnAll([...heldBackRelays, ...more], heldBackRelays.at(-1)));
             return { hold: got.hold, handoff: false };
           }
           // A wake-up that came while this call was in flight may announce a ticket the call
@@ -507,7 +513,7 @@ export class Gate<H extends GateHold> {
           // more at once, instead of leaving the ticket to the next poll.
           if (heldBack > 0) {
             this.takeMissedWakeUp(me);
-            this.passOnEach(heldBackRelays);
+            this.passOnAll(heldBackRelays, heldBackRelays.at(-1));
             if (me.state === 'woken') continue;
           } else if (this.takeMissedWakeUp(me)) {
             me.wake();
@@ -760,7 +766,7 @@ export class Gate<H extends GateHold> {
   /** A wake-up for this gate was held back because one of its waiters was trying (see GateSet.kick). */
   holdBackWakeUp(relay?: () => void): void {
     this.heldBackWakeUps++;
-    if (relay && !this.heldBackRelays.includes(relay)) this.heldBackRelays.push(relay);
+    if (relay) this.heldBackRelays.push(relay);
   }
 
   /** A wake-up nobody here used goes to the group's next waiter, or on to the next process. */
@@ -769,38 +775,46 @@ export class Gate<H extends GateHold> {
   }
 
   /**
-   * The wake-up `w` holds and did not use (it was handed a hold, or left): an own one goes to
-   * this gate's next waiter (nobody else here waits on that semaphore), else {@link Gate.passOn}.
+   * The wake-ups `w` holds and did not use (it was handed a hold, or left): an own one goes to
+   * this gate's next waiter (nobody else here waits on that semaphore), else {@link Gate.passOn};
+   * with one ticket per job each further one goes on by itself (see {@link Gate.passOnAll}),
+   * otherwise all go on as one wake-up whose relay is all of theirs, as before.
    */
   private passOnFrom(w: Waiter<H>): void {
     const own = w.wokenOwn;
-    const relay = w.takeRelay();
+    const first = w.takeRelay();
     const more = w.takeMoreRelays();
+    const relay = this.ticketPerWakeUp || more.length === 0 ? first : all(first ? [first, ...more] : more);
+    if (!this.ticketPerWakeUp) more.length = 0;
     if (own && !this.trying && this.wakeHead(relay, true)) {
-      this.passOnEach(more, true);
+      for (const r of more) this.passOn(r);
       return;
     }
-    this.passOnEach(relay ? [relay, ...more] : more);
+    this.passOnAll(first ? [first, ...more] : more, relay);
   }
 
   /**
-   * Passes on wake-ups nobody here used, one per relay (or one without a relay when there is
-   * none, unless `onlyRelays`). With one semaphore per job each announces a ticket of its own
-   * (each release NOTIFYs once), so each goes to the next waiter of the group, or on to the
-   * next process. With several (`['api', 'tenant:7']`) one release sends a NOTIFY per
-   * semaphore for what one job can use, so they go on as one wake-up whose relay is all of
-   * theirs, as before.
+   * Each job of the set takes one ticket of one semaphore, so each wake-up by a release
+   * elsewhere announces what one job can use: wake-ups are counted one by one. With weights or
+   * several semaphores (`['api', 'tenant:7']`, where one release sends a NOTIFY per semaphore
+   * for what one job can use) they are not, and behave as before they were counted.
    */
-  private passOnEach(relays: ReadonlyArray<() => void>, onlyRelays = false): void {
-    if (relays.length === 0) {
-      if (!onlyRelays) this.passOn(undefined);
+  private get ticketPerWakeUp(): boolean {
+    return this.req.names.length === 1 && this.req.counts[0] === 1;
+  }
+
+  /**
+   * Passes on wake-ups nobody here used. With one ticket per job (`ticketPerWakeUp`) each goes
+   * on by itself: to the group's oldest idle waiter (which takes them one try at a time and
+   * passes on what it does not use) or, with nobody waiting here, by its relay to the next
+   * waiting process. Otherwise they go on as one wake-up with relay `asOne`, as before.
+   */
+  private passOnAll(each: ReadonlyArray<() => void>, asOne: (() => void) | undefined): void {
+    if (!this.ticketPerWakeUp || each.length === 0) {
+      this.passOn(asOne);
       return;
     }
-    if (this.req.names.length > 1) {
-      this.passOn(relays.length === 1 ? relays[0] : () => relays.forEach((r) => r()));
-      return;
-    }
-    for (const r of relays) this.passOn(r);
+    for (const r of each) this.passOn(r);
   }
 
   /**

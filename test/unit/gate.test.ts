@@ -822,11 +822,11 @@ describe('Waiter', () => {
     const relays = [vi.fn(), vi.fn()];
     w.wake(relays[0]);
     w.wake(relays[1], true);
-    // the same wake-up twice (offered to two consumers) is one
+    // wake-ups passed on by another process share one relay: each still counts
     w.wake(relays[1]);
     expect([w.wokenOwn, w.wokenByRelease]).toEqual([true, true]);
     expect(w.takeRelay()).toBe(relays[0]);
-    expect(w.takeMoreRelays()).toEqual([relays[1]]);
+    expect(w.takeMoreRelays()).toEqual([relays[1], relays[1]]);
     expect([w.wokenOwn, w.wokenByRelease, w.takeRelay(), w.takeMoreRelays()]).toEqual([false, false, undefined, []]);
   });
 
@@ -944,8 +944,8 @@ describe('Gate: wake-ups that must not be lost (items of the cold review)', () =
 });
 
 describe('Gate: one wake-up by a release elsewhere, one ticket (one semaphore per job)', () => {
-  /** A gate of one semaphore in a GateSet (kicks carry the relay), acquire calls answered by the test. */
-  async function namedWakeUps() {
+  /** A gate in a GateSet (kicks carry the relay), acquire calls answered by the test; one ticket of `api` unless told. */
+  async function namedWakeUps(req: { names: string[]; counts: number[] } = { names: ['api'], counts: [1] }) {
     const answers: Array<(a: Attempt<FakeHold>) => void> = [];
     let onRelease!: (relay: () => void, own?: boolean) => boolean | void;
     const ctx = {
@@ -958,7 +958,7 @@ describe('Gate: one wake-up by a release elsewhere, one ticket (one semaphore pe
       mayPromote: () => false,
       hearsReleases: () => true,
     };
-    const gate = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx).gateFor({ names: ['api'], counts: [1] });
+    const gate = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx).gateFor(req);
     const abort = new AbortController();
     cleanup = () => abort.abort();
     const wait = (label: string) => gate.wait(label, abort.signal, 60_000).catch(() => null);
@@ -989,6 +989,29 @@ describe('Gate: one wake-up by a release elsewhere, one ticket (one semaphore pe
     // the second release's ticket goes to w2 at once (it would otherwise wait for its poll)
     await t.answer(4, hold('b'));
     expect(await w2).toMatchObject({ handoff: false });
+    expect(relays.map((r) => r.mock.calls.length)).toEqual([0, 0]);
+  });
+
+  it.each([
+    ['two tickets of one semaphore', { names: ['api'], counts: [2] }],
+    ['one ticket of each of two semaphores', { names: ['api', 'tenant:1'], counts: [1, 1] }],
+  ])('with %s per job, wake-ups are not counted: after a success the next waiter waits, as before', async (_what, req) => {
+    const t = await namedWakeUps(req);
+    const arrival = t.gate.arrive('job-0');
+    await t.answer(1, 'busy');
+    expect(await arrival).toBeNull();
+    const w1 = t.wait('w1');
+    void t.wait('w2');
+    await t.watched();
+    await t.answer(2, 'busy');
+    await tick();
+    const relays = [vi.fn(), vi.fn()];
+    t.notify(relays[0]!);
+    t.notify(relays[1]!);
+    await t.answer(3, hold('a'));
+    expect(await w1).toMatchObject({ handoff: false });
+    for (let i = 0; i < 5; i++) await tick();
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(3);
     expect(relays.map((r) => r.mock.calls.length)).toEqual([0, 0]);
   });
 
