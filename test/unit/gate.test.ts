@@ -971,19 +971,30 @@ describe('Gate: one wake-up by a release elsewhere, one ticket (one semaphore pe
     return { gate, ctx, abort, wait, answer, notify, watched: () => vi.waitFor(() => expect(ctx.watch).toHaveBeenCalled()) };
   }
 
-  it('two NOTIFYs before the head tries: its success passes the second ticket to the next waiter here', async () => {
-    const t = await namedWakeUps();
+  /** Saturates `t`'s gate (a busy arrival, then a busy try once the watch is in place) with jobs `labels` waiting; their waits. */
+  async function saturatedWith(t: Awaited<ReturnType<typeof namedWakeUps>>, labels: string[]) {
     const arrival = t.gate.arrive('job-0');
     await t.answer(1, 'busy'); // saturated: a success says nothing of more tickets
     expect(await arrival).toBeNull();
-    const w1 = t.wait('w1');
-    const w2 = t.wait('w2');
+    const waits = labels.map((label) => t.wait(label));
     await t.watched();
     await t.answer(2, 'busy'); // the try once the watch is in place
     await tick();
+    return waits;
+  }
+
+  /** Two NOTIFYs naming this process, both before the head tries; their relays. */
+  function twoNotifies(t: Awaited<ReturnType<typeof namedWakeUps>>) {
     const relays = [vi.fn(), vi.fn()];
     t.notify(relays[0]!);
-    t.notify(relays[1]!); // before w1's try: both wake-ups are w1's
+    t.notify(relays[1]!);
+    return relays;
+  }
+
+  it('two NOTIFYs before the head tries: its success passes the second ticket to the next waiter here', async () => {
+    const t = await namedWakeUps();
+    const [w1, w2] = await saturatedWith(t, ['w1', 'w2']);
+    const relays = twoNotifies(t); // before w1's try: both wake-ups are w1's
     await t.answer(3, hold('a'));
     expect(await w1).toMatchObject({ handoff: false });
     // the second release's ticket goes to w2 at once (it would otherwise wait for its poll)
@@ -997,17 +1008,8 @@ describe('Gate: one wake-up by a release elsewhere, one ticket (one semaphore pe
     ['one ticket of each of two semaphores', { names: ['api', 'tenant:1'], counts: [1, 1] }],
   ])('with %s per job, wake-ups are not counted: after a success the next waiter waits, as before', async (_what, req) => {
     const t = await namedWakeUps(req);
-    const arrival = t.gate.arrive('job-0');
-    await t.answer(1, 'busy');
-    expect(await arrival).toBeNull();
-    const w1 = t.wait('w1');
-    void t.wait('w2');
-    await t.watched();
-    await t.answer(2, 'busy');
-    await tick();
-    const relays = [vi.fn(), vi.fn()];
-    t.notify(relays[0]!);
-    t.notify(relays[1]!);
+    const [w1] = await saturatedWith(t, ['w1', 'w2']);
+    const relays = twoNotifies(t);
     await t.answer(3, hold('a'));
     expect(await w1).toMatchObject({ handoff: false });
     for (let i = 0; i < 5; i++) await tick();
@@ -1017,16 +1019,8 @@ describe('Gate: one wake-up by a release elsewhere, one ticket (one semaphore pe
 
   it('with nobody else waiting here, the unused wake-up is relayed to the next waiting process', async () => {
     const t = await namedWakeUps();
-    const arrival = t.gate.arrive('job-0');
-    await t.answer(1, 'busy');
-    expect(await arrival).toBeNull();
-    const w1 = t.wait('w1');
-    await t.watched();
-    await t.answer(2, 'busy');
-    await tick();
-    const relays = [vi.fn(), vi.fn()];
-    t.notify(relays[0]!);
-    t.notify(relays[1]!);
+    const [w1] = await saturatedWith(t, ['w1']);
+    const relays = twoNotifies(t);
     await t.answer(3, hold('a'));
     expect(await w1).toMatchObject({ handoff: false });
     await vi.waitFor(() => expect(relays[1]).toHaveBeenCalledTimes(1), { timeout: 100, interval: 5 });
