@@ -479,8 +479,7 @@ export class Gate<H extends GateHold> {
           // further wake-ups that came while it slept: each announces a ticket this try does not
           // need, passed on after a success (with one ticket per job; otherwise dropped, as the
           // first one's relay is: see `passOnAll`)
-          const more = me.takeMoreRelays();
-          if (!this.ticketPerWakeUp) more.length = 0;
+          const more = this.ticketPerWakeUp ? me.takeMoreRelays() : (me.takeMoreRelays(), []);
           me.startTrying();
           let got: { hold: H | null; more: boolean } | undefined;
           let heldBack = 0;
@@ -783,14 +782,10 @@ export class Gate<H extends GateHold> {
   private passOnFrom(w: Waiter<H>): void {
     const own = w.wokenOwn;
     const first = w.takeRelay();
-    const more = w.takeMoreRelays();
-    const relay = this.ticketPerWakeUp || more.length === 0 ? first : all(first ? [first, ...more] : more);
-    if (!this.ticketPerWakeUp) more.length = 0;
-    if (own && !this.trying && this.wakeHead(relay, true)) {
-      for (const r of more) this.passOn(r);
-      return;
-    }
-    this.passOnAll(first ? [first, ...more] : more, relay);
+    const relays = first ? [first, ...w.takeMoreRelays()] : w.takeMoreRelays();
+    const [lead, ...rest] = this.ticketPerWakeUp || relays.length <= 1 ? relays : [all(relays)];
+    if (!(own && !this.trying && this.wakeHead(lead, true))) this.passOn(lead);
+    for (const r of rest) this.passOn(r);
   }
 
   /**
@@ -818,14 +813,12 @@ export class Gate<H extends GateHold> {
   }
 
   /**
-   * After `head`'s busy try: takes a wake-up that arrived meanwhile, held back for this gate
-   * or given to a waiter behind `head` (which then waits again).
+   * After `head`'s busy try: takes a wake-up that arrived meanwhile and went to a waiter behind
+   * `head` (which then waits again; the ones held back for this gate the caller took already).
    * @returns whether there was one.
    */
   private takeMissedWakeUp(head: Waiter<H>): boolean {
-    let missed = this.heldBackWakeUps > 0;
-    this.heldBackWakeUps = 0;
-    this.heldBackRelays = [];
+    let missed = false;
     for (const w of this.waiters) {
       if (w !== head && w.state === 'woken') {
         w.sleepAgain();
