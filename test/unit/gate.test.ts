@@ -224,9 +224,16 @@ describe('Gate: the choice of the next waiter', () => {
     expect(t.gate.takeParked()).toBe(d);
     later(300);
     expect(await t.gate.free(d, end)).toBe(false);
+    // that release named a waiting process: for 5 ms an arriving job leaves the freed ticket to
+    // it and makes no try (it takes the usual way: waits here or is put back); then it tries
+    const tries = vi.mocked(t.ctx.tryHold).mock.calls.length;
+    expect(await t.gate.arrive('job-8')).toBeNull();
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(tries);
+    later(5);
     const e = hold('e');
     t.results.push(e);
-    expect(await t.gate.arrive('job-8')).toBe(e);
+    expect(await t.gate.arrive('job-9')).toBe(e);
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(tries + 1);
     expect(await t.gate.free(e, end)).toBe(false);
     expect(e.release).toHaveBeenCalledTimes(1);
   });
