@@ -412,7 +412,7 @@ export class Gate<H extends GateHold> {
    * A release of this set named a waiting process within the last `YIELD_MS`: the ticket it
    * freed is that process's turn, and an arriving job here would mostly take it first (it needs
    * no NOTIFY), so that process's try would come back busy. The arriving job takes the usual
-   * way instead (it waits here, or is put back), and tries again once the window is over.
+   * way instead (it waits here, or is put back); jobs arriving after the window try as before.
    */
   private yieldsToNamed(): boolean {
     return this.namedAt !== 0 && Date.now() - this.namedAt < YIELD_MS;
