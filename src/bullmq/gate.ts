@@ -46,7 +46,8 @@ const MAX_ARRIVAL_WINDOW = 1024;
  *
  * - an arriving job tries at once while tickets are plentiful ({@link Gate.arrive}); once a
  *   try found none, arriving jobs queue behind the waiters and only one try per set is in
- *   flight at a time, so a burst of arrivals does not stampede Postgres;
+ *   flight at a time, so a burst of arrivals does not stampede Postgres; and for `YIELD_MS`
+ *   after a release of the set named another waiting process, none tries (that ticket is its);
  * - a waiting job ({@link Gate.wait}) sleeps until it is handed a hold, woken (a local
  *   release, or a NOTIFY from another process), or its fallback poll comes round; only the
  *   head of the queue tries;
@@ -499,7 +500,8 @@ export class Gate<H extends GateHold> {
           // further wake-ups that came while it slept: each announces a ticket this try does not
           // need, passed on after a success (with one ticket per job; otherwise dropped, as the
           // first one's relay is: see `passOnAll`)
-          const more = this.ticketPerWakeUp ? me.takeMoreRelays() : (me.takeMoreRelays(), []);
+          const taken = me.takeMoreRelays();
+          const more = this.ticketPerWakeUp ? taken : [];
           me.startTrying();
           let got: { hold: H | null; more: boolean } | undefined;
           let heldBack = 0;
