@@ -604,15 +604,13 @@ export class Gate<H extends GateHold> {
    * far as the last release could tell, of another process waits on its semaphores, and the
    * last try found a ticket. BullMQ hands the slot its next job a moment after this one, so
    * the hold is kept for it (a hand-off, no round trip) rather than released and acquired
-   * again (two).
+   * again (two). An arrival's try in flight does not stop it: if that try comes back busy,
+   * its job takes the kept hold ({@link Gate.arriveOrTakeParked}, {@link Gate.wait}) instead
+   * of waiting or going back beside it. (Not keeping it then cost short jobs half their
+   * hand-offs: uncontended with jobs of about 0 ms, 5 slots, a try for 51 % of the jobs.)
    */
   private mayLinger(): boolean {
-    return (
-      (this.options.linger ?? 0) > 0 &&
-      // an arrival's try in flight may come back busy and wait: the hold would idle beside it
-      this.arriving === 0 &&
-      this.plentiful()
-    );
+    return (this.options.linger ?? 0) > 0 && this.plentiful();
   }
 
   /**
@@ -652,6 +650,22 @@ export class Gate<H extends GateHold> {
     void this.release(hold, { commit: true, reusable: true })
       .catch(() => undefined)
       .finally(() => this.dropIfIdle());
+  }
+
+  /**
+   * An arriving job's hold: one kept for the next job (a hand-off, see {@link Gate.takeParked}),
+   * else its own try's ({@link Gate.arrive}); and when that try comes back without a ticket,
+   * a hold kept while it was in flight (a hand-off too), so that job neither waits nor goes
+   * back while that hold idles beside it.
+   * @returns null when it may not try now or found no ticket, and nothing was kept meanwhile.
+   */
+  async arriveOrTakeParked(label: string): Promise<{ hold: H; handoff: boolean } | null> {
+    const kept = this.takeParked();
+    if (kept) return { hold: kept, handoff: true };
+    const hold = await this.arrive(label);
+    if (hold) return { hold, handoff: false };
+    const keptMeanwhile = this.takeParked();
+    return keptMeanwhile ? { hold: keptMeanwhile, handoff: true } : null;
   }
 
   /**

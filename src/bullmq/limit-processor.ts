@@ -165,11 +165,9 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
    * for no signal); its `done` runs when the wait ends.
    */
   const acquire = async (gate: Gate<Hold>, label: string, waitSignal: () => { signal: AbortSignal | undefined; done: () => void }) => {
-    // the hold the slot's last job of this set left behind (`linger`): a hand-off
-    const kept = gate.takeParked();
-    if (kept) return { hold: kept, handoff: true };
-    const hold = await gate.arrive(label);
-    if (hold) return { hold, handoff: false };
+    // the hold the slot's last job of this set left behind (`linger`): a hand-off; else a try
+    const got = await gate.arriveOrTakeParked(label);
+    if (got) return got;
     if (!opts.wakeOnRelease || opts.localWait === 0 || unavailable) return null;
     const { group, activeGroups } = gates.groupOf(gate);
     const admitted = mayWaitHere({

@@ -1165,26 +1165,40 @@ describe('Gate: a hold kept for the next arriving job (linger)', () => {
     expect(t.gate.holding).toBe(0);
   });
 
-  it("not kept while an arrival's try is in flight (it may come back busy and wait beside it); a job that starts waiting takes a kept hold", async () => {
+  it("kept while an arrival's try is in flight: when that try comes back busy, its job takes the kept hold (a hand-off), and so does a job that starts waiting", async () => {
     const t = setup({ linger: 60_000 });
     cleanup = t.stop;
     const [a, b] = [hold('a'), hold('b')];
     let answer!: (r: Attempt<FakeHold>) => void;
-    t.results.push(a, new Promise((r) => (answer = r)), b);
-    await t.gate.arrive('job-0');
-    const inFlight = t.gate.arrive('job-1');
-    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(false);
-    expect(a.release).toHaveBeenCalledTimes(1);
+    t.results.push(a, new Promise((r) => (answer = r)));
+    expect(await t.gate.arriveOrTakeParked('job-0')).toEqual({ hold: a, handoff: false });
+    const inFlight = t.gate.arriveOrTakeParked('job-1');
+    await tick();
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(2);
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
+    expect(a.release).not.toHaveBeenCalled();
     answer('busy');
-    expect(await inFlight).toBeNull();
+    // its try found no ticket: it runs on the hold kept meanwhile, which never went back
+    expect(await inFlight).toEqual({ hold: a, handoff: true });
+    expect(a.release).not.toHaveBeenCalled();
+    expect(t.gate.holding).toBe(1);
+    // a try that comes back busy with nothing kept: null (the job waits or goes back)
+    t.results.push('busy', b);
+    expect(await t.gate.arriveOrTakeParked('job-2')).toBeNull();
     // a success, then a hold kept with no try in flight: a job that goes to wait takes it at once
-    expect(await t.gate.arrive('job-2')).toBe(b);
+    expect(await t.gate.free(a, { commit: true, reusable: false })).toBe(false);
+    expect(await t.gate.arriveOrTakeParked('job-3')).toEqual({ hold: b, handoff: false });
     expect(await t.gate.free(b, { commit: true, reusable: true })).toBe(true);
     const w = t.waiter('w');
     await tick();
     expect(w.settled).toEqual({ hold: b, handoff: true });
     expect(b.release).not.toHaveBeenCalled();
     expect(t.gate.holding).toBe(1);
+    // and an arriving job takes a kept hold without a try
+    expect(await t.gate.free(b, { commit: true, reusable: true })).toBe(true);
+    const tries = vi.mocked(t.ctx.tryHold).mock.calls.length;
+    expect(await t.gate.arriveOrTakeParked('job-4')).toEqual({ hold: b, handoff: true });
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(tries);
   });
 
   it('a release that asked Postgres nothing (a lost hold) does not clear what the last real release found', async () => {
