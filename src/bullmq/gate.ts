@@ -1,5 +1,6 @@
 import type { NormalizedRequest } from '../request.js';
 import { backoff, sleep } from '../timing.js';
+import type { LingerClock } from './linger.js';
 
 /**
  * A hold is handed on for at most this long after it was acquired (besides `maxHandoffs`
@@ -121,6 +122,11 @@ export interface GateOptions {
    * (see {@link Gate.free}); 0 or absent: released at once.
    */
   linger?: number;
+  /**
+   * When given (and `linger` above 0), how long a hold is kept follows how long the set's next
+   * jobs have been taking to come (see {@link LingerClock}) instead of `linger` as it is.
+   */
+  lingerClock?: LingerClock;
 }
 
 /** How a job ended with its hold. @internal */
@@ -332,8 +338,8 @@ export class Gate<H extends GateHold> {
   private readonly handoffs = new Map<H, { count: number; since: number }>();
   /** The watch on releases by other processes, while anyone waits (its stop function once it resolves). */
   private watching: Promise<() => Promise<void>> | undefined;
-  /** Holds kept after their job for the next arriving one (see {@link Gate.free}), newest last, each with the timer that releases it. */
-  private readonly parked: Array<{ hold: H; timer: NodeJS.Timeout }> = [];
+  /** Holds kept after their job for the next arriving one (see {@link Gate.free}), newest last, each with when it was kept and the timer that releases it. */
+  private readonly parked: Array<{ hold: H; at: number; timer: NodeJS.Timeout }> = [];
   /** The last release of this set woke another process waiting on one of its semaphores: tickets are not plentiful. */
   private othersWaited = false;
   /** When a release of this set last found nobody waiting anywhere (no NOTIFY sent, no put-back jobs); 0: never. */
@@ -622,16 +628,19 @@ export class Gate<H extends GateHold> {
     return this.waiters.length === 0 && !this.saturated && !this.othersWaited && !this.ctx.groupSaturated(this);
   }
 
-  /** Keeps `hold` for the next arriving job, at most `linger` ms; then it is released. */
+  /** Keeps `hold` for the next arriving job, at most `linger` ms (or the clock's); then it is released. */
   private park(hold: H): void {
+    const clock = this.options.lingerClock;
     const entry = {
       hold,
+      at: Date.now(),
       timer: setTimeout(() => {
         const i = this.parked.indexOf(entry);
         if (i < 0) return;
         this.parked.splice(i, 1);
+        clock?.expired(entry.at);
         this.releaseKept(hold);
-      }, this.options.linger),
+      }, clock?.ms ?? this.options.linger),
     };
     entry.timer.unref?.();
     this.parked.push(entry);
@@ -662,6 +671,7 @@ export class Gate<H extends GateHold> {
   async arriveOrTakeParked(label: string): Promise<{ hold: H; handoff: boolean } | null> {
     const kept = this.takeParked();
     if (kept) return { hold: kept, handoff: true };
+    this.options.lingerClock?.arrived();
     const hold = await this.arrive(label);
     if (hold) return { hold, handoff: false };
     const keptMeanwhile = this.takeParked();
@@ -683,6 +693,7 @@ export class Gate<H extends GateHold> {
       }
       this.holdCount++;
       this.countHandoff(hold);
+      this.options.lingerClock?.taken(entry.at);
       return hold;
     }
     return undefined;

@@ -10,9 +10,10 @@ import { raceLoss } from '../race-loss.js';
 import { mayWaitHere, WorkerSlots } from './fair-share.js';
 import type { Attempt, Gate } from './gate.js';
 import { GateSet } from './gate-set.js';
+import { LingerClock } from './linger.js';
 import { JobRequests } from './job-request.js';
 import { LimiterMetrics } from './metrics.js';
-import { resolveOptions, type LimitOptions } from './options.js';
+import { DEFAULT_LINGER_MAX_MS, DEFAULT_LINGER_MS, resolveOptions, type LimitOptions } from './options.js';
 import { Promotion, queueHandleOf } from './promotion.js';
 import { PutBackPolicy, reschedulesOf } from './put-back.js';
 import { WaitCancelledError } from './wait-cancelled-error.js';
@@ -152,7 +153,13 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
   const putBack = new PutBackPolicy(opts);
   const slots = new WorkerSlots();
   const gates = new GateSet<Hold>(
-    { wakeOnRelease: opts.wakeOnRelease, maxHandoffs: opts.maxHandoffs, linger: opts.linger ?? (requests.oneSet ? 20 : 0) },
+    {
+      wakeOnRelease: opts.wakeOnRelease,
+      maxHandoffs: opts.maxHandoffs,
+      linger: opts.linger ?? (requests.oneSet ? DEFAULT_LINGER_MS : 0),
+      // the default follows the pace of the slot's next jobs; a `linger` you set stays as set
+      lingerClock: opts.linger === undefined && requests.oneSet ? new LingerClock(DEFAULT_LINGER_MS, DEFAULT_LINGER_MAX_MS) : undefined,
+    },
     { tryHold, watch: (names, onRelease) => sem.watch(names, onRelease), hearsReleases: () => sem.hearsWakeUps, promote: (hold) => promotion.promoteWaiting(hold), mayPromote: () => promotion.active },
   );
 

@@ -98,13 +98,14 @@ export interface LimitOptions<D = unknown, R = unknown, N extends string = strin
    * worker starts closing (`worker.close()`; a job that ends while its worker is closing or
    * paused releases at once). `0` releases at once; at most 1,000: nothing cuts a kept hold
    * short when another process starts waiting for it.
-   * @default 20 with a fixed `semaphore` (and `tickets`): on a busy 2-core machine BullMQ's next
-   *   job often came after 5 ms (uncontended A/B: 0.55-0.59 acquire calls per job with 5, 0.18-0.23
-   *   with 20, 30 % more jobs/s); 0 when either is a function of the job, where the next job is
-   *   mostly of another set (per-key caps: measured 17 % fewer jobs/s with 5, the holds idling
-   *   for jobs of other tenants). On BullMQ's Postgres backend the next job comes later (one
-   *   uncontended run under load: p50 10 ms, p90 32 ms after the hold was kept, 22 % after more
-   *   than 20 ms); 50 there took round trips per job from 0.24-0.41 to 0.14-0.17 in two A/B pairs
+   * @default with a fixed `semaphore` (and `tickets`), 20 ms at first, then 1.5 x the 90th
+   *   percentile of how long the slot's next job took to come (the last 16 times, once there
+   *   are 8), between 20 and 100 ms: on a busy 2-core machine BullMQ's next job often came
+   *   after 5 ms (uncontended A/B: 0.55-0.59 acquire calls per job with 5, 0.18-0.23 with 20,
+   *   30 % more jobs/s), and on BullMQ's Postgres backend later still (one uncontended run under
+   *   load: p50 10 ms, p90 32 ms, 22 % after more than 20 ms). 0 when either is a function of the
+   *   job, where the next job is mostly of another set (per-key caps: measured 17 % fewer jobs/s
+   *   with 5, the holds idling for jobs of other tenants). A number you give is used as it is.
    */
   linger?: number;
   /** An OpenTelemetry meter for the metrics. @default metrics.getMeter('pg-semaphore') */
@@ -126,6 +127,11 @@ export interface ResolvedOptions {
   /** Undefined: the default, which depends on whether the request is fixed. */
   linger: number | undefined;
 }
+
+/** `linger` when not given, with a fixed `semaphore` (and `tickets`): where it starts. @internal */
+export const DEFAULT_LINGER_MS = 20;
+/** ... and the most it grows to while BullMQ's next jobs come late (see `LingerClock`). @internal */
+export const DEFAULT_LINGER_MAX_MS = 100;
 
 /**
  * Checks the options other than `semaphore` and `tickets` (see `job-request.ts`).

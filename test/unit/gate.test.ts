@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Gate, Waiter, type Attempt, type GateContext, type GateHold, type GateOptions } from '../../src/bullmq/gate.js';
 import { GateSet } from '../../src/bullmq/gate-set.js';
+import { LingerClock } from '../../src/bullmq/linger.js';
 
 // Who gets a freed hold, without any server: the gate with a fake acquire call, fake holds
 // and a fake NOTIFY. Each step here runs within microtasks, far below the head's first
@@ -1123,6 +1124,44 @@ describe('Gate: a hold kept for the next arriving job (linger)', () => {
     expect(t.gate.takeParked()).toBeUndefined();
     expect(a.release).not.toHaveBeenCalled();
     expect(t.ctx.tryHold).toHaveBeenCalledTimes(1);
+  });
+
+  it('with a LingerClock, a hold is kept as long as the clock says, and the clock hears each kept hold taken or gone back unused', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+    try {
+      const clock = new LingerClock(5, 1_000);
+      // the next jobs came 200 ms after a hold was kept: keep them 300
+      for (let i = 0; i < 8; i++) clock.taken(0, 200);
+      expect(clock.ms).toBe(300);
+      const [taken, expired, arrived] = [vi.spyOn(clock, 'taken'), vi.spyOn(clock, 'expired'), vi.spyOn(clock, 'arrived')];
+      const t = setup({ linger: 5, lingerClock: clock });
+      cleanup = t.stop;
+      const [a, b] = [hold('a'), hold('b')];
+      t.results.push(a, b);
+      expect(await t.gate.arriveOrTakeParked('job-0')).toEqual({ hold: a, handoff: false });
+      expect(arrived).toHaveBeenCalledTimes(1);
+      const keptAt = Date.now();
+      expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
+      // kept past `linger` (5 ms), as long as the clock said when it was kept
+      await vi.advanceTimersByTimeAsync(299);
+      expect(a.release).not.toHaveBeenCalled();
+      await vi.advanceTimersByTimeAsync(1);
+      expect(a.release).toHaveBeenCalledTimes(1);
+      expect(expired).toHaveBeenCalledWith(keptAt);
+      // the next arrival finds nothing kept: the clock hears it (the gap since `a` was kept)
+      await vi.advanceTimersByTimeAsync(100);
+      expect(await t.gate.arriveOrTakeParked('job-1')).toEqual({ hold: b, handoff: false });
+      expect(arrived).toHaveBeenCalledTimes(2);
+      // a kept hold taken: the clock hears when it was kept
+      const keptAgainAt = Date.now();
+      expect(await t.gate.free(b, { commit: true, reusable: true })).toBe(true);
+      await vi.advanceTimersByTimeAsync(40);
+      expect(await t.gate.arriveOrTakeParked('job-2')).toEqual({ hold: b, handoff: true });
+      expect(taken).toHaveBeenCalledWith(keptAgainAt);
+      expect(arrived).toHaveBeenCalledTimes(2);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('a kept hold nobody takes is released when linger is up, and the idle gate is dropped', async () => {

@@ -1,0 +1,68 @@
+import { describe, expect, it } from 'vitest';
+import { LingerClock } from '../../src/bullmq/linger.js';
+
+// How long a hold is kept for the slot's next job, from how long those jobs took to come.
+// Every time is given explicitly: no clock runs here.
+
+/** `n` holds kept and taken `gap` ms later. */
+const takeAfter = (clock: LingerClock, gap: number, n: number) => {
+  for (let i = 0; i < n; i++) clock.taken(1_000, 1_000 + gap);
+};
+
+describe('LingerClock', () => {
+  it('keeps its base until it has 8 gaps, then 1.5 x their 90th percentile', () => {
+    const clock = new LingerClock(20, 100);
+    expect(clock.ms).toBe(20);
+    takeAfter(clock, 40, 7);
+    expect(clock.ms).toBe(20);
+    takeAfter(clock, 40, 1);
+    expect(clock.ms).toBe(60);
+    // the 90th percentile of 16: the 15th smallest; one late job among them does not count
+    takeAfter(clock, 30, 7);
+    clock.taken(0, 90);
+    expect(clock.ms).toBe(60);
+  });
+
+  it('stays between its base and its most', () => {
+    const fast = new LingerClock(20, 100);
+    takeAfter(fast, 2, 16);
+    expect(fast.ms).toBe(20);
+    const slow = new LingerClock(20, 100);
+    takeAfter(slow, 500, 16);
+    expect(slow.ms).toBe(100);
+  });
+
+  it('reads the last 16 gaps only: it comes back down when the next jobs come sooner again', () => {
+    const clock = new LingerClock(20, 100);
+    takeAfter(clock, 60, 16);
+    expect(clock.ms).toBe(90);
+    // two late ones of 16 are past the 90th percentile's place (the 15th smallest), one is not
+    takeAfter(clock, 10, 14);
+    expect(clock.ms).toBe(90);
+    takeAfter(clock, 10, 1);
+    expect(clock.ms).toBe(20);
+  });
+
+  it('a hold that went back unused counts from when it was kept to the next arrival that found none, oldest first', () => {
+    const clock = new LingerClock(20, 100);
+    // kept at 0, 10, ...: each gone back unused, the next arrival 50 ms after each was kept
+    for (let i = 0; i < 8; i++) clock.expired(i * 10);
+    for (let i = 0; i < 8; i++) clock.arrived(i * 10 + 50);
+    expect(clock.ms).toBe(75);
+    // an arrival with nothing gone back unused measures nothing
+    clock.arrived(10_000);
+    expect(clock.ms).toBe(75);
+  });
+
+  it('drops a hold gone back unused more than 2 x its most before the arrival: the work had paused', () => {
+    const clock = new LingerClock(20, 100);
+    takeAfter(clock, 10, 7);
+    clock.expired(0);
+    clock.expired(5_000);
+    // the first is 5,010 ms old (dropped), the second 10 ms: one gap of 10
+    clock.arrived(5_010);
+    expect(clock.ms).toBe(20);
+    takeAfter(clock, 10, 7);
+    expect(clock.ms).toBe(20);
+  });
+});
