@@ -613,7 +613,7 @@ export class Gate<H extends GateHold> {
    * again (two). An arrival's try in flight does not stop it: if that try comes back busy,
    * its job takes the kept hold ({@link Gate.arriveOrTakeParked}, {@link Gate.wait}) instead
    * of waiting or going back beside it. (Not keeping it then cost short jobs half their
-   * hand-offs: uncontended with jobs of about 0 ms, 5 slots, a try for 51 % of the jobs.)
+   * hand-offs: uncontended with jobs of about 0 ms, 5 slots, a try for 47-54 % of the jobs.)
    */
   private mayLinger(): boolean {
     return (this.options.linger ?? 0) > 0 && this.plentiful();

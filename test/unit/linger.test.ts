@@ -36,7 +36,8 @@ describe('LingerClock', () => {
     const clock = new LingerClock(20, 100);
     takeAfter(clock, 60, 16);
     expect(clock.ms).toBe(90);
-    // two late ones of 16 are past the 90th percentile's place (the 15th smallest), one is not
+    // the 90th percentile's place among 16 is the 15th smallest: still 60 while two of the
+    // gaps are 60, 10 once one is
     takeAfter(clock, 10, 14);
     expect(clock.ms).toBe(90);
     takeAfter(clock, 10, 1);
@@ -51,6 +52,16 @@ describe('LingerClock', () => {
     expect(clock.ms).toBe(75);
     // an arrival with nothing gone back unused measures nothing
     clock.arrived(10_000);
+    expect(clock.ms).toBe(75);
+  });
+
+  it('an arrival measures from the oldest hold that went back unused', () => {
+    const clock = new LingerClock(20, 100);
+    takeAfter(clock, 10, 7);
+    clock.expired(0);
+    clock.expired(40);
+    // from the one kept at 0: a gap of 50 (from the newer one it would be 10, and 20 here)
+    clock.arrived(50);
     expect(clock.ms).toBe(75);
   });
 
