@@ -55,25 +55,17 @@ describe('LingerClock', () => {
     expect(clock.ms).toBe(75);
   });
 
-  it('an arrival measures from the oldest hold that went back unused', () => {
+  // After 7 gaps of 10 ms, one more gap decides: 50 makes it 75, 10 leaves it at 20.
+  it.each([
+    // from the one kept at 0: 50 (from the newer one it would be 10)
+    ['the oldest hold that went back unused', [0, 40], 50, 75],
+    // the one kept at 0 is 5,010 ms old, more than 2 x its most: dropped; the next gives 10
+    ['past one that went back more than 2 x its most before (the work had paused)', [0, 5_000], 5_010, 20],
+  ])('an arrival measures from %s', (_what, kept, arrivedAt, ms) => {
     const clock = new LingerClock(20, 100);
     takeAfter(clock, 10, 7);
-    clock.expired(0);
-    clock.expired(40);
-    // from the one kept at 0: a gap of 50 (from the newer one it would be 10, and 20 here)
-    clock.arrived(50);
-    expect(clock.ms).toBe(75);
-  });
-
-  it('drops a hold gone back unused more than 2 x its most before the arrival: the work had paused', () => {
-    const clock = new LingerClock(20, 100);
-    takeAfter(clock, 10, 7);
-    clock.expired(0);
-    clock.expired(5_000);
-    // the first is 5,010 ms old (dropped), the second 10 ms: one gap of 10
-    clock.arrived(5_010);
-    expect(clock.ms).toBe(20);
-    takeAfter(clock, 10, 7);
-    expect(clock.ms).toBe(20);
+    for (const at of kept) clock.expired(at);
+    clock.arrived(arrivedAt);
+    expect(clock.ms).toBe(ms);
   });
 });
