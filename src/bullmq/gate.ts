@@ -426,7 +426,8 @@ export class Gate<H extends GateHold> {
   }
 
   /**
-   * An arriving job's try; null when it may not try now, or found no ticket.
+   * An arriving job's try; null when it may not try now, or found no ticket, or a hold was kept
+   * while it queued behind the arrival window (see {@link Gate.arriveOrTakeParked}).
    *
    * While the set is not known to be saturated, arriving jobs try side by side, but no more
    * at once than the arrival window: one at first, twice as many after each arriving try that
@@ -439,6 +440,8 @@ export class Gate<H extends GateHold> {
   async arrive(label: string): Promise<H | null> {
     while (this.options.wakeOnRelease && !this.saturated && !this.unreachable && this.arriving >= this.arrivalWindow && this.mayTryOnArrival) {
       await new Promise<void>((resume) => this.arrivalQueue.push(resume));
+      // a hold kept while it queued is this job's, without a try (`arriveOrTakeParked` takes it)
+      if (this.parked.length > 0) return null;
     }
     if (!this.mayTryOnArrival) {
       // whatever turned this job away (the set or its group saturated, a job waiting) turns the
@@ -644,6 +647,8 @@ export class Gate<H extends GateHold> {
     };
     entry.timer.unref?.();
     this.parked.push(entry);
+    // an arrival queued behind the arrival window takes it rather than waiting for a try to end
+    this.resumeArrivals(1);
   }
 
   /** Releases the holds kept for a next job (its worker is closing: no next job comes). */
@@ -674,15 +679,17 @@ export class Gate<H extends GateHold> {
     this.options.lingerClock?.arrived();
     const hold = await this.arrive(label);
     if (hold) return { hold, handoff: false };
-    const keptMeanwhile = this.takeParked();
+    // (no gap for the clock: this job arrived before that hold was kept, and was counted above)
+    const keptMeanwhile = this.takeParked(false);
     return keptMeanwhile ? { hold: keptMeanwhile, handoff: true } : null;
   }
 
   /**
    * A hold kept for the next arriving job (see {@link Gate.free}), as a hand-off: the job
-   * runs on it without a round trip. Undefined when none is kept.
+   * runs on it without a round trip. Undefined when none is kept. `measured` false: the job
+   * arrived before the hold was kept, so the wait says nothing of BullMQ's pace (`lingerClock`).
    */
-  takeParked(): H | undefined {
+  takeParked(measured = true): H | undefined {
     for (let entry = this.parked.pop(); entry; entry = this.parked.pop()) {
       clearTimeout(entry.timer);
       const { hold } = entry;
@@ -693,7 +700,7 @@ export class Gate<H extends GateHold> {
       }
       this.holdCount++;
       this.countHandoff(hold);
-      this.options.lingerClock?.taken(entry.at);
+      if (measured) this.options.lingerClock?.taken(entry.at);
       return hold;
     }
     return undefined;

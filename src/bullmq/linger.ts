@@ -15,8 +15,10 @@ const MARGIN = 1.5;
  * back and the next job acquired again (two round trips for nothing).
  *
  * A gap is measured when a kept hold is taken, and when a hold went back unused, at the next
- * arrival that found nothing kept (from the oldest such hold; one older than `2 x max` is
- * dropped: the work had paused, which says nothing of BullMQ's pace).
+ * arrival that found nothing kept (from the oldest such hold; a taken hold drops the unused
+ * ones kept before it, whose next job has come). A gap longer than `max` counts as `base`: no
+ * keeping allowed would have caught it (a slow stream, or a pause in the work), so keeping
+ * longer would only idle the ticket.
  * @internal
  */
 export class LingerClock {
@@ -40,6 +42,7 @@ export class LingerClock {
 
   /** A hold kept at `keptAt` was taken by an arriving job. */
   taken(keptAt: number, now = Date.now()): void {
+    while (this.missed.length > 0 && this.missed[0]! <= keptAt) this.missed.shift();
     this.record(now - keptAt);
   }
 
@@ -51,17 +54,12 @@ export class LingerClock {
 
   /** A job arrived and found no hold kept: the gap since the oldest unused one, if any. */
   arrived(now = Date.now()): void {
-    while (this.missed.length > 0) {
-      const gap = now - this.missed.shift()!;
-      if (gap <= 2 * this.max) {
-        this.record(gap);
-        return;
-      }
-    }
+    const keptAt = this.missed.shift();
+    if (keptAt !== undefined) this.record(now - keptAt);
   }
 
   private record(gap: number): void {
-    this.gaps[this.next] = Math.max(0, gap);
+    this.gaps[this.next] = gap > this.max ? this.base : Math.max(0, gap);
     this.next = (this.next + 1) % SAMPLES;
     if (this.gaps.length < MIN_SAMPLES) return;
     const sorted = [...this.gaps].sort((a, b) => a - b);

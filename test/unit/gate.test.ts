@@ -1148,10 +1148,12 @@ describe('Gate: a hold kept for the next arriving job (linger)', () => {
       await vi.advanceTimersByTimeAsync(1);
       expect(a.release).toHaveBeenCalledTimes(1);
       expect(expired).toHaveBeenCalledWith(keptAt);
-      // the next arrival finds nothing kept: the clock hears it (the gap since `a` was kept)
+      // the next arrival finds nothing kept: the clock hears it, 400 ms since `a` was kept
+      // (with the eight 200s, the 90th percentile is now 400: keep 600)
       await vi.advanceTimersByTimeAsync(100);
       expect(await t.gate.arriveOrTakeParked('job-1')).toEqual({ hold: b, handoff: false });
       expect(arrived).toHaveBeenCalledTimes(2);
+      expect(clock.ms).toBe(600);
       // a kept hold taken: the clock hears when it was kept
       const keptAgainAt = Date.now();
       expect(await t.gate.free(b, { commit: true, reusable: true })).toBe(true);
@@ -1162,6 +1164,36 @@ describe('Gate: a hold kept for the next arriving job (linger)', () => {
     } finally {
       vi.useRealTimers();
     }
+  });
+
+  it('a job queued behind the arrival window takes a hold kept meanwhile, without a try and without waiting for the tries in flight', async () => {
+    const t = setup({ linger: 60_000 });
+    cleanup = t.stop;
+    const a = hold('a');
+    t.results.push(a);
+    expect(await t.gate.arriveOrTakeParked('job-0')).toEqual({ hold: a, handoff: false });
+    // the window is 2 now: two tries in flight, a third arrival queues behind them
+    const answers = deferredTries(t);
+    const inFlight = [t.gate.arriveOrTakeParked('job-1'), t.gate.arriveOrTakeParked('job-2')];
+    let queued: { hold: FakeHold; handoff: boolean } | null | undefined;
+    void t.gate.arriveOrTakeParked('job-3').then((r) => (queued = r));
+    await tick();
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(3);
+    expect(queued).toBeUndefined();
+    // job-0 ends: its hold is kept, and the queued job takes it at once
+    expect(await t.gate.free(a, { commit: true, reusable: true })).toBe(true);
+    await tick();
+    expect(queued).toEqual({ hold: a, handoff: true });
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(3);
+    expect(a.release).not.toHaveBeenCalled();
+    const [b, c] = [hold('b'), hold('c')];
+    answers[0]!(b);
+    answers[1]!(c);
+    expect(await Promise.all(inFlight)).toEqual([
+      { hold: b, handoff: false },
+      { hold: c, handoff: false },
+    ]);
+    expect(t.gate.holding).toBe(3);
   });
 
   it('a kept hold nobody takes is released when linger is up, and the idle gate is dropped', async () => {

@@ -27,8 +27,9 @@ describe('LingerClock', () => {
     const fast = new LingerClock(20, 100);
     takeAfter(fast, 2, 16);
     expect(fast.ms).toBe(20);
+    // 1.5 x 90 is 135: capped
     const slow = new LingerClock(20, 100);
-    takeAfter(slow, 500, 16);
+    takeAfter(slow, 90, 16);
     expect(slow.ms).toBe(100);
   });
 
@@ -55,17 +56,33 @@ describe('LingerClock', () => {
     expect(clock.ms).toBe(75);
   });
 
-  // After 7 gaps of 10 ms, one more gap decides: 50 makes it 75, 10 leaves it at 20.
-  it.each([
-    // from the one kept at 0: 50 (from the newer one it would be 10)
-    ['the oldest hold that went back unused', [0, 40], 50, 75],
-    // the one kept at 0 is 5,010 ms old, more than 2 x its most: dropped; the next gives 10
-    ['past one that went back more than 2 x its most before (the work had paused)', [0, 5_000], 5_010, 20],
-  ])('an arrival measures from %s', (_what, kept, arrivedAt, ms) => {
+  it('an arrival measures from the oldest hold that went back unused', () => {
     const clock = new LingerClock(20, 100);
     takeAfter(clock, 10, 7);
-    for (const at of kept) clock.expired(at);
-    clock.arrived(arrivedAt);
-    expect(clock.ms).toBe(ms);
+    clock.expired(0);
+    clock.expired(40);
+    // from the one kept at 0: 50, making it 75 (from the newer one, 10 would leave it at 20)
+    clock.arrived(50);
+    expect(clock.ms).toBe(75);
+  });
+
+  it('a gap longer than its most counts as its base: no keeping allowed would have caught it', () => {
+    const clock = new LingerClock(20, 100);
+    takeAfter(clock, 60, 7);
+    clock.expired(0);
+    // 150 ms: counted as 20, so 60 stays the largest (90); counted as 150 it would be 100
+    clock.arrived(150);
+    expect(clock.ms).toBe(90);
+  });
+
+  it('a taken hold drops the unused ones kept before it (their next job has come)', () => {
+    const clock = new LingerClock(20, 100);
+    takeAfter(clock, 10, 7);
+    clock.expired(0);
+    clock.taken(10, 15);
+    expect(clock.ms).toBe(20);
+    // nothing left to measure from: an arrival measuring 60 ms from the one kept at 0 would make it 90
+    clock.arrived(60);
+    expect(clock.ms).toBe(20);
   });
 });
