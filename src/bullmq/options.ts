@@ -94,15 +94,15 @@ export interface LimitOptions<D = unknown, R = unknown, N extends string = strin
    * on one of the semaphores, or when the last release found another process waiting (until
    * a release finds none again), and within `maxHandoffs` and the chain's time limit like
    * any hand-off. A job whose try was in flight when the hold was kept and comes back without a
-   * ticket takes a hold kept meanwhile, if one is left. A hold nobody takes is released when the time is up, or as soon as its
-   * worker starts closing (`worker.close()`; a job that ends while its worker is closing or
+   * ticket takes a hold kept meanwhile, if one is left. A hold nobody takes is released when
+   * the time is up, or as soon as its worker starts closing (`worker.close()`; a job that ends while its worker is closing or
    * paused releases at once). `0` releases at once; at most 1,000: nothing cuts a kept hold
    * short when another process starts waiting for it.
    * @default with a fixed `semaphore` (and `tickets`), 20 ms at first, then 1.5 x the 90th
    *   percentile of how long the slot's next job took to come (the last 16 times, once there
    *   are 8; a time over 100 ms counts as 20), between 20 and 100 ms, so a process that starts
-   *   waiting may wait that long for a kept hold: on a busy 2-core machine BullMQ's next job often came
-   *   after 5 ms (uncontended A/B: 0.55-0.59 acquire calls per job with 5, 0.18-0.23 with 20,
+   *   waiting may wait that long for a kept hold: on a busy 2-core machine BullMQ's next job
+   *   often came after 5 ms (uncontended A/B: 0.55-0.59 acquire calls per job with 5, 0.18-0.23 with 20,
    *   30 % more jobs/s), and on BullMQ's Postgres backend later still (one uncontended run under
    *   load: p50 10 ms, p90 32 ms, 22 % after more than 20 ms). 0 when either is a function of the
    *   job, where the next job is mostly of another set (per-key caps: measured 17 % fewer jobs/s

@@ -56,23 +56,18 @@ describe('LingerClock', () => {
     expect(clock.ms).toBe(75);
   });
 
-  it('an arrival measures from the oldest hold that went back unused', () => {
-    const clock = new LingerClock(20, 100);
-    takeAfter(clock, 10, 7);
-    clock.expired(0);
-    clock.expired(40);
+  // Seven gaps taken, then holds gone back unused and one arrival: its gap decides.
+  it.each([
     // from the one kept at 0: 50, making it 75 (from the newer one, 10 would leave it at 20)
-    clock.arrived(50);
-    expect(clock.ms).toBe(75);
-  });
-
-  it('a gap longer than its most counts as its base: no keeping allowed would have caught it', () => {
-    const clock = new LingerClock(20, 100);
-    takeAfter(clock, 60, 7);
-    clock.expired(0);
+    ['from the oldest hold that went back unused', 10, [0, 40], 50, 75],
     // 150 ms: counted as 20, so 60 stays the largest (90); counted as 150 it would be 100
-    clock.arrived(150);
-    expect(clock.ms).toBe(90);
+    ['a gap longer than its most as its base: no keeping allowed would have caught it', 60, [0], 150, 90],
+  ])('an arrival measures %s', (_what, takenGap, kept, arrivedAt, ms) => {
+    const clock = new LingerClock(20, 100);
+    takeAfter(clock, takenGap, 7);
+    for (const at of kept) clock.expired(at);
+    clock.arrived(arrivedAt);
+    expect(clock.ms).toBe(ms);
   });
 
   it('a taken hold drops the unused ones kept before it (their next job has come)', () => {
