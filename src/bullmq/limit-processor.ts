@@ -289,7 +289,10 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
     stop?.onClose(releaseParked);
     let got: Awaited<ReturnType<typeof acquireUnlessStopping>>;
     try {
-      got = await acquireUnlessStopping(gate, label, signal, stop);
+      // the hold the slot's last job of this set left behind (`linger`), taken at once: most
+      // jobs of a busy slot, spared the four awaits of an acquire
+      const kept = stop?.stopping || signal?.aborted ? undefined : gate.takeParked();
+      got = kept ? { hold: kept, handoff: true } : await acquireUnlessStopping(gate, label, signal, stop);
     } catch (err) {
       if (err instanceof WaitCancelledError) promotion.forget(job, reschedules);
       throw err;
@@ -315,7 +318,11 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
         return tx;
       },
     };
-    const combined = signal ? anySignal(signal, hold.signal) : { signal: hold.signal, dispose: () => undefined };
+    // The processor's signal aborts on a cancel and on a lost ticket. The job's own signal
+    // does, when it is the one BullMQ's worker made for this job: a loss aborts it through
+    // that worker's controller. Otherwise a signal of its own, listening to both.
+    const own = signal ? ownController(job, signal) : undefined;
+    const combined = signal && !own ? anySignal(signal, hold.signal) : { signal: signal ?? hold.signal, dispose: () => undefined };
     let ok = false;
     let relabel: NodeJS.Timeout | undefined;
     try {
@@ -333,7 +340,8 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       metrics.waitTime.record((started - job.timestamp) / 1000, attrs);
       events.emit('acquired', { job: job as Job, names, tickets: hold.tickets, waitedMs: started - job.timestamp, handoff });
       stats.ran++;
-      const result = await raceLoss(hold.signal, Promise.resolve().then(() => processor(job, token, combined.signal, ctx)));
+      const work = Promise.resolve().then(() => processor(job, token, combined.signal, ctx));
+      const result = await raceLoss(hold.signal, work, own ? (reason) => own.abort(reason) : undefined);
       ok = true;
       return result;
     } catch (err) {
@@ -379,6 +387,21 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
   wrapped.events = events;
   wrapped.stats = stats;
   return wrapped;
+}
+
+/**
+ * The AbortController BullMQ's worker made for this job (`worker.cancelJob` aborts it), when
+ * `signal` is its signal; else undefined (a job run by something else, or a signal the caller
+ * swapped in). Read from the worker's lock manager, which BullMQ does not document: a BullMQ
+ * that keeps it elsewhere only makes this undefined, and the job gets a signal of its own.
+ * The processor then gets BullMQ's signal itself: no AbortSignal made and no listener added
+ * per job (measured: the combined signal was a quarter of the wrapper's own CPU per hand-off).
+ */
+function ownController(job: { id?: string }, signal: AbortSignal): AbortController | undefined {
+  const worker = queueHandleOf(job as never) as { lockManager?: { trackedJobs?: { get?: (id: string) => unknown } } } | undefined;
+  const tracked = job.id === undefined ? undefined : worker?.lockManager?.trackedJobs?.get?.(job.id);
+  const controller = (tracked as { abortController?: Partial<AbortController> } | undefined)?.abortController;
+  return typeof controller?.abort === 'function' && controller.signal === signal ? (controller as AbortController) : undefined;
 }
 
 /**

@@ -1,6 +1,6 @@
 import { Worker, type Job } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HoldingModeError, InvalidArgumentError } from '../../src/index.js';
+import { HoldingModeError, InvalidArgumentError, TicketLostError } from '../../src/index.js';
 import { limitProcessor, RescheduleBudgetError } from '../../src/bullmq/index.js';
 import { bullmqQueues } from '../helpers/bullmq.js';
 import { setupSchema, waitFor } from '../helpers/db.js';
@@ -14,7 +14,7 @@ const workers: Worker[] = [];
 
 beforeAll(async () => {
   ctx = await setupSchema('wrapper');
-  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label', 'w-relabel-0', 'w-relabel-late', 'w-relabel-long', 'w-weight', 'w-weight-bad', 'w-session-tx', 'w-linger', 'w-linger-0', 'w-linger-close', 'w-release-tx']);
+  bq = await bullmqQueues('redis', ['w-pass', 'w-cancel', 'w-budget', 'w-time', 'w-tenant', 'w-both', 'w-label', 'w-relabel-0', 'w-relabel-late', 'w-relabel-long', 'w-weight', 'w-weight-bad', 'w-session-tx', 'w-linger', 'w-linger-0', 'w-linger-close', 'w-release-tx', 'w-lost-own', 'w-lost-swapped', 'w-swapped-cancel']);
 });
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.close(true)));
@@ -90,6 +90,78 @@ describe('limitProcessor', () => {
     await f.promise;
     expect(f.failed[0]?.failedReason).toMatch(/aborted/);
     await waitFor(async () => (await ctx.sem.status('cancel')).held === 0, { timeout: 2_000, what: 'the ticket to be released' });
+  });
+
+  // A lost ticket aborts the processor's signal with TicketLostError. Run by a BullMQ worker,
+  // that signal is the one BullMQ made for the job (the loss aborts it through the worker's
+  // controller, and no signal is made per job); given another signal, the processor gets one
+  // of its own that aborts on either.
+  it.each([
+    { queueName: 'w-lost-own', swap: false },
+    { queueName: 'w-lost-swapped', swap: true },
+  ])('a lost ticket aborts the processor\'s signal with TicketLostError ($queueName)', async ({ queueName, swap }) => {
+    const name = queueName.slice(2);
+    await ctx.sem.make(name, 1);
+    let running!: (signal: AbortSignal) => void;
+    const started = new Promise<AbortSignal>((r) => (running = r));
+    const processor = limitProcessor(
+      ctx.sem,
+      (_job, _token, signal) =>
+        new Promise((_resolve, reject) => {
+          running(signal);
+          signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+        }),
+      { semaphore: name },
+    );
+    const lost: unknown[] = [];
+    processor.events.on('ticketLost', ({ error }) => lost.push(error));
+    const swapped = new AbortController();
+    const w = worker(queueName, swap ? (job: Job, token: string | undefined, _signal: AbortSignal | undefined) => processor(job, token, swapped.signal) : processor);
+    const f = finished(w, 1);
+    const job = await queue(queueName).add('x', {});
+    const signal = await started;
+    // BullMQ's own signal for the job (read from its lock manager, as the wrapper does)
+    const bullmqSignal = (w as unknown as { lockManager: { trackedJobs: Map<string, { abortController?: AbortController }> } }).lockManager.trackedJobs.get(job.id!)?.abortController?.signal;
+    if (swap) {
+      expect(signal).not.toBe(swapped.signal);
+      expect(signal).not.toBe(bullmqSignal);
+    } else {
+      expect(signal).toBe(bullmqSignal);
+    }
+    const { holders } = await ctx.sem.status(name);
+    expect(holders).toHaveLength(1);
+    await ctx.admin.query('SELECT pg_terminate_backend($1)', [holders[0]!.pid]);
+    await f.promise;
+    expect(signal.aborted).toBe(true);
+    expect(signal.reason).toBeInstanceOf(TicketLostError);
+    expect(lost).toEqual([signal.reason]);
+    expect(f.failed[0]?.failedReason).toBe((signal.reason as Error).message);
+    expect(swapped.signal.aborted).toBe(false);
+  });
+
+  it('a processor given a signal of the caller\'s still hears that signal abort', async () => {
+    await ctx.sem.make('swapped-cancel', 1);
+    let running!: (signal: AbortSignal) => void;
+    const started = new Promise<AbortSignal>((r) => (running = r));
+    const processor = limitProcessor(
+      ctx.sem,
+      (_job, _token, signal) =>
+        new Promise((_resolve, reject) => {
+          running(signal);
+          signal.addEventListener('abort', () => reject(new Error(`aborted: ${String(signal.reason)}`)), { once: true });
+        }),
+      { semaphore: 'swapped-cancel' },
+    );
+    const swapped = new AbortController();
+    const w = worker('w-swapped-cancel', (job: Job, token: string | undefined, _signal: AbortSignal | undefined) => processor(job, token, swapped.signal));
+    const f = finished(w, 1);
+    await queue('w-swapped-cancel').add('x', {});
+    const signal = await started;
+    swapped.abort('caller stops');
+    await f.promise;
+    expect(signal.reason).toBe('caller stops');
+    expect(f.failed[0]?.failedReason).toBe('aborted: caller stops');
+    await waitFor(async () => (await ctx.sem.status('swapped-cancel')).held === 0, { timeout: 2_000, what: 'the ticket to be released' });
   });
 
   it('fails a job with RescheduleBudgetError once maxReschedules is used up', async () => {

@@ -515,6 +515,32 @@ describe('Gate: arrivals', () => {
     expect(set.gateFor(req)).not.toBe(g);
   });
 
+  it('gives one gate per semaphore set: the same for an equal request, another for any other names or counts', () => {
+    const ctx = { tryHold: vi.fn(async () => 'busy' as const), watch: vi.fn(), promote: vi.fn(), mayPromote: () => true, hearsReleases: () => true };
+    const set = new GateSet<FakeHold>({ wakeOnRelease: true, maxHandoffs: 32 }, ctx);
+    const sets = [
+      { names: ['ab'], counts: [1] },
+      { names: ['a', 'b'], counts: [1, 1] },
+      { names: ['a'], counts: [11] },
+      { names: ['1:a'], counts: [1] },
+      { names: ['a:1:b'], counts: [1] },
+      { names: ['a1:b'], counts: [1] },
+      { names: ['a', 'b'], counts: [1, 2] },
+      { names: ['b', 'a'], counts: [1, 1] },
+    ];
+    const gates = sets.map((req) => {
+      const g = set.gateFor(req);
+      g.enter(); // in use, so it stays in the set
+      return g;
+    });
+    expect(new Set(gates).size).toBe(sets.length);
+    // an equal request as another object (a request per job), and the same object again
+    sets.forEach((req, i) => {
+      expect(set.gateFor({ names: [...req.names], counts: [...req.counts] })).toBe(gates[i]);
+      expect(set.gateFor(req)).toBe(gates[i]);
+    });
+  });
+
   it('groups the active gates that share a semaphore for the fair share; others count one group each', async () => {
     const results: Array<Attempt<FakeHold>> = [hold('t1'), hold('t2')];
     const ctx = { tryHold: vi.fn(async () => results.shift() ?? 'busy'), watch: vi.fn(async () => async () => undefined), promote: vi.fn(), mayPromote: () => true, hearsReleases: () => true };
