@@ -36,7 +36,9 @@ export interface LimitedContext {
 /**
  * A BullMQ processor that runs while holding tickets. Same shape as BullMQ's own
  * `(job, token, signal)`, so an existing processor can be wrapped as it is, plus an
- * optional fourth argument with the holding transaction.
+ * optional fourth argument with the holding transaction. `signal` aborts on
+ * `worker.cancelJob` and, with a `TicketLostError`, when the tickets are lost; run by a
+ * BullMQ worker it is the signal BullMQ made for the job.
  */
 export type LimitedProcessorFn<D = unknown, R = unknown, N extends string = string> = (
   job: Job<D, R, N>,
