@@ -41,6 +41,22 @@ function finished(w: Worker, count: number) {
   return { done, failed, promise };
 }
 
+/** A limited processor that runs until its signal aborts, then fails with `fail(reason)`; `started` gives that signal. */
+function untilAborted(semaphore: string, fail: (reason: unknown) => unknown) {
+  let running!: (signal: AbortSignal) => void;
+  const started = new Promise<AbortSignal>((r) => (running = r));
+  const processor = limitProcessor(
+    ctx.sem,
+    (_job, _token, signal) =>
+      new Promise((_resolve, reject) => {
+        running(signal);
+        signal.addEventListener('abort', () => reject(fail(signal.reason)), { once: true });
+      }),
+    { semaphore },
+  );
+  return { processor, started };
+}
+
 describe('limitProcessor', () => {
   it('passes results and errors through unchanged and keeps attemptsMade across reschedules', async () => {
     await ctx.sem.make('pass', 1);
@@ -102,17 +118,7 @@ describe('limitProcessor', () => {
   ])('a lost ticket aborts the processor\'s signal with TicketLostError ($queueName)', async ({ queueName, swap }) => {
     const name = queueName.slice(2);
     await ctx.sem.make(name, 1);
-    let running!: (signal: AbortSignal) => void;
-    const started = new Promise<AbortSignal>((r) => (running = r));
-    const processor = limitProcessor(
-      ctx.sem,
-      (_job, _token, signal) =>
-        new Promise((_resolve, reject) => {
-          running(signal);
-          signal.addEventListener('abort', () => reject(signal.reason), { once: true });
-        }),
-      { semaphore: name },
-    );
+    const { processor, started } = untilAborted(name, (reason) => reason);
     const lost: unknown[] = [];
     processor.events.on('ticketLost', ({ error }) => lost.push(error));
     const swapped = new AbortController();
@@ -141,17 +147,7 @@ describe('limitProcessor', () => {
 
   it('a processor given a signal of the caller\'s still hears that signal abort', async () => {
     await ctx.sem.make('swapped-cancel', 1);
-    let running!: (signal: AbortSignal) => void;
-    const started = new Promise<AbortSignal>((r) => (running = r));
-    const processor = limitProcessor(
-      ctx.sem,
-      (_job, _token, signal) =>
-        new Promise((_resolve, reject) => {
-          running(signal);
-          signal.addEventListener('abort', () => reject(new Error(`aborted: ${String(signal.reason)}`)), { once: true });
-        }),
-      { semaphore: 'swapped-cancel' },
-    );
+    const { processor, started } = untilAborted('swapped-cancel', (reason) => new Error(`aborted: ${String(reason)}`));
     const swapped = new AbortController();
     const w = worker('w-swapped-cancel', (job: Job, token: string | undefined, _signal: AbortSignal | undefined) => processor(job, token, swapped.signal));
     const f = finished(w, 1);
