@@ -37,8 +37,12 @@ export interface LimitedContext {
  * A BullMQ processor that runs while holding tickets. Same shape as BullMQ's own
  * `(job, token, signal)`, so an existing processor can be wrapped as it is, plus an
  * optional fourth argument with the holding transaction. `signal` aborts on
- * `worker.cancelJob` and, with a `TicketLostError`, when the tickets are lost; run by a
- * BullMQ worker it is the signal BullMQ made for the job.
+ * `worker.cancelJob` and, with a `TicketLostError`, when the tickets are lost. When the
+ * wrapper is given the signal BullMQ made for the job (it is the Worker's processor, or code
+ * around it passes that signal on), `signal` is that one, and a loss aborts it through the
+ * worker's per-job AbortController: code around the processor that holds it sees the loss too
+ * (tell it from a cancel by its reason). Given any other signal, the processor gets one of its
+ * own that aborts on either.
  */
 export type LimitedProcessorFn<D = unknown, R = unknown, N extends string = string> = (
   job: Job<D, R, N>,

@@ -128,6 +128,7 @@ describe('limitProcessor', () => {
     const signal = await started;
     // BullMQ's own signal for the job (read from its lock manager, as the wrapper does)
     const bullmqSignal = (w as unknown as { lockManager: { trackedJobs: Map<string, { abortController?: AbortController }> } }).lockManager.trackedJobs.get(job.id!)?.abortController?.signal;
+    expect(bullmqSignal).toBeInstanceOf(AbortSignal);
     if (swap) {
       expect(signal).not.toBe(swapped.signal);
       expect(signal).not.toBe(bullmqSignal);

@@ -534,9 +534,11 @@ describe('Gate: arrivals', () => {
       return g;
     });
     expect(new Set(gates).size).toBe(sets.length);
-    // an equal request as another object (a request per job), and the same object again
+    // an equal request as another object (a request per job), and the same object twice in a
+    // row (a fixed request: its key is kept from the call before)
     sets.forEach((req, i) => {
       expect(set.gateFor({ names: [...req.names], counts: [...req.counts] })).toBe(gates[i]);
+      expect(set.gateFor(req)).toBe(gates[i]);
       expect(set.gateFor(req)).toBe(gates[i]);
     });
   });

@@ -23,6 +23,18 @@ describe('LingerClock', () => {
     expect(clock.ms).toBe(60);
   });
 
+  // Where the 90th percentile's place moves: with up to 9 gaps it is the largest, from 10 on the
+  // second largest (nearest rank: the ceil(0.9 x n)-th smallest).
+  it.each([
+    [9, 60],
+    [10, 30],
+  ])('with %i gaps, one of them late, the percentile is read at its place (%i ms)', (n, ms) => {
+    const clock = new LingerClock(20, 100);
+    takeAfter(clock, 20, n - 1);
+    clock.taken(0, 40);
+    expect(clock.ms).toBe(ms);
+  });
+
   it('stays between its base and its most', () => {
     const fast = new LingerClock(20, 100);
     takeAfter(fast, 2, 16);
