@@ -14,7 +14,7 @@ import { LingerClock } from './linger.js';
 import { JobRequests } from './job-request.js';
 import { LimiterMetrics } from './metrics.js';
 import { DEFAULT_LINGER_MAX_MS, DEFAULT_LINGER_MS, resolveOptions, type LimitOptions } from './options.js';
-import { Promotion, queueHandleOf } from './promotion.js';
+import { Promotion, queueHandleOf, type QueuedJob } from './promotion.js';
 import { PutBackPolicy, reschedulesOf } from './put-back.js';
 import { WaitCancelledError } from './wait-cancelled-error.js';
 import { WaitingList } from './waiting-list.js';
@@ -158,13 +158,14 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
   const promotion = new Promotion(new WaitingList(sem), opts.wakeOnRelease, () => void stats.promotions++);
   const putBack = new PutBackPolicy(opts);
   const slots = new WorkerSlots();
+  // the default `linger` (a fixed set only) follows the pace of the slot's next jobs; one you set stays as set
+  const defaultLinger = opts.linger === undefined && requests.oneSet;
   const gates = new GateSet<Hold>(
     {
       wakeOnRelease: opts.wakeOnRelease,
       maxHandoffs: opts.maxHandoffs,
-      linger: opts.linger ?? (requests.oneSet ? DEFAULT_LINGER_MS : 0),
-      // the default follows the pace of the slot's next jobs; a `linger` you set stays as set
-      lingerClock: opts.linger === undefined && requests.oneSet ? new LingerClock(DEFAULT_LINGER_MS, DEFAULT_LINGER_MAX_MS) : undefined,
+      linger: opts.linger ?? (defaultLinger ? DEFAULT_LINGER_MS : 0),
+      lingerClock: defaultLinger ? new LingerClock(DEFAULT_LINGER_MS, DEFAULT_LINGER_MAX_MS) : undefined,
     },
     { tryHold, watch: (names, onRelease) => sem.watch(names, onRelease), hearsReleases: () => sem.hearsWakeUps, promote: (hold) => promotion.promoteWaiting(hold), mayPromote: () => promotion.active },
   );
@@ -403,8 +404,8 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
  * The processor then gets BullMQ's signal itself: no AbortSignal made and no listener added
  * per job (measured: the combined signal was a quarter of the wrapper's own CPU per hand-off).
  */
-function ownController(job: { id?: string }, signal: AbortSignal): AbortController | undefined {
-  const worker = queueHandleOf(job as never) as { lockManager?: { trackedJobs?: { get?: (id: string) => unknown } } } | undefined;
+function ownController(job: QueuedJob, signal: AbortSignal): AbortController | undefined {
+  const worker = queueHandleOf(job) as { lockManager?: { trackedJobs?: { get?: (id: string) => unknown } } } | undefined;
   const tracked = job.id === undefined ? undefined : worker?.lockManager?.trackedJobs?.get?.(job.id);
   const controller = (tracked as { abortController?: Partial<AbortController> } | undefined)?.abortController;
   return typeof controller?.abort === 'function' && controller.signal === signal ? (controller as AbortController) : undefined;
