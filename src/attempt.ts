@@ -2,7 +2,7 @@ import type { Pool, PoolClient } from 'pg';
 import type { Hold } from './hold.js';
 import { canPipeline, pipeline } from './pipeline.js';
 import * as statements from './statements.js';
-import type { AcquireRow, Statement } from './statements.js';
+import type { AcquireRow, AcquireStatements } from './statements.js';
 
 /** What one try of an acquire gave: the tickets as a {@link Hold}, or the row that says why not. @internal */
 export type AttemptResult = { hold: Hold; row: AcquireRow } | { hold: undefined; row: AcquireRow };
@@ -26,16 +26,16 @@ export interface AttemptContext {
 }
 
 /**
- * One try: `BEGIN` and the acquire statement on a connection of its own, in one round trip
- * (one pipelined extended-protocol batch, see {@link pipeline}; two round trips where the
- * client cannot pipeline, e.g. pg-native). Two statements on one connection inside one
+ * One try: `BEGIN` and the acquire's statements on a connection of its own, in one round trip
+ * (one pipelined extended-protocol batch, see {@link pipeline}; a round trip each where the
+ * client cannot pipeline, e.g. pg-native). Statements on one connection inside one
  * transaction, so this also works behind PgBouncer in transaction mode. On success the
  * connection, still in its transaction, goes to the hold; otherwise the transaction is rolled back and the connection goes back to the pool (destroyed when
  * it failed). This is the only owner of the connection until the hold takes it: it attaches
  * the error listener that keeps a dying idle socket from crashing the process, and removes it.
  * @internal
  */
-export async function attempt(ctx: AttemptContext, statement: Statement): Promise<AttemptResult> {
+export async function attempt(ctx: AttemptContext, acquire: AcquireStatements): Promise<AttemptResult> {
   const client = await ctx.pool.connect();
   const onError = () => undefined;
   client.on('error', onError);
@@ -50,13 +50,15 @@ export async function attempt(ctx: AttemptContext, statement: Statement): Promis
       ctx.roundTrips(1);
       // a prepared acquire comes with a prepared BEGIN (both or neither: behind a transaction
       // pooler the fallback turns both off)
-      const results = await pipeline(client, [statement.name === undefined ? statements.BEGIN_STATEMENT : statements.BEGIN_PREPARED, statement]);
-      row = results[1]!.rows[0] as AcquireRow;
+      const begin = acquire.statements[0]!.name === undefined ? statements.BEGIN_STATEMENT : statements.BEGIN_PREPARED;
+      const results = await pipeline(client, [begin, ...acquire.statements]);
+      row = acquire.row(results.slice(1));
     } else {
-      ctx.roundTrips(2);
+      ctx.roundTrips(1 + acquire.statements.length);
       await client.query(statements.BEGIN);
-      const result = await client.query<AcquireRow>(statement);
-      row = result.rows[0]!;
+      const results = [];
+      for (const s of acquire.statements) results.push(await client.query(s));
+      row = acquire.row(results);
     }
   } catch (err) {
     giveBack(err as Error);

@@ -255,6 +255,14 @@ export class PgSemaphore {
   /** False once the installed `acquire` turned out to take no start positions (an install older than 0003_functions). */
   private startsSupported = true;
   /**
+   * Whether a try for one ticket of one semaphore may skip the SQL function (statements.acquireOne).
+   * Set once the function has answered a try on an install with start positions (0003_functions
+   * or later): the first try of an instance is the one that finds a missing schema, functions of
+   * another version or an install without the library (those errors come from the function),
+   * and none of that changes while the instance runs except by a migration, which only adds.
+   */
+  private directAcquire = false;
+  /**
    * Whether the acquire and the release's wake-up (with their `BEGIN` and `COMMIT`) run as
    * prepared statements (parsed and planned once per pooled connection). Off for good once a connection turned out not to
    * keep them: behind a transaction pooler without prepared-statement support each
@@ -622,12 +630,19 @@ export class PgSemaphore {
     }
     wait?.signal?.throwIfAborted();
     const deadline = wait?.timeout === undefined ? Infinity : Date.now() + wait.timeout;
+    // one ticket of one semaphore (nearly every try) skips the SQL function's PL/pgSQL call
+    // (statements.acquireOne); the rest, and withMutex's capacity, go through acquire()
+    const one = req.names.length === 1 && req.counts[0] === 1 && how.mutex !== true;
     const statement = () =>
-      statements.acquire(this.qs, req.names, req.counts, label ?? null, this.livenessMs, {
-        capacity: how.mutex === true,
-        starts: this.startsSupported ? req.names.map((n) => this.lastTickets.get(n) ?? null) : undefined,
-        prepared: this.prepared.on,
-      });
+      one && this.directAcquire
+        ? statements.acquireOne(this.qs, req.names[0]!, this.lastTickets.get(req.names[0]!) ?? 1, label ?? null, this.livenessMs, this.prepared.on)
+        : statements.acquireCall(
+            statements.acquire(this.qs, req.names, req.counts, label ?? null, this.livenessMs, {
+              capacity: how.mutex === true,
+              starts: this.startsSupported ? req.names.map((n) => this.lastTickets.get(n) ?? null) : undefined,
+              prepared: this.prepared.on,
+            }),
+          );
     const ctx: AttemptContext = {
       pool: this.pool,
       roundTrips: (n) => void (this.roundTrips += n),
@@ -657,20 +672,21 @@ export class PgSemaphore {
           got = this.session ? await this.sessionAttempt(req, ctx) : await attempt(ctx, tried);
         } catch (err) {
           // an install older than 0003_functions: its acquire takes no start positions
-          if (!this.session && tried.values?.length === 5 && (err as { code?: unknown }).code === SQLSTATE.undefinedFunction && this.startsSupported) {
+          if (!this.session && tried.statements.length === 1 && tried.statements[0]!.values?.length === 5 && (err as { code?: unknown }).code === SQLSTATE.undefinedFunction && this.startsSupported) {
             this.startsSupported = false;
             continue;
           }
           // a transaction pooler moved this connection's transaction to a server connection
           // that never prepared the acquire (the try failed before it ran): unprepared from now
           // on, for every try (a concurrent one may have turned it off already)
-          if (!this.session && tried.name !== undefined && isPreparedStatementLost(err)) {
+          if (!this.session && tried.statements[0]!.name !== undefined && isPreparedStatementLost(err)) {
             this.prepared.on = false;
             continue;
           }
           throw err;
         }
         const { hold, row } = got;
+        if (!this.session && tried.statements.length === 1 && this.startsSupported && (row.status === 'ok' || row.status === 'busy')) this.directAcquire = true;
         if (hold) return hold;
         if ((await this.interpret(row, req, createWith, round)) === 'retry') continue;
         // busy. A wake-up that named this process, and a try that found another semaphore of

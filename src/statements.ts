@@ -108,6 +108,65 @@ export function acquire(
   return options.prepared ? { ...statement, name: preparedName(statement.text) } : statement;
 }
 
+/**
+ * An acquire as the statements a try sends after its `BEGIN`, and how their results read as
+ * one {@link AcquireRow}. @internal
+ */
+export interface AcquireStatements {
+  statements: Statement[];
+  row(results: ReadonlyArray<{ rows: unknown[] }>): AcquireRow;
+}
+
+/** {@link acquire} as {@link AcquireStatements}: one statement, its row. @internal */
+export function acquireCall(statement: Statement): AcquireStatements {
+  return { statements: [statement], row: (results) => results[0]!.rows[0] as AcquireRow };
+}
+
+/**
+ * One ticket of one semaphore in a transaction that holds nothing yet (the library's own
+ * `BEGIN ISOLATION LEVEL READ COMMITTED` just before): the SQL function `acquire`'s fast path
+ * as two plain statements, without the PL/pgSQL call around them (issue 11: about a fifth of
+ * the backend's CPU per acquire-and-release cycle, measured in DESIGN-NOTES "Eleventh round").
+ *
+ * The first finds the semaphore, locks the first free ticket from `start` on, wrapping
+ * around (the ordered lists are subqueries of their own, which Postgres neither merges nor
+ * pushes the volatile lock into, and `LIMIT 1` stops at the first lock taken: it never locks
+ * a ticket it does not return), and sets what `acquire` sets: the held-tickets setting, the
+ * idle timeout and the label. The second re-reads that ticket with a snapshot of its own (a
+ * new statement in READ COMMITTED): a concurrent shrink may have deleted it between the
+ * first's snapshot and its lock, and then no row comes back and the try answers busy (the
+ * caller rolls back, settings included). Only `name` and numbers travel, as bind parameters.
+ * @internal
+ */
+export function acquireOne(qs: string, name: string, start: number, label: string | null, idleMs: number | null, prepared: boolean): AcquireStatements {
+  const held = `'pg_semaphore.held_' || to_hex(${qs}._ns())`;
+  const find: Statement = {
+    text:
+      `SELECT m.id, c.id AS ticket, CASE WHEN c.id IS NOT NULL THEN concat(set_config(${held}, '{' || c.id || '}', true), ` +
+      `CASE WHEN $3::integer IS NOT NULL THEN set_config('idle_in_transaction_session_timeout', $3::text, true) END, ` +
+      `CASE WHEN $4::text IS NOT NULL THEN set_config('application_name', left('pg-semaphore:' || $4::text, 63), true) END) END AS settings ` +
+      `FROM ${qs}.semaphores m LEFT JOIN LATERAL (SELECT f.id FROM (` +
+      `(SELECT t.id FROM ${qs}.tickets t WHERE t.semaphore_id = m.id AND t.no >= $2 ORDER BY t.no OFFSET 0) UNION ALL ` +
+      `(SELECT t.id FROM ${qs}.tickets t WHERE t.semaphore_id = m.id AND t.no < $2 ORDER BY t.no OFFSET 0)) f ` +
+      `WHERE pg_try_advisory_xact_lock(${qs}._ns(), f.id) LIMIT 1) c ON true WHERE m.name = $1::text`,
+    values: [name, start, idleMs, label],
+  };
+  const reread: Statement = {
+    text: `SELECT t.no FROM ${qs}.tickets t WHERE t.id = (nullif(current_setting(${held}, true), '')::integer[])[1]`,
+  };
+  const statements = prepared ? [find, reread].map((s) => ({ ...s, name: preparedName(s.text) })) : [find, reread];
+  return {
+    statements,
+    row(results) {
+      const found = results[0]!.rows[0] as { id: number; ticket: number | null } | undefined;
+      if (found === undefined) return { status: 'missing', tickets: null, ticket_semaphores: null, semaphore_ids: null, names: [name] };
+      const ticket = results[1]!.rows[0] as { no: number } | undefined;
+      if (ticket === undefined) return { status: 'busy', tickets: null, ticket_semaphores: null, semaphore_ids: null, names: [name] };
+      return { status: 'ok', tickets: [ticket.no], ticket_semaphores: [name], semaphore_ids: [found.id], names: null };
+    },
+  };
+}
+
 /** Creates the semaphores named that do not exist yet, with `tickets` tickets each. @internal */
 export function ensure(qs: string, names: readonly string[], tickets: number): Statement {
   return { text: `SELECT ${qs}.ensure($1::text[], $2)`, values: [names, tickets] };

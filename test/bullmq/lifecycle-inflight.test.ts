@@ -32,9 +32,15 @@ async function blockAcquires(): Promise<() => Promise<void>> {
   };
 }
 
-/** Some backend of this database waits on a lock in an acquire of this schema. */
+/**
+ * Some backend of this database waits on a lock in an acquire of this schema: the SQL
+ * function, or (once it has answered an instance) the plain statement that finds a ticket.
+ */
 async function acquireWaiting(): Promise<boolean> {
-  const { rows } = await ctx.admin.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1`, [`%"${ctx.schema}".acquire%`]);
+  const { rows } = await ctx.admin.query(
+    `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND (query LIKE $1 OR query LIKE $2)`,
+    [`%"${ctx.schema}".acquire%`, `%FROM "${ctx.schema}".semaphores m LEFT JOIN LATERAL%`],
+  );
   return rows[0].n > 0;
 }
 
