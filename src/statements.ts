@@ -226,7 +226,13 @@ export function release(
  */
 export function wakeBeforeCommit(qs: string, semaphoreIds: readonly number[], jobsWaiting: boolean, after?: number): Statement {
   const pid = after !== undefined && Number.isInteger(after);
-  const text = `SELECT ${qs}.wake($1::integer[]${pid ? ', $2::integer' : ''}) AS notified${jobsWaitingColumn(qs, '$1::integer[]', jobsWaiting)}`;
+  // wake() begins by trying each semaphore's waiter marker exclusively (held shared by every
+  // waiting process) and stops there when all are free: the same tries, here in the statement,
+  // call it only when someone waits (it tries them again, and gets the ones this transaction
+  // holds now at once). Most releases find nobody waiting and skip its PL/pgSQL call.
+  const text =
+    `SELECT CASE WHEN bool_and(pg_try_advisory_xact_lock(${qs}._ns() # 2, i)) THEN 0 ` +
+    `ELSE ${qs}.wake($1::integer[]${pid ? ', $2::integer' : ''}) END AS notified${jobsWaitingColumn(qs, '$1::integer[]', jobsWaiting)} FROM unnest($1::integer[]) i`;
   return { text, values: pid ? [semaphoreIds, after] : [semaphoreIds], name: preparedName(text) };
 }
 
