@@ -139,6 +139,35 @@ export function acquireCall(statement: Statement): AcquireStatements {
  * @internal
  */
 export function acquireOne(qs: string, name: string, start: number, label: string | null, idleMs: number | null, prepared: boolean): AcquireStatements {
+  const [find, reread] = acquireOneTexts(qs, prepared);
+  return {
+    statements: [{ ...find, values: [name, start, idleMs, label] }, reread],
+    row(results) {
+      const found = results[0]!.rows[0] as { id: number; ticket: number | null } | undefined;
+      if (found === undefined) return { status: 'missing', tickets: null, ticket_semaphores: null, semaphore_ids: null, names: [name] };
+      const ticket = results[1]!.rows[0] as { no: number } | undefined;
+      if (ticket === undefined) return { status: 'busy', tickets: null, ticket_semaphores: null, semaphore_ids: null, names: [name] };
+      return { status: 'ok', tickets: [ticket.no], ticket_semaphores: [name], semaphore_ids: [found.id], names: null };
+    },
+  };
+}
+
+/**
+ * Texts (and prepared names) made once per schema and kept: the same string objects every
+ * time, so neither the prepared-name lookup nor the pipeline's "prepared here already?" check
+ * reads a long new string per try.
+ */
+const oneTexts = new Map<string, Array<readonly [Statement, Statement]>>();
+
+function acquireOneTexts(qs: string, prepared: boolean): readonly [Statement, Statement] {
+  // keyed by the schema's own string (its hash is kept) and then by shape, with no key built per call
+  let bySchema = oneTexts.get(qs);
+  if (bySchema === undefined) {
+    bySchema = [];
+    if (oneTexts.size < 100) oneTexts.set(qs, bySchema);
+  }
+  let texts = bySchema[prepared ? 1 : 0];
+  if (texts !== undefined) return texts;
   const held = `'pg_semaphore.held_' || to_hex(${qs}._ns())`;
   const find: Statement = {
     text:
@@ -149,22 +178,13 @@ export function acquireOne(qs: string, name: string, start: number, label: strin
       `(SELECT t.id FROM ${qs}.tickets t WHERE t.semaphore_id = m.id AND t.no >= $2 ORDER BY t.no OFFSET 0) UNION ALL ` +
       `(SELECT t.id FROM ${qs}.tickets t WHERE t.semaphore_id = m.id AND t.no < $2 ORDER BY t.no OFFSET 0)) f ` +
       `WHERE pg_try_advisory_xact_lock(${qs}._ns(), f.id) LIMIT 1) c ON true WHERE m.name = $1::text`,
-    values: [name, start, idleMs, label],
   };
   const reread: Statement = {
     text: `SELECT t.no FROM ${qs}.tickets t WHERE t.id = (nullif(current_setting(${held}, true), '')::integer[])[1]`,
   };
-  const statements = prepared ? [find, reread].map((s) => ({ ...s, name: preparedName(s.text) })) : [find, reread];
-  return {
-    statements,
-    row(results) {
-      const found = results[0]!.rows[0] as { id: number; ticket: number | null } | undefined;
-      if (found === undefined) return { status: 'missing', tickets: null, ticket_semaphores: null, semaphore_ids: null, names: [name] };
-      const ticket = results[1]!.rows[0] as { no: number } | undefined;
-      if (ticket === undefined) return { status: 'busy', tickets: null, ticket_semaphores: null, semaphore_ids: null, names: [name] };
-      return { status: 'ok', tickets: [ticket.no], ticket_semaphores: [name], semaphore_ids: [found.id], names: null };
-    },
-  };
+  texts = prepared ? [{ ...find, name: preparedName(find.text) }, { ...reread, name: preparedName(reread.text) }] : [find, reread];
+  bySchema[prepared ? 1 : 0] = texts;
+  return texts;
 }
 
 /** Creates the semaphores named that do not exist yet, with `tickets` tickets each. @internal */
@@ -226,6 +246,20 @@ export function release(
  */
 export function wakeBeforeCommit(qs: string, semaphoreIds: readonly number[], jobsWaiting: boolean, after?: number): Statement {
   const pid = after !== undefined && Number.isInteger(after);
+  let bySchema = wakeTexts.get(qs);
+  if (bySchema === undefined) {
+    bySchema = [];
+    if (wakeTexts.size < 100) wakeTexts.set(qs, bySchema);
+  }
+  const shape = (pid ? 2 : 0) + (jobsWaiting ? 1 : 0);
+  const kept = (bySchema[shape] ??= wakeText(qs, pid, jobsWaiting));
+  return { ...kept, values: pid ? [semaphoreIds, after] : [semaphoreIds] };
+}
+
+/** {@link wakeBeforeCommit}'s texts and names, made once per schema and shape (see `oneTexts`). */
+const wakeTexts = new Map<string, Statement[]>();
+
+function wakeText(qs: string, pid: boolean, jobsWaiting: boolean): Statement {
   // wake() begins by trying each semaphore's waiter marker exclusively (held shared by every
   // waiting process) and stops there when all are free: the same tries, here in the statement,
   // call it only when someone waits (it tries them again, and gets the ones this transaction
@@ -233,7 +267,7 @@ export function wakeBeforeCommit(qs: string, semaphoreIds: readonly number[], jo
   const text =
     `SELECT CASE WHEN bool_and(pg_try_advisory_xact_lock(${qs}._ns() # 2, i)) THEN 0 ` +
     `ELSE ${qs}.wake($1::integer[]${pid ? ', $2::integer' : ''}) END AS notified${jobsWaitingColumn(qs, '$1::integer[]', jobsWaiting)} FROM unnest($1::integer[]) i`;
-  return { text, values: pid ? [semaphoreIds, after] : [semaphoreIds], name: preparedName(text) };
+  return { text, name: preparedName(text) };
 }
 
 /** A row of the SQL function `acquire_session`: one per request, with the tickets' row ids (the lock keys). @internal */
