@@ -142,6 +142,12 @@ describe('least privilege: the worker role (GRANTs of docs/SECURITY.md)', () => 
       client.release();
     }
     expect(await heldOf(ctx.sem, 'other')).toBe(0);
+    // one ticket of one semaphore, once the function has answered this instance: the plain
+    // statements (tables read, _ns) and the release's waiter-marker tries, as the worker
+    const one = await a.hold('api', { label: 'worker-a-one' });
+    expect((await a.status('api')).holders.map((h) => h.label)).toEqual(['worker-a-one']);
+    await one.release();
+    expect(await heldOf(ctx.sem, 'api')).toBe(0);
   });
 
   it("can run the BullMQ wrapper's waiting-list calls and a limited job", async () => {
