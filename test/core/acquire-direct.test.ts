@@ -10,6 +10,7 @@ import { sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PgSemaphore } from '../../src/index.js';
 import { databaseUrl, setupSchema, waitFor } from '../helpers/db.js';
+import { gatedLockShim } from '../helpers/core.js';
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
 let sem: PgSemaphore;
@@ -112,21 +113,10 @@ describe('a ticket deleted by a concurrent shrink between the find and its lock'
     const ticket3 = (
       await ctx.admin.query(`SELECT t.id FROM "${s}".tickets t JOIN "${s}".semaphores m ON m.id = t.semaphore_id WHERE m.name = 'd-vanish' AND t.no = 3`)
     ).rows[0].id as number;
-    await ctx.admin.query(`CREATE SCHEMA "${s}_shim"`);
+    const shim = await gatedLockShim(ctx.admin, s, ticket3, 'pg_try_advisory_xact_lock');
     const gate = new pg.Client({ connectionString: databaseUrl() });
-    const shimmed = ctx.another({
-      connection: { connectionString: databaseUrl(), max: 1, options: `-c search_path="${s}_shim",pg_catalog,public` },
-      applicationName: 'direct-shimmed',
-    });
+    const shimmed = ctx.another({ connection: { connectionString: databaseUrl(), max: 1, options: shim.searchPath }, applicationName: 'direct-shimmed' });
     try {
-      await ctx.admin.query(`CREATE FUNCTION "${s}_shim".pg_try_advisory_xact_lock(k1 integer, k2 integer) RETURNS boolean LANGUAGE plpgsql AS $$
-        BEGIN
-          IF k2 = ${ticket3} THEN
-            PERFORM pg_catalog.pg_advisory_lock_shared(4243, ${ticket3});
-            PERFORM pg_catalog.pg_advisory_unlock_shared(4243, ${ticket3});
-          END IF;
-          RETURN pg_catalog.pg_try_advisory_xact_lock(k1, k2);
-        END $$`);
       await gate.connect();
       // warm up (the function answers once), then tickets 1 and 2 taken elsewhere: the next
       // search meets ticket 3 first
@@ -157,7 +147,7 @@ describe('a ticket deleted by a concurrent shrink between the find and its lock'
     } finally {
       await shimmed.close();
       await gate.end().catch(() => undefined);
-      await ctx.admin.query(`DROP SCHEMA IF EXISTS "${s}_shim" CASCADE`);
+      await shim.drop();
     }
   });
 });

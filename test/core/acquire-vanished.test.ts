@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { databaseUrl, setupSchema, waitFor } from '../helpers/db.js';
+import { gatedLockShim } from '../helpers/core.js';
 
 // The fast path's "ticket vanished" result: acquire read a ticket row, a shrink deleted it
 // and committed, acquire then locked it and its re-read found no row. It answers busy with
@@ -26,22 +27,15 @@ describe('acquire fast path, a ticket deleted by a concurrent shrink', () => {
   it('answers busy naming the semaphore, and holds nothing', async () => {
     await ctx.sem.make('vanish', 3);
     const s = ctx.schema;
+    let shim: Awaited<ReturnType<typeof gatedLockShim>> | undefined;
     const shrinker = await pool.connect();
     const acquirer = await pool.connect();
     try {
       const pid = (await acquirer.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
       const ticket3 = (await pool.query(`SELECT t.id FROM "${s}".tickets t JOIN "${s}".semaphores m ON m.id = t.semaphore_id WHERE m.name = 'vanish' AND t.no = 3`)).rows[0].id as number;
-      await pool.query(`CREATE SCHEMA "${s}_shim"`);
-      await pool.query(`CREATE FUNCTION "${s}_shim".pg_try_advisory_xact_lock(k1 integer, k2 integer) RETURNS boolean LANGUAGE plpgsql AS $$
-        BEGIN
-          IF k2 = ${ticket3} THEN
-            PERFORM pg_catalog.pg_advisory_lock_shared(4242, ${ticket3});
-            PERFORM pg_catalog.pg_advisory_unlock_shared(4242, ${ticket3});
-          END IF;
-          RETURN pg_catalog.pg_try_advisory_xact_lock(k1, k2);
-        END $$`);
+      shim = await gatedLockShim(ctx.admin, s, ticket3, 'pg_try_advisory_xact_lock', 4242);
       await shrinker.query('SELECT pg_advisory_lock(4242, $1)', [ticket3]); // the gate
-      await acquirer.query(`SET search_path = "${s}_shim", pg_catalog, public`);
+      await acquirer.query(`SET search_path = "${shim.shim}", pg_catalog, public`);
       await acquirer.query('BEGIN');
       // searches from ticket 3, the one about to be deleted
       const pending = acquirer.query(`SELECT * FROM "${s}".acquire('{vanish}', '{1}', NULL, NULL, '{3}')`);
@@ -61,7 +55,7 @@ describe('acquire fast path, a ticket deleted by a concurrent shrink', () => {
       await acquirer.query('ROLLBACK').catch(() => undefined);
       shrinker.release(true);
       acquirer.release(true);
-      await pool.query(`DROP SCHEMA IF EXISTS "${s}_shim" CASCADE`);
+      await shim?.drop();
     }
   });
 });

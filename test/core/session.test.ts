@@ -17,7 +17,7 @@ import {
   type Hold,
   type PgSemaphoreOptions,
 } from '../../src/index.js';
-import { classidOf, errorOf, heldOf, nsOf, rejection, track, waitingTicketLocks, within } from '../helpers/core.js';
+import { classidOf, errorOf, gatedLockShim, heldOf, nsOf, rejection, track, waitingTicketLocks, within } from '../helpers/core.js';
 import { databaseUrl, setupSchema, waitFor } from '../helpers/db.js';
 import { pgbouncerBinary, startPgBouncer, type PgBouncerServer } from '../helpers/servers.js';
 
@@ -951,21 +951,12 @@ describe('shrinking under session holders', () => {
     // commits meanwhile.
     await ctx.sem.make('vanish', 3);
     const s = ctx.schema;
-    const shim = `${s}_shim`;
     const ticket3 = (await ctx.admin.query(`SELECT t.id FROM "${s}".tickets t JOIN "${s}".semaphores m ON m.id = t.semaphore_id WHERE m.name = 'vanish' AND t.no = 3`)).rows[0]
       .id as number;
-    await ctx.admin.query(`CREATE SCHEMA "${shim}"`);
+    const shim = await gatedLockShim(ctx.admin, s, ticket3, 'pg_try_advisory_lock');
     const gate = await ctx.admin.connect();
     try {
-      await ctx.admin.query(`CREATE FUNCTION "${shim}".pg_try_advisory_lock(k1 integer, k2 integer) RETURNS boolean LANGUAGE plpgsql AS $$
-        BEGIN
-          IF k2 = ${ticket3} THEN
-            PERFORM pg_catalog.pg_advisory_lock_shared(4243, ${ticket3});
-            PERFORM pg_catalog.pg_advisory_unlock_shared(4243, ${ticket3});
-          END IF;
-          RETURN pg_catalog.pg_try_advisory_lock(k1, k2);
-        END $$`);
-      const sem = session({ connection: { connectionString: databaseUrl(), options: `-c search_path=${shim},pg_catalog,public` } });
+      const sem = session({ connection: { connectionString: databaseUrl(), options: shim.searchPath } });
       const other = transaction();
       const first = await other.hold({ name: 'vanish', tickets: 2 }); // 1 and 2
       stray.push(first);
@@ -994,7 +985,7 @@ describe('shrinking under session holders', () => {
     } finally {
       gate.release(true);
       for (const sem of opened.splice(0)) await sem.close().catch(() => undefined);
-      await ctx.admin.query(`DROP SCHEMA IF EXISTS "${shim}" CASCADE`);
+      await shim.drop();
     }
   });
 });

@@ -129,3 +129,34 @@ export async function advisoryLocksOf(admin: pg.Pool, pid: number, key1: number,
   );
   return rows[0]!.n;
 }
+
+/**
+ * A schema `<schema>_shim` whose `lockFn(k1, k2)` (put before pg_catalog on a connection's
+ * search_path) waits on a gate, the advisory lock (`gateKey`, `ticketId`) held by the test,
+ * before trying the lock of ticket `ticketId`: a search that reaches that ticket has its
+ * snapshot by then, so a shrink can delete the ticket and commit meanwhile. `searchPath` is
+ * the connection option that puts the shim first; `drop()` removes it.
+ */
+export async function gatedLockShim(
+  admin: pg.Pool,
+  schema: string,
+  ticketId: number,
+  lockFn: 'pg_try_advisory_xact_lock' | 'pg_try_advisory_lock',
+  gateKey = 4243,
+): Promise<{ shim: string; searchPath: string; drop(): Promise<void> }> {
+  const shim = `${schema}_shim`;
+  await admin.query(`CREATE SCHEMA "${shim}"`);
+  await admin.query(`CREATE FUNCTION "${shim}".${lockFn}(k1 integer, k2 integer) RETURNS boolean LANGUAGE plpgsql AS $$
+    BEGIN
+      IF k2 = ${Number(ticketId)} THEN
+        PERFORM pg_catalog.pg_advisory_lock_shared(${Number(gateKey)}, ${Number(ticketId)});
+        PERFORM pg_catalog.pg_advisory_unlock_shared(${Number(gateKey)}, ${Number(ticketId)});
+      END IF;
+      RETURN pg_catalog.${lockFn}(k1, k2);
+    END $$`);
+  return {
+    shim,
+    searchPath: `-c search_path="${shim}",pg_catalog,public`,
+    drop: async () => void (await admin.query(`DROP SCHEMA IF EXISTS "${shim}" CASCADE`)),
+  };
+}
