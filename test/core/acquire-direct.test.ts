@@ -82,6 +82,11 @@ describe('one ticket of one semaphore, without the SQL function', () => {
     const hold = await sem.hold('d-busy');
     expect(hold.tickets).toEqual([{ name: 'd-busy', ticket: 1 }]);
     await hold.release();
+    // a paused semaphore (no tickets at all) is busy too, not missing
+    await ctx.sem.make('d-paused', 0);
+    const paused: string[][] = [];
+    expect(await sem.tryHold('d-paused', { onBusy: (names) => void paused.push([...names]) })).toBeNull();
+    expect(paused).toEqual([['d-paused']]);
   });
 
   it('starts at the ticket it returned last and wraps around to the lower ones', async () => {
