@@ -35,7 +35,7 @@ export interface AttemptContext {
  * the error listener that keeps a dying idle socket from crashing the process, and removes it.
  * @internal
  */
-export async function attempt(ctx: AttemptContext, acquire: AcquireStatements): Promise<AttemptResult> {
+export async function attempt(ctx: AttemptContext, asked: AcquireStatements): Promise<AttemptResult> {
   const client = await ctx.pool.connect();
   const onError = () => undefined;
   client.on('error', onError);
@@ -45,6 +45,7 @@ export async function attempt(ctx: AttemptContext, acquire: AcquireStatements): 
   };
   let row: AcquireRow;
   const pipelined = canPipeline(client);
+  const acquire = !pipelined && asked.alone ? asked.alone() : asked;
   try {
     if (pipelined) {
       ctx.roundTrips(1);

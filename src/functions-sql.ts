@@ -22,6 +22,13 @@ import { quoteSchema } from './validate.js';
  *   slot number (the lowest free one), and `(_ns() # (slot << 8 | 5), semaphore.id)` *shared, at
  *   session level* beside each waiter marker it takes, so a releaser finds the next waiting
  *   process by trying a few of these locks instead of reading `pg_locks`.
+ *
+ * Two parts of these functions are repeated in the client, for speed (issue 11, eleventh
+ * round), and a later functions migration must keep them true or change the client with it:
+ * `acquire`'s fast path (one ticket of one semaphore: the lock keys above, the held-tickets
+ * setting `pg_semaphore.held_<hex of _ns()>`, the idle timeout and the label) is
+ * `statements.acquireOne`; `wake`'s first step (nothing to do when every waiter marker can be
+ * taken exclusively) is in `statements.wakeBeforeCommit`.
  */
 export function functionsSql(schema: string): string {
   const s = quoteSchema(schema);

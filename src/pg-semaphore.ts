@@ -20,7 +20,7 @@ import { explainMigrateConflict, explainNotInstalled } from './not-installed.js'
 import { errorCode, isLibraryLockTimeout, isPreparedStatementLost, SQLSTATE } from './sqlstate.js';
 import * as statements from './statements.js';
 import { heldTickets, type HeldTicket } from './tickets.js';
-import type { AcquireRow, Statement } from './statements.js';
+import type { AcquireRow, AcquireStatements, Statement } from './statements.js';
 import { backoff, sleep } from './timing.js';
 
 /** Environment variable that turns limiting off when set to `1`, `true` or `yes`. */
@@ -256,12 +256,18 @@ export class PgSemaphore {
   private startsSupported = true;
   /**
    * Whether a try for one ticket of one semaphore may skip the SQL function (statements.acquireOne).
-   * Set once the function has answered a try on an install with start positions (0003_functions
-   * or later): the first try of an instance is the one that finds a missing schema, functions of
-   * another version or an install without the library (those errors come from the function),
-   * and none of that changes while the instance runs except by a migration, which only adds.
+   * Set once the function answered a call with start positions (only 0003_functions and later
+   * take them: older installs, 0.1's included, fail that call and are refused or served as
+   * before). Until then every try goes through the function, which is what finds a missing
+   * schema, functions of another version or no install at all; none of that changes while the
+   * instance runs except by a migration, which only adds.
    */
   private directAcquire = false;
+  /**
+   * The direct statements were refused (no SELECT on the tables, say, with a SECURITY DEFINER
+   * `acquire`; or the tables went away): the function serves every try from then on.
+   */
+  private directRefused = false;
   /**
    * Whether the acquire and the release's wake-up (with their `BEGIN` and `COMMIT`) run as
    * prepared statements (parsed and planned once per pooled connection). Off for good once a connection turned out not to
@@ -633,16 +639,22 @@ export class PgSemaphore {
     // one ticket of one semaphore (nearly every try) skips the SQL function's PL/pgSQL call
     // (statements.acquireOne); the rest, and withMutex's capacity, go through acquire()
     const one = req.names.length === 1 && req.counts[0] === 1 && how.mutex !== true;
-    const statement = () =>
-      one && this.directAcquire
-        ? statements.acquireOne(this.qs, req.names[0]!, this.lastTickets.get(req.names[0]!) ?? 1, label ?? null, this.livenessMs, this.prepared.on)
-        : statements.acquireCall(
-            statements.acquire(this.qs, req.names, req.counts, label ?? null, this.livenessMs, {
-              capacity: how.mutex === true,
-              starts: this.startsSupported ? req.names.map((n) => this.lastTickets.get(n) ?? null) : undefined,
-              prepared: this.prepared.on,
-            }),
-          );
+    const viaFunction = () =>
+      statements.acquireCall(
+        statements.acquire(this.qs, req.names, req.counts, label ?? null, this.livenessMs, {
+          capacity: how.mutex === true,
+          starts: this.startsSupported ? req.names.map((n) => this.lastTickets.get(n) ?? null) : undefined,
+          prepared: this.prepared.on,
+        }),
+      );
+    const statement = (): AcquireStatements =>
+      one && this.directAcquire && !this.directRefused
+        ? {
+            ...statements.acquireOne(this.qs, req.names[0]!, this.lastTickets.get(req.names[0]!) ?? 1, label ?? null, this.livenessMs, this.prepared.on),
+            // a client that cannot pipeline (pg-native) would pay a round trip per statement
+            alone: viaFunction,
+          }
+        : viaFunction();
     const ctx: AttemptContext = {
       pool: this.pool,
       roundTrips: (n) => void (this.roundTrips += n),
@@ -679,6 +691,11 @@ export class PgSemaphore {
           // a transaction pooler moved this connection's transaction to a server connection
           // that never prepared the acquire (the try failed before it ran): unprepared from now
           // on, for every try (a concurrent one may have turned it off already)
+          // the direct statements refused (see `directRefused`): the function from now on
+          if (!this.session && tried.alone !== undefined && DIRECT_REFUSED.has(errorCode(err))) {
+            this.directRefused = true;
+            continue;
+          }
           if (!this.session && tried.statements[0]!.name !== undefined && isPreparedStatementLost(err)) {
             this.prepared.on = false;
             continue;
@@ -686,7 +703,10 @@ export class PgSemaphore {
           throw err;
         }
         const { hold, row } = got;
-        if (!this.session && tried.statements.length === 1 && this.startsSupported && (row.status === 'ok' || row.status === 'busy')) this.directAcquire = true;
+        // the function took start positions and answered: an install the direct statements suit
+        if (!this.session && tried.alone === undefined && tried.statements[0]!.values?.length === 5 && (row.status === 'ok' || row.status === 'busy')) {
+          this.directAcquire = true;
+        }
         if (hold) return hold;
         if ((await this.interpret(row, req, createWith, round)) === 'retry') continue;
         // busy. A wake-up that named this process, and a try that found another semaphore of
@@ -923,6 +943,13 @@ export class PgSemaphore {
 }
 
 const CONNECTION_STRING = 'a connection string such as postgres://user@host:5432/db';
+
+/**
+ * Errors of the direct statements after which the function serves every try: no right to read
+ * the tables (a SECURITY DEFINER `acquire` does not need it), or the schema, tables or `_ns`
+ * gone (the function's own error then says what is missing).
+ */
+const DIRECT_REFUSED = new Set<string>([SQLSTATE.insufficientPrivilege, SQLSTATE.undefinedTable, SQLSTATE.undefinedFunction, SQLSTATE.invalidSchemaName]);
 
 /**
  * Checks the connection string, or a pool config's `connectionString` when the key is there:

@@ -115,6 +115,8 @@ export function acquire(
 export interface AcquireStatements {
   statements: Statement[];
   row(results: ReadonlyArray<{ rows: unknown[] }>): AcquireRow;
+  /** What to send instead where the statements cannot share one round trip (a client that cannot pipeline). */
+  alone?: () => AcquireStatements;
 }
 
 /** {@link acquire} as {@link AcquireStatements}: one statement, its row. @internal */
@@ -145,8 +147,12 @@ export function acquireOne(qs: string, name: string, start: number, label: strin
     row(results) {
       const found = results[0]!.rows[0] as { id: number; ticket: number | null } | undefined;
       if (found === undefined) return { status: 'missing', tickets: null, ticket_semaphores: null, semaphore_ids: null, names: [name] };
-      const ticket = results[1]!.rows[0] as { no: number } | undefined;
-      if (ticket === undefined) return { status: 'busy', tickets: null, ticket_semaphores: null, semaphore_ids: null, names: [name] };
+      // the re-read must find the very ticket the find locked (a session-level value of the
+      // held-tickets setting, left by someone else, must never stand in for it)
+      const ticket = results[1]!.rows[0] as { id: number; no: number } | undefined;
+      if (found.ticket === null || ticket === undefined || ticket.id !== found.ticket) {
+        return { status: 'busy', tickets: null, ticket_semaphores: null, semaphore_ids: null, names: [name] };
+      }
       return { status: 'ok', tickets: [ticket.no], ticket_semaphores: [name], semaphore_ids: [found.id], names: null };
     },
   };
@@ -180,7 +186,7 @@ function acquireOneTexts(qs: string, prepared: boolean): readonly [Statement, St
       `WHERE pg_try_advisory_xact_lock(${qs}._ns(), f.id) LIMIT 1) c ON true WHERE m.name = $1::text`,
   };
   const reread: Statement = {
-    text: `SELECT t.no FROM ${qs}.tickets t WHERE t.id = (nullif(current_setting(${held}, true), '')::integer[])[1]`,
+    text: `SELECT t.id, t.no FROM ${qs}.tickets t WHERE t.id = (nullif(current_setting(${held}, true), '')::integer[])[1]`,
   };
   texts = prepared ? [{ ...find, name: preparedName(find.text) }, { ...reread, name: preparedName(reread.text) }] : [find, reread];
   bySchema[prepared ? 1 : 0] = texts;
