@@ -688,14 +688,14 @@ export class PgSemaphore {
             this.startsSupported = false;
             continue;
           }
-          // a transaction pooler moved this connection's transaction to a server connection
-          // that never prepared the acquire (the try failed before it ran): unprepared from now
-          // on, for every try (a concurrent one may have turned it off already)
           // the direct statements refused (see `directRefused`): the function from now on
           if (!this.session && tried.alone !== undefined && DIRECT_REFUSED.has(errorCode(err))) {
             this.directRefused = true;
             continue;
           }
+          // a transaction pooler moved this connection's transaction to a server connection
+          // that never prepared the acquire (the try failed before it ran): unprepared from now
+          // on, for every try (a concurrent one may have turned it off already)
           if (!this.session && tried.statements[0]!.name !== undefined && isPreparedStatementLost(err)) {
             this.prepared.on = false;
             continue;

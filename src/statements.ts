@@ -127,7 +127,7 @@ export function acquireCall(statement: Statement): AcquireStatements {
 /**
  * One ticket of one semaphore in a transaction that holds nothing yet (the library's own
  * `BEGIN ISOLATION LEVEL READ COMMITTED` just before): the SQL function `acquire`'s fast path
- * as two plain statements, without the PL/pgSQL call around them (issue 11: about a fifth of
+ * as two plain statements, without the PL/pgSQL call around them (issue 11: about a quarter of
  * the backend's CPU per acquire-and-release cycle, measured in DESIGN-NOTES "Eleventh round").
  *
  * The first finds the semaphore, locks the first free ticket from `start` on, wrapping
@@ -159,21 +159,27 @@ export function acquireOne(qs: string, name: string, start: number, label: strin
 }
 
 /**
- * Texts (and prepared names) made once per schema and kept: the same string objects every
- * time, so neither the prepared-name lookup nor the pipeline's "prepared here already?" check
- * reads a long new string per try.
+ * Texts (and prepared names) made once per schema and shape and kept: the same string objects
+ * every time, so neither the prepared-name lookup nor the pipeline's "prepared here already?"
+ * check reads a long new string per try. Keyed by the schema's own string (its hash is kept)
+ * and then by a small number, so no key is built per call. Bounded like `preparedNames`.
  */
+function kept<T>(cache: Map<string, T[]>, qs: string, shape: number, make: () => T): T {
+  let bySchema = cache.get(qs);
+  if (bySchema === undefined) {
+    bySchema = [];
+    if (cache.size < 100) cache.set(qs, bySchema);
+  }
+  return (bySchema[shape] ??= make());
+}
+
 const oneTexts = new Map<string, Array<readonly [Statement, Statement]>>();
 
 function acquireOneTexts(qs: string, prepared: boolean): readonly [Statement, Statement] {
-  // keyed by the schema's own string (its hash is kept) and then by shape, with no key built per call
-  let bySchema = oneTexts.get(qs);
-  if (bySchema === undefined) {
-    bySchema = [];
-    if (oneTexts.size < 100) oneTexts.set(qs, bySchema);
-  }
-  let texts = bySchema[prepared ? 1 : 0];
-  if (texts !== undefined) return texts;
+  return kept(oneTexts, qs, prepared ? 1 : 0, () => acquireOneText(qs, prepared));
+}
+
+function acquireOneText(qs: string, prepared: boolean): readonly [Statement, Statement] {
   const held = `'pg_semaphore.held_' || to_hex(${qs}._ns())`;
   const find: Statement = {
     text:
@@ -188,9 +194,7 @@ function acquireOneTexts(qs: string, prepared: boolean): readonly [Statement, St
   const reread: Statement = {
     text: `SELECT t.id, t.no FROM ${qs}.tickets t WHERE t.id = (nullif(current_setting(${held}, true), '')::integer[])[1]`,
   };
-  texts = prepared ? [{ ...find, name: preparedName(find.text) }, { ...reread, name: preparedName(reread.text) }] : [find, reread];
-  bySchema[prepared ? 1 : 0] = texts;
-  return texts;
+  return prepared ? [{ ...find, name: preparedName(find.text) }, { ...reread, name: preparedName(reread.text) }] : [find, reread];
 }
 
 /** Creates the semaphores named that do not exist yet, with `tickets` tickets each. @internal */
@@ -252,17 +256,11 @@ export function release(
  */
 export function wakeBeforeCommit(qs: string, semaphoreIds: readonly number[], jobsWaiting: boolean, after?: number): Statement {
   const pid = after !== undefined && Number.isInteger(after);
-  let bySchema = wakeTexts.get(qs);
-  if (bySchema === undefined) {
-    bySchema = [];
-    if (wakeTexts.size < 100) wakeTexts.set(qs, bySchema);
-  }
-  const shape = (pid ? 2 : 0) + (jobsWaiting ? 1 : 0);
-  const kept = (bySchema[shape] ??= wakeText(qs, pid, jobsWaiting));
-  return { ...kept, values: pid ? [semaphoreIds, after] : [semaphoreIds] };
+  const text = kept(wakeTexts, qs, (pid ? 2 : 0) + (jobsWaiting ? 1 : 0), () => wakeText(qs, pid, jobsWaiting));
+  return { ...text, values: pid ? [semaphoreIds, after] : [semaphoreIds] };
 }
 
-/** {@link wakeBeforeCommit}'s texts and names, made once per schema and shape (see `oneTexts`). */
+/** {@link wakeBeforeCommit}'s texts and names, made once per schema and shape (see `kept`). */
 const wakeTexts = new Map<string, Statement[]>();
 
 function wakeText(qs: string, pid: boolean, jobsWaiting: boolean): Statement {
