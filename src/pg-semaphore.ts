@@ -647,8 +647,10 @@ export class PgSemaphore {
           prepared: this.prepared.on,
         }),
       );
+    // only prepared: planned anew for every try (behind a pooler that keeps no prepared
+    // statements) the find costs the backend more than the function, whose plans are kept
     const statement = (): AcquireStatements =>
-      one && this.directAcquire && !this.directRefused
+      one && this.directAcquire && !this.directRefused && this.prepared.on
         ? {
             ...statements.acquireOne(this.qs, req.names[0]!, this.lastTickets.get(req.names[0]!) ?? 1, label ?? null, this.livenessMs, this.prepared.on),
             // a client that cannot pipeline (pg-native) would pay a round trip per statement

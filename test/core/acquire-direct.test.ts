@@ -178,6 +178,25 @@ describe('one ticket of one semaphore, without the SQL function', () => {
     }
   });
 
+  it('without prepared statements (a pooler that keeps none) it is the function again: planned anew each try, the find costs more than the call', async () => {
+    await ctx.sem.make('d-unprepared', 1);
+    const one = await warmed({ max: 1 });
+    try {
+      const dropping = await one.hold('d-unprepared');
+      expect(await lastStatement(dropping)).toMatch(new RegExp(`^${REREAD}`));
+      // what a transaction pooler's other server connection looks like: node-postgres still thinks they are there
+      await dropping.tx.execute(sql`DEALLOCATE ALL`);
+      await dropping.release();
+      for (let i = 0; i < 3; i++) {
+        const h = await one.hold('d-unprepared');
+        expect(await lastStatement(h)).toMatch(/\.acquire\(/);
+        await h.release();
+      }
+    } finally {
+      await one.close();
+    }
+  });
+
   it('a role that may not read the tables (a SECURITY DEFINER acquire) falls back to the function for good', async () => {
     await ctx.sem.make('d-refused', 1);
     const role = `${ctx.schema}_nosel`;
