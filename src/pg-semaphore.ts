@@ -256,18 +256,15 @@ export class PgSemaphore {
   private startsSupported = true;
   /**
    * Whether a try for one ticket of one semaphore may skip the SQL function (statements.acquireOne).
-   * Set once the function answered a call with start positions (only 0003_functions and later
-   * take them: older installs, 0.1's included, fail that call and are refused or served as
-   * before). Until then every try goes through the function, which is what finds a missing
-   * schema, functions of another version or no install at all; none of that changes while the
-   * instance runs except by a migration, which only adds.
+   * `untested` until the function answered a call with start positions (only 0003_functions and
+   * later take them: older installs, 0.1's included, fail that call and are refused or served
+   * as before), then `on`. Until then every try goes through the function, which is what finds
+   * a missing schema, functions of another version or no install at all; none of that changes
+   * while the instance runs except by a migration, which only adds. `off` for good once the
+   * direct statements were refused (no SELECT on the tables, say, with a SECURITY DEFINER
+   * `acquire`; or the tables went away).
    */
-  private directAcquire = false;
-  /**
-   * The direct statements were refused (no SELECT on the tables, say, with a SECURITY DEFINER
-   * `acquire`; or the tables went away): the function serves every try from then on.
-   */
-  private directRefused = false;
+  private direct: 'untested' | 'on' | 'off' = 'untested';
   /**
    * Whether the acquire and the release's wake-up (with their `BEGIN` and `COMMIT`) run as
    * prepared statements (parsed and planned once per pooled connection). Off for good once a connection turned out not to
@@ -650,7 +647,7 @@ export class PgSemaphore {
     // only prepared: planned anew for every try (behind a pooler that keeps no prepared
     // statements) the find costs the backend more than the function, whose plans are kept
     const statement = (): AcquireStatements =>
-      one && this.directAcquire && !this.directRefused && this.prepared.on
+      one && this.direct === 'on' && this.prepared.on
         ? {
             ...statements.acquireOne(this.qs, req.names[0]!, this.lastTickets.get(req.names[0]!) ?? 1, label ?? null, this.livenessMs, this.prepared.on),
             // a client that cannot pipeline (pg-native) would pay a round trip per statement
@@ -690,9 +687,9 @@ export class PgSemaphore {
             this.startsSupported = false;
             continue;
           }
-          // the direct statements refused (see `directRefused`): the function from now on
+          // the direct statements refused (see `direct`): the function from now on
           if (!this.session && tried.alone !== undefined && DIRECT_REFUSED.has(errorCode(err))) {
-            this.directRefused = true;
+            this.direct = 'off';
             continue;
           }
           // a transaction pooler moved this connection's transaction to a server connection
@@ -706,8 +703,8 @@ export class PgSemaphore {
         }
         const { hold, row } = got;
         // the function took start positions and answered: an install the direct statements suit
-        if (!this.session && tried.alone === undefined && tried.statements[0]!.values?.length === 5 && (row.status === 'ok' || row.status === 'busy')) {
-          this.directAcquire = true;
+        if (this.direct === 'untested' && !this.session && tried.statements[0]!.values?.length === 5 && (row.status === 'ok' || row.status === 'busy')) {
+          this.direct = 'on';
         }
         if (hold) return hold;
         if ((await this.interpret(row, req, createWith, round)) === 'retry') continue;
