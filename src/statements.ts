@@ -125,6 +125,16 @@ export function acquireCall(statement: Statement): AcquireStatements {
 }
 
 /**
+ * The find's inner limit, a number no semaphore reaches (tickets are capped at 2^31 - 1): a
+ * bound parameter rather than OFFSET 0 so that the generic plan, which cannot know it, expects
+ * to read a few tickets and scans them in order through the (semaphore_id, no) index, stopping
+ * at the first free one. With OFFSET 0 it read and sorted every ticket from the start position
+ * on (a bitmap scan and a sort: 0.3 ms per acquire on an idle 1,000-ticket semaphore). Either
+ * way the subquery stays a barrier: the lock is tried row by row above it, never pushed into it.
+ */
+const NO_LIMIT = '2147483647';
+
+/**
  * One ticket of one semaphore in a transaction that holds nothing yet (the library's own
  * `BEGIN ISOLATION LEVEL READ COMMITTED` just before): the SQL function `acquire`'s fast path
  * as two plain statements, without the PL/pgSQL call around them (issue 11: about a quarter of
@@ -143,7 +153,7 @@ export function acquireCall(statement: Statement): AcquireStatements {
 export function acquireOne(qs: string, name: string, start: number, label: string | null, idleMs: number | null, prepared: boolean): AcquireStatements {
   const [find, reread] = acquireOneTexts(qs, prepared);
   return {
-    statements: [{ ...find, values: [name, start, idleMs, label] }, reread],
+    statements: [{ ...find, values: [name, start, idleMs, label, NO_LIMIT] }, reread],
     row(results) {
       const found = results[0]!.rows[0] as { id: number; ticket: number | null } | undefined;
       if (found === undefined) return { status: 'missing', tickets: null, ticket_semaphores: null, semaphore_ids: null, names: [name] };
@@ -187,8 +197,8 @@ function acquireOneText(qs: string, prepared: boolean): readonly [Statement, Sta
       `CASE WHEN $3::integer IS NOT NULL THEN set_config('idle_in_transaction_session_timeout', $3::text, true) END, ` +
       `CASE WHEN $4::text IS NOT NULL THEN set_config('application_name', left('pg-semaphore:' || $4::text, 63), true) END) END AS settings ` +
       `FROM ${qs}.semaphores m LEFT JOIN LATERAL (SELECT f.id FROM (` +
-      `(SELECT t.id FROM ${qs}.tickets t WHERE t.semaphore_id = m.id AND t.no >= $2 ORDER BY t.no OFFSET 0) UNION ALL ` +
-      `(SELECT t.id FROM ${qs}.tickets t WHERE t.semaphore_id = m.id AND t.no < $2 ORDER BY t.no OFFSET 0)) f ` +
+      `(SELECT t.id FROM ${qs}.tickets t WHERE t.semaphore_id = m.id AND t.no >= $2 ORDER BY t.no LIMIT $5::bigint) UNION ALL ` +
+      `(SELECT t.id FROM ${qs}.tickets t WHERE t.semaphore_id = m.id AND t.no < $2 ORDER BY t.no LIMIT $5::bigint)) f ` +
       `WHERE pg_try_advisory_xact_lock(${qs}._ns(), f.id) LIMIT 1) c ON true WHERE m.name = $1::text`,
   };
   const reread: Statement = {
@@ -266,11 +276,20 @@ const wakeTexts = new Map<string, Statement[]>();
 function wakeText(qs: string, pid: boolean, jobsWaiting: boolean): Statement {
   // wake() begins by trying each semaphore's waiter marker exclusively (held shared by every
   // waiting process) and stops there when all are free: the same tries, here in the statement,
-  // call it only when someone waits (it tries them again, and gets the ones this transaction
-  // holds now at once). Most releases find nobody waiting and skip its PL/pgSQL call.
+  // call it only for the semaphores someone waits on. A marker whose exclusive try fails is
+  // held shared by waiters, or exclusively by another release doing this same check until its
+  // COMMIT: then nobody waits (a waiter taking its marker waits for that COMMIT), and a shared
+  // try, given back at once, tells the two apart. Without it, wake() searched for the waiter of
+  // every such semaphore, in the end through pg_locks, whose read takes every lock-table
+  // partition: with many transactions releasing at once (200 holders in the large-cap
+  // benchmark) those reads stalled every lock taken meanwhile (docs/DESIGN-NOTES.md).
+  // CASE keeps the order of the tries; wake() gets only the ids found waited on.
   const text =
-    `SELECT CASE WHEN bool_and(pg_try_advisory_xact_lock(${qs}._ns() # 2, i)) THEN 0 ` +
-    `ELSE ${qs}.wake($1::integer[]${pid ? ', $2::integer' : ''}) END AS notified${jobsWaitingColumn(qs, '$1::integer[]', jobsWaiting)} FROM unnest($1::integer[]) i`;
+    `SELECT CASE WHEN w IS NULL THEN 0 ELSE ${qs}.wake(w${pid ? ', $2::integer' : ''}) END AS notified` +
+    `${jobsWaitingColumn(qs, '$1::integer[]', jobsWaiting)} FROM (SELECT array_agg(i) FILTER (WHERE CASE ` +
+    `WHEN pg_try_advisory_xact_lock(${qs}._ns() # 2, i) THEN false ` +
+    `WHEN pg_try_advisory_lock_shared(${qs}._ns() # 2, i) THEN pg_advisory_unlock_shared(${qs}._ns() # 2, i) ` +
+    `ELSE false END) AS w FROM unnest($1::integer[]) i) s`;
   return { text, name: preparedName(text) };
 }
 

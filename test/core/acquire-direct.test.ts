@@ -161,6 +161,54 @@ describe('one ticket of one semaphore, without the SQL function', () => {
     expect((await ctx.sem.status('d-wrap')).held).toBe(0);
   });
 
+  it('scans a large semaphore in ticket order from the start position and stops at the first free ticket, with and without table statistics', async () => {
+    // A schema of its own whose tickets table has no statistics yet, as right after make()
+    // (autovacuum analyzes it a minute or so later, and is kept off here): the generic plan of
+    // the find must still read the tickets in order through the (semaphore_id, no) index and
+    // stop at the first one it locks, never read and sort all of them (it did with OFFSET 0).
+    const own = await setupSchema('dplan');
+    await own.admin.query(`ALTER TABLE "${own.schema}".tickets SET (autovacuum_enabled = false)`);
+    await own.sem.make('big', 1000);
+    await own.sem.make('small', 5);
+    const one = own.another({ connection: { connectionString: databaseUrl(), max: 1 } });
+    try {
+      const planOf = async (hold: Hold) => {
+        const { rows } = (await hold.tx.execute(sql`SELECT name FROM pg_prepared_statements WHERE statement LIKE ${`${FIND}%`}`)) as {
+          rows: Array<{ name: string }>;
+        };
+        expect(rows).toHaveLength(1);
+        await hold.tx.execute(sql`SET LOCAL plan_cache_mode = force_generic_plan`);
+        const plan = (await hold.tx.execute(
+          sql.raw(`EXPLAIN (FORMAT JSON) EXECUTE ${rows[0]!.name}('big', 500, NULL, NULL, '2147483647')`),
+        )) as { rows: Array<{ 'QUERY PLAN': unknown }> };
+        return JSON.stringify(plan.rows[0]!['QUERY PLAN']);
+      };
+      for (let i = 0; i < 8; i++) await (await one.hold(i % 2 ? 'big' : 'small')).release();
+      const stats = async () =>
+        Number((await own.admin.query(`SELECT count(*)::int AS n FROM pg_stats WHERE schemaname = $1 AND tablename = 'tickets'`, [own.schema])).rows[0].n);
+      expect(await stats()).toBe(0);
+      for (const analyzed of [false, true]) {
+        if (analyzed) {
+          await own.admin.query(`ANALYZE "${own.schema}".tickets`);
+          expect(await stats()).toBeGreaterThan(0);
+        }
+        const hold = await one.hold('big');
+        try {
+          expect(await findRuns(hold)).toBeGreaterThan(4);
+          const plan = await planOf(hold);
+          expect(plan, `analyzed: ${analyzed}`).toContain('"Index Name":"tickets_semaphore_no_key"');
+          expect(plan, `analyzed: ${analyzed}`).not.toContain('"Node Type":"Sort"');
+          expect(plan, `analyzed: ${analyzed}`).not.toContain('Bitmap');
+        } finally {
+          await hold.release();
+        }
+      }
+    } finally {
+      await one.close();
+      await own.drop();
+    }
+  });
+
   it("a client that cannot pipeline (node-postgres's own pipeline mode) keeps the function: one statement after BEGIN, not two", async () => {
     await ctx.sem.make('d-nopipe', 1);
     const nopipe = ctx.another({ connection: { connectionString: databaseUrl(), max: 1, pipeline: true } as never });

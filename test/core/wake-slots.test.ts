@@ -3,8 +3,9 @@
 // advisory locks instead of reading pg_locks. Plain sessions play the processes here, so the
 // slot numbers and markers are exactly the ones each test sets up.
 import pg from 'pg';
+import { sql } from 'drizzle-orm';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { setupSchema, waitFor } from '../helpers/db.js';
+import { databaseUrl, setupSchema, waitFor } from '../helpers/db.js';
 import { advisoryLocksOf, listenerOf, nsOf, slotKey, track, within } from '../helpers/core.js';
 import type { PgSemaphore } from '../../src/index.js';
 
@@ -185,6 +186,58 @@ describe('wake() by slots', () => {
     } finally {
       await first.query('ROLLBACK');
       first.release();
+    }
+  });
+
+  it('a release whose check meets another release’s check on the marker does not call wake() (nobody can be waiting)', async () => {
+    // The library's release (prepared, early) tries the waiter marker itself and calls wake()
+    // only for a semaphore someone waits on. A marker held exclusively is another release's
+    // check until its COMMIT: no waiter holds it then (a waiter taking it waits for that
+    // COMMIT), and wake() would only search for one, in the end through pg_locks. wake()'s
+    // calls are counted by the server (track_functions on the library's one connection).
+    const sem = ctx.another({ connection: { connectionString: databaseUrl(), max: 1, options: '-c track_functions=pl' }, listen: false });
+    const other = await ctx.admin.connect();
+    const waiter = await session();
+    try {
+      // a few holds first: the release's wake-up is prepared after the first ones
+      for (let i = 0; i < 6; i++) await (await sem.hold('x')).release();
+      const wakeCalls = async () => {
+        const r = await ctx.admin.query<{ n: string }>(
+          `SELECT coalesce(sum(calls), 0)::text AS n FROM pg_stat_user_functions WHERE schemaname = $1 AND funcname = 'wake'`,
+          [ctx.schema],
+        );
+        return Number(r.rows[0]!.n);
+      };
+      // the function counts the backend holds so far are sent with the next transaction that asks
+      const flushed = async () => {
+        const f = await sem.hold('x');
+        await f.tx.execute(sql`SELECT pg_stat_force_next_flush()`);
+        await f.release(); // a release after statements of the caller's own calls wake() itself: one call
+        await waitFor(async () => (await wakeCalls()) > last, { timeout: 5_000, what: "the library backend's function counts" });
+        last = await wakeCalls();
+        return last;
+      };
+      let last = await wakeCalls();
+      const before = await flushed();
+      // another release's check, not committed yet
+      await other.query('BEGIN');
+      expect((await other.query<{ got: boolean }>('SELECT pg_try_advisory_xact_lock($1, $2) AS got', [ns ^ 2, id])).rows[0]!.got).toBe(true);
+      await (await sem.hold('x')).release();
+      await other.query('ROLLBACK');
+      // counted: the flush's own call only
+      const mid = await flushed();
+      expect(mid).toBe(before + 1);
+      // a waiter (an older library's: no slot): the next release calls wake(), which names it
+      await waiter.query(`SELECT ${qs}.watch('{x}')`);
+      notes.length = 0;
+      await (await sem.hold('x')).release();
+      await waitFor(() => notes.length === 1, { timeout: 2_000, what: "the waiter's NOTIFY" });
+      // counted: that release's call and the flush's
+      expect(await flushed()).toBe(mid + 2);
+    } finally {
+      await other.query('ROLLBACK').catch(() => undefined);
+      other.release();
+      await within(sem.close(), 5_000, 'sem.close()');
     }
   });
 
