@@ -148,11 +148,11 @@ describe('migrate', () => {
     try {
       const first = await run(['migrate', '--schema', schema]);
       expect(first.code, first.stderr).toBe(0);
-      expect(first.stdout).toMatch(/0000_tables, 0001_functions, 0002_functions, 0003_functions, 0004_functions, 0005_functions/);
+      expect(first.stdout).toMatch(/0000_tables, 0001_functions, 0002_functions, 0003_functions, 0004_functions, 0005_functions, 0006_functions/);
       const again = await runJson<{ schema: string; applied: string[] }>(['migrate', '--schema', schema]);
       expect(again).toEqual({ schema, applied: [] });
       const { rows } = await admin.query(`SELECT count(*)::int AS n FROM "${schema}".__pg_semaphore_migrations`);
-      expect(rows[0].n).toBe(6);
+      expect(rows[0].n).toBe(7);
     } finally {
       await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
       await admin.end();

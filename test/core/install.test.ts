@@ -97,7 +97,7 @@ describe('installSql()', () => {
 
   it('the newest functions migration is exactly functionsSql("semaphore") (drift guard: run `npm run generate`)', () => {
     const newest = tags.filter((t) => t.endsWith('_functions')).at(-1);
-    expect(newest).toBe('0005_functions');
+    expect(newest).toBe('0006_functions');
     const onDisk = readFileSync(new URL(`../../drizzle/${newest}.sql`, import.meta.url), 'utf8');
     expect(onDisk).toBe(functionsSql('semaphore'));
     // the functions part is that migration alone: it installs and upgrades by itself

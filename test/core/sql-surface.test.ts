@@ -256,7 +256,7 @@ describe('upgrading an older install (0.1: acquire returned row ids; 0002: acqui
       try {
         // before the upgrade, this library refuses 0.1's functions (their tickets are row ids)
         await expect(sem.hold('api')).rejects.toMatchObject({ name: 'NotInstalledError', problem: 'functions-missing' });
-        expect(await sem.migrate()).toEqual({ applied: ['0002_functions', '0003_functions', '0004_functions', '0005_functions'] });
+        expect(await sem.migrate()).toEqual({ applied: ['0002_functions', '0003_functions', '0004_functions', '0005_functions', '0006_functions'] });
         expect(await acquireShape(schema)).toEqual(newest);
         expect(await acquireAsWorker(schema)).toMatchObject({ status: 'ok', tickets: [2], ticket_semaphores: ['api'] });
         // the old holder still holds ticket 1, so Node gets 2 and 3, then nothing
@@ -281,7 +281,7 @@ describe('upgrading an older install (0.1: acquire returned row ids; 0002: acqui
   it("install path 2: the functions SQL (`pg-semaphore sql --part functions`) upgrades it too, and applies again cleanly", async () => {
     const schema = await oldInstall('upg2');
     const functions = installSql(schema, { part: 'functions' });
-    expect(functions).toContain('-- pg-semaphore 0005_functions');
+    expect(functions).toContain('-- pg-semaphore 0006_functions');
     expect(functions).not.toContain('0002_functions');
     await admin.query(functions);
     await admin.query(functions);
@@ -302,7 +302,7 @@ describe('upgrading an older install (0.1: acquire returned row ids; 0002: acqui
         await hold.release();
       }
       const holder = await sem.hold('api', { label: 'across-the-upgrade' });
-      expect(await sem.migrate()).toEqual({ applied: ['0003_functions', '0004_functions', '0005_functions'] });
+      expect(await sem.migrate()).toEqual({ applied: ['0003_functions', '0004_functions', '0005_functions', '0006_functions'] });
       expect(await acquireShape(schema)).toEqual(newest);
       expect(await acquireAsWorker(schema)).toMatchObject({ status: 'ok', tickets: [2], ticket_semaphores: ['api'] });
       expect((await sem.status('api')).holders.map((h) => [h.ticket, h.label])).toEqual([[1, 'across-the-upgrade']]);
@@ -352,7 +352,7 @@ describe('upgrading an older install (0.1: acquire returned row ids; 0002: acqui
     const holder = new PgSemaphore({ connection: u.toString(), schema, logger });
     const waiter = new PgSemaphore({ connection: u.toString(), schema, maxPollInterval: 10_000, logger });
     try {
-      expect(await owner.migrate()).toEqual({ applied: ['0004_functions', '0005_functions'] });
+      expect(await owner.migrate()).toEqual({ applied: ['0004_functions', '0005_functions', '0006_functions'] });
       // the holder's release names the process after its own LISTEN session's slot: wake(integer[], integer)
       const unwatch = await holder.watch(['none'], () => true);
       const hold = await holder.hold('api');
