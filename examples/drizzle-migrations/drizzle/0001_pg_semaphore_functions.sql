@@ -1,4 +1,4 @@
--- pg-semaphore 0005_functions
+-- pg-semaphore 0006_functions
 -- pg-semaphore SQL functions for schema "semaphore"
 CREATE OR REPLACE FUNCTION "semaphore"._ns() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -163,6 +163,11 @@ DECLARE
   v_name text;
   v_ticket integer;
   v_settings text;
+  -- the ordered ticket lists end in LIMIT v_all, a bound never reached: the generic plan cannot
+  -- know it, so it expects to read a few tickets and scans them in order through the
+  -- (semaphore_id, no) index, stopping at the first one locked (with OFFSET 0 it read and
+  -- sorted every ticket from the start position on, while the table had no statistics yet)
+  v_all bigint := 2147483647;
 BEGIN
   -- the re-read below guards against a concurrent shrink only with a fresh snapshot per
   -- statement, which only READ COMMITTED gives
@@ -174,7 +179,7 @@ BEGIN
     -- The common case, one ticket of one semaphore: nothing to undo when no ticket is free,
     -- so no subtransaction. One query finds the semaphore and locks the first free ticket
     -- from the start position on: the ordered ticket list is a subquery of its own (ORDER BY
-    -- and OFFSET keep it from being merged, and Postgres never pushes a volatile condition
+    -- and LIMIT keep it from being merged, and Postgres never pushes a volatile condition
     -- into it), so the lock is tried row by row in ticket order and LIMIT 1 stops at the
     -- first success: it never locks a ticket it does not return.
     SELECT m.id, m.name, c.id INTO v_id, v_name, v_ticket
@@ -183,7 +188,7 @@ BEGIN
         SELECT f.id FROM (
           SELECT t.id FROM "semaphore".tickets t
            WHERE t.semaphore_id = m.id AND t.no >= coalesce(p_starts[1], 1) AND NOT (t.id = ANY (v_held))
-           ORDER BY t.no OFFSET 0) f
+           ORDER BY t.no LIMIT v_all) f
          WHERE pg_try_advisory_xact_lock("semaphore"._ns(), f.id)
          LIMIT 1) c ON true
      WHERE m.name = p_names[1];
@@ -197,7 +202,7 @@ BEGIN
       SELECT f.id INTO v_ticket FROM (
           SELECT t.id FROM "semaphore".tickets t
            WHERE t.semaphore_id = v_id AND t.no < p_starts[1] AND NOT (t.id = ANY (v_held))
-           ORDER BY t.no OFFSET 0) f
+           ORDER BY t.no LIMIT v_all) f
        WHERE pg_try_advisory_xact_lock("semaphore"._ns(), f.id)
        LIMIT 1;
     END IF;
@@ -269,10 +274,10 @@ BEGIN
       v_start := coalesce(v_sem.start, 1);
       FOR v_ticket IN
         (SELECT t.id FROM "semaphore".tickets t
-          WHERE t.semaphore_id = v_sem.id AND t.no >= v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
+          WHERE t.semaphore_id = v_sem.id AND t.no >= v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no LIMIT v_all)
         UNION ALL
         (SELECT t.id FROM "semaphore".tickets t
-          WHERE t.semaphore_id = v_sem.id AND t.no < v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no)
+          WHERE t.semaphore_id = v_sem.id AND t.no < v_start AND NOT (t.id = ANY (v_held)) ORDER BY t.no LIMIT v_all)
       LOOP
         EXIT WHEN v_need <= 0;
         IF pg_try_advisory_xact_lock(v_ns, v_ticket) THEN
@@ -290,10 +295,11 @@ BEGIN
     -- the row ids (the lock keys, internal) into ticket numbers, in request order.
     SELECT count(*)::integer, array_agg(t.no ORDER BY r.ord, t.no), array_agg(m.name ORDER BY r.ord, t.no)
       INTO v_found, tickets, ticket_semaphores
-      FROM "semaphore".tickets t
+      -- the tickets by their ids first (the primary key), not every ticket of the semaphore
+      -- filtered by id, which the planner chose when it joined the semaphore first
+      FROM (SELECT t.id, t.no, t.semaphore_id FROM "semaphore".tickets t WHERE t.id = ANY (v_got) OFFSET 0) t
       JOIN "semaphore".semaphores m ON m.id = t.semaphore_id
-      JOIN (SELECT n.name, min(n.ord) AS ord FROM unnest(p_names) WITH ORDINALITY AS n(name, ord) GROUP BY n.name) r ON r.name = m.name
-     WHERE t.id = ANY (v_got);
+      JOIN (SELECT n.name, min(n.ord) AS ord FROM unnest(p_names) WITH ORDINALITY AS n(name, ord) GROUP BY n.name) r ON r.name = m.name;
     IF v_found <> cardinality(v_got) THEN
       RAISE EXCEPTION USING ERRCODE = 'PSB01';
     END IF;
@@ -473,9 +479,17 @@ DECLARE
   v_up boolean;
   v_sent integer := 0;
 BEGIN
+  -- A marker whose exclusive try fails is held shared by waiters, or exclusively by another
+  -- release doing this same check until its COMMIT: then nobody waits (a waiter taking its
+  -- marker waits for that COMMIT, and its retry after it sees the free tickets), and a shared
+  -- try, given back at once, tells the two apart; without it the search below ran, down to
+  -- pg_locks, for a waiter that is not there (2 % of releases with 32 holders releasing at once).
   FOREACH v_id IN ARRAY coalesce(p_ids, '{}') LOOP
     IF NOT pg_try_advisory_xact_lock(v_ns # 2, v_id) THEN
-      v_busy := v_busy || v_id;
+      IF pg_try_advisory_lock_shared(v_ns # 2, v_id) THEN
+        PERFORM pg_advisory_unlock_shared(v_ns # 2, v_id);
+        v_busy := v_busy || v_id;
+      END IF;
     END IF;
   END LOOP;
   IF cardinality(v_busy) = 0 THEN
@@ -623,6 +637,7 @@ DECLARE
   v_short text;
   v_exceeds text;
   v_found integer;
+  v_all bigint := 2147483647; -- see acquire
 BEGIN
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     RAISE EXCEPTION 'pg-semaphore: acquire_session needs READ COMMITTED, got %', current_setting('transaction_isolation')
@@ -670,12 +685,12 @@ BEGIN
       v_start := coalesce(v_sem.start, 1);
       -- the first free tickets from the start position, then below it (see acquire's fast
       -- path: the ordered list is a subquery of its own, so LIMIT stops at the last one needed
-      -- and no ticket is locked that is not returned)
+      -- and no ticket is locked that is not returned; its own LIMIT v_all is acquire's too)
       SELECT array_agg(f.id) INTO v_taken FROM (
         SELECT o.id FROM (
           SELECT t.id FROM "semaphore".tickets t
            WHERE t.semaphore_id = v_sem.id AND t.no >= v_start AND NOT (t.id = ANY (v_held || v_got))
-           ORDER BY t.no OFFSET 0) o
+           ORDER BY t.no LIMIT v_all) o
          WHERE pg_try_advisory_lock(v_ns, o.id)
          LIMIT v_need) f;
       v_got := v_got || coalesce(v_taken, '{}');
@@ -685,7 +700,7 @@ BEGIN
           SELECT o.id FROM (
             SELECT t.id FROM "semaphore".tickets t
              WHERE t.semaphore_id = v_sem.id AND t.no < v_start AND NOT (t.id = ANY (v_held || v_got))
-             ORDER BY t.no OFFSET 0) o
+             ORDER BY t.no LIMIT v_all) o
            WHERE pg_try_advisory_lock(v_ns, o.id)
            LIMIT v_need) f;
         v_got := v_got || coalesce(v_taken, '{}');
@@ -702,11 +717,10 @@ BEGIN
       SELECT count(*)::integer, array_agg(t.no ORDER BY r.ord, t.no), array_agg(m.name ORDER BY r.ord, t.no),
              array_agg(t.id ORDER BY r.ord, t.no), array_agg(DISTINCT m.id)
         INTO v_found, tickets, ticket_semaphores, ticket_ids, semaphore_ids
-        FROM "semaphore".tickets t
+        FROM (SELECT t.id, t.no, t.semaphore_id FROM "semaphore".tickets t WHERE t.id = ANY (v_got) OFFSET 0) t -- by id first (see acquire)
         JOIN "semaphore".semaphores m ON m.id = t.semaphore_id
         JOIN (SELECT n.name, min(n.ord) AS ord FROM unnest(p_names, p_req) WITH ORDINALITY AS n(name, rq, ord)
-               WHERE n.rq = req GROUP BY n.name) r ON r.name = m.name
-       WHERE t.id = ANY (v_got);
+               WHERE n.rq = req GROUP BY n.name) r ON r.name = m.name;
       IF v_found = cardinality(v_got) THEN
         status := 'ok';
         tickets := coalesce(tickets, '{}');
