@@ -278,19 +278,21 @@ function wakeText(qs: string, pid: boolean, jobsWaiting: boolean): Statement {
   // wake() begins by trying each semaphore's waiter marker exclusively (held shared by every
   // waiting process) and stops there when all are free: the same tries, here in the statement,
   // call it only for the semaphores someone waits on. A marker whose exclusive try fails is
-  // held shared by waiters, or exclusively by another release doing this same check until its
-  // COMMIT: then nobody waits (a waiter taking its marker waits for that COMMIT), and a shared
-  // try, given back at once, tells the two apart. Without it, wake() searched for a waiter of
-  // every such semaphore, in the end through pg_locks (whose read takes every lock-table
-  // partition), and then sent a NOTIFY to every waiting process (docs/DESIGN-NOTES.md, twelfth
-  // round: 2 % of releases with 32 holders releasing at once and nobody waiting).
-  // CASE keeps the order of the tries; wake() gets only the ids found waited on.
+  // held shared by waiters (c = 1), or exclusively by another release doing this same check
+  // until its COMMIT (c = 2; a shared try, given back at once, tells the two apart). Then nobody
+  // waits yet, but a waiter may be queued for the marker behind that release and retry once it
+  // commits, while this release's tickets are still held: the NOTIFY without a pid, which every
+  // listener hears after this COMMIT, covers it, as wake() would have ended after searching
+  // slots and pg_locks for nobody (docs/DESIGN-NOTES.md, twelfth round). CASE keeps the order
+  // of the tries, and OFFSET 0 makes each try run once per id.
+  const ns = `${qs}._ns()`;
   const text =
-    `SELECT CASE WHEN w IS NULL THEN 0 ELSE ${qs}.wake(w${pid ? ', $2::integer' : ''}) END AS notified` +
-    `${jobsWaitingColumn(qs, '$1::integer[]', jobsWaiting)} FROM (SELECT array_agg(i) FILTER (WHERE CASE ` +
-    `WHEN pg_try_advisory_xact_lock(${qs}._ns() # 2, i) THEN false ` +
-    `WHEN pg_try_advisory_lock_shared(${qs}._ns() # 2, i) THEN pg_advisory_unlock_shared(${qs}._ns() # 2, i) ` +
-    `ELSE false END) AS w FROM unnest($1::integer[]) i) s`;
+    `SELECT CASE WHEN w IS NULL THEN 0 ELSE ${qs}.wake(w${pid ? ', $2::integer' : ''}) END + ` +
+    `coalesce((SELECT count(pg_notify('pg_semaphore', ${ns} || ':' || x))::integer FROM unnest(b) x), 0) AS notified` +
+    `${jobsWaitingColumn(qs, '$1::integer[]', jobsWaiting)} FROM (SELECT array_agg(i) FILTER (WHERE c = 1) AS w, array_agg(i) FILTER (WHERE c = 2) AS b ` +
+    `FROM (SELECT i, CASE WHEN pg_try_advisory_xact_lock(${ns} # 2, i) THEN 0 ` +
+    `WHEN pg_try_advisory_lock_shared(${ns} # 2, i) THEN CASE WHEN pg_advisory_unlock_shared(${ns} # 2, i) THEN 1 ELSE 1 END ` +
+    `ELSE 2 END AS c FROM unnest($1::integer[]) i OFFSET 0) t) s`;
   return { text, name: preparedName(text) };
 }
 

@@ -189,12 +189,12 @@ describe('wake() by slots', () => {
     }
   });
 
-  it('a release whose check meets another release’s check on the marker does not call wake() (nobody can be waiting)', async () => {
+  it('a release whose check meets another release’s check on the marker does not call wake(): it sends the NOTIFY without a pid', async () => {
     // The library's release (prepared, early) tries the waiter marker itself and calls wake()
     // only for a semaphore someone waits on. A marker held exclusively is another release's
-    // check until its COMMIT: no waiter holds it then (a waiter taking it waits for that
-    // COMMIT), and wake() would only search for one, in the end through pg_locks. wake()'s
-    // calls are counted by the server (track_functions on the library's one connection).
+    // check until its COMMIT: no waiter holds it then, and wake() would search for one, in the
+    // end through pg_locks, before sending the NOTIFY every listener hears. wake()'s calls are
+    // counted by the server (track_functions on the library's one connection; superuser only).
     const sem = ctx.another({ connection: { connectionString: databaseUrl(), max: 1, options: '-c track_functions=pl' }, listen: false });
     const other = await ctx.admin.connect();
     const waiter = await session();
@@ -222,8 +222,12 @@ describe('wake() by slots', () => {
       // another release's check, not committed yet
       await other.query('BEGIN');
       expect((await other.query<{ got: boolean }>('SELECT pg_try_advisory_xact_lock($1, $2) AS got', [ns ^ 2, id])).rows[0]!.got).toBe(true);
+      notes.length = 0;
       await (await sem.hold('x')).release();
       await other.query('ROLLBACK');
+      // instead, the NOTIFY without a pid, for a waiter that may be queued for the marker behind
+      // that release (it retries once that release commits, while this one's ticket is still held)
+      await waitFor(() => notes.includes(`${ns}:${id}`), { timeout: 2_000, what: 'the NOTIFY to every listener' });
       // counted: the flush's own call only
       const mid = await flushed();
       expect(mid).toBe(before + 1);

@@ -480,20 +480,24 @@ DECLARE
   v_sent integer := 0;
 BEGIN
   -- A marker whose exclusive try fails is held shared by waiters, or exclusively by another
-  -- release doing this same check until its COMMIT: then nobody waits (a waiter taking its
-  -- marker waits for that COMMIT, and its retry after it sees the free tickets), and a shared
-  -- try, given back at once, tells the two apart; without it the search below ran, down to
-  -- pg_locks, for a waiter that is not there (2 % of releases with 32 holders releasing at once).
+  -- release doing this same check until its COMMIT (a shared try, given back at once, tells the
+  -- two apart). In the second case nobody waits yet, but a waiter may be queued for the marker
+  -- behind that release and retry once it commits, while this release's tickets are still
+  -- held: it is sent the NOTIFY without a pid, which every listener hears after this COMMIT,
+  -- and nothing is searched (the search below, down to pg_locks, found nobody there and ended
+  -- in that NOTIFY all the same). A relay sends none (relays never go to everyone).
   FOREACH v_id IN ARRAY coalesce(p_ids, '{}') LOOP
     IF NOT pg_try_advisory_xact_lock(v_ns # 2, v_id) THEN
-      IF pg_try_advisory_lock_shared(v_ns # 2, v_id) THEN
-        PERFORM pg_advisory_unlock_shared(v_ns # 2, v_id);
+      IF (CASE WHEN pg_try_advisory_lock_shared(v_ns # 2, v_id) THEN pg_advisory_unlock_shared(v_ns # 2, v_id) ELSE false END) THEN
         v_busy := v_busy || v_id;
+      ELSIF p_origin IS NULL THEN
+        PERFORM pg_notify('pg_semaphore', v_ns || ':' || v_id);
+        v_sent := v_sent + 1;
       END IF;
     END IF;
   END LOOP;
   IF cardinality(v_busy) = 0 THEN
-    RETURN 0;
+    RETURN v_sent;
   END IF;
   -- p_after < 0: the releaser's LISTEN session holds slot -p_after - 1 (see hears_slot()), so
   -- the next waiting process is found by its slot markers, without reading pg_locks: the first
