@@ -27,8 +27,10 @@ import { quoteSchema } from './validate.js';
  * round), and a later functions migration must keep them true or change the client with it:
  * `acquire`'s fast path (one ticket of one semaphore: the lock keys above, the held-tickets
  * setting `pg_semaphore.held_<hex of _ns()>`, the idle timeout and the label) is
- * `statements.acquireOne`; `wake`'s first step (nothing to do when every waiter marker can be
- * taken exclusively) is in `statements.wakeBeforeCommit`.
+ * `statements.acquireOne` (with its ordered lists' never-reached LIMIT); `wake`'s first step
+ * (nothing to do when every waiter marker can be taken exclusively; a marker held exclusively
+ * by another release's check gets the NOTIFY without a pid, without a search) is in
+ * `statements.wakeBeforeCommit`.
  */
 export function functionsSql(schema: string): string {
   const s = quoteSchema(schema);

@@ -284,14 +284,15 @@ function wakeText(qs: string, pid: boolean, jobsWaiting: boolean): Statement {
   // commits, while this release's tickets are still held: the NOTIFY without a pid, which every
   // listener hears after this COMMIT, covers it, as wake() would have ended after searching
   // slots and pg_locks for nobody (docs/DESIGN-NOTES.md, twelfth round). CASE keeps the order
-  // of the tries, and OFFSET 0 makes each try run once per id.
+  // of the tries (the unlock gives back the shared try and is true: c = 1), and OFFSET 0 makes
+  // each try run once per id.
   const ns = `${qs}._ns()`;
   const text =
     `SELECT CASE WHEN w IS NULL THEN 0 ELSE ${qs}.wake(w${pid ? ', $2::integer' : ''}) END + ` +
     `coalesce((SELECT count(pg_notify('pg_semaphore', ${ns} || ':' || x))::integer FROM unnest(b) x), 0) AS notified` +
     `${jobsWaitingColumn(qs, '$1::integer[]', jobsWaiting)} FROM (SELECT array_agg(i) FILTER (WHERE c = 1) AS w, array_agg(i) FILTER (WHERE c = 2) AS b ` +
     `FROM (SELECT i, CASE WHEN pg_try_advisory_xact_lock(${ns} # 2, i) THEN 0 ` +
-    `WHEN pg_try_advisory_lock_shared(${ns} # 2, i) THEN CASE WHEN pg_advisory_unlock_shared(${ns} # 2, i) THEN 1 ELSE 1 END ` +
+    `WHEN pg_try_advisory_lock_shared(${ns} # 2, i) THEN pg_advisory_unlock_shared(${ns} # 2, i)::integer ` +
     `ELSE 2 END AS c FROM unnest($1::integer[]) i OFFSET 0) t) s`;
   return { text, name: preparedName(text) };
 }
