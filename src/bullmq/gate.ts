@@ -88,6 +88,12 @@ export interface GateContext<H extends GateHold> {
   watch(names: string[], onRelease: (relay: () => void, own?: boolean) => boolean | void): Promise<() => Promise<void>>;
   /** NOTIFYs from other processes' releases reach this process (the LISTEN connection is confirmed). */
   hearsReleases(): boolean;
+  /**
+   * For each name, a number that stays the same exactly as long as this process's waiter
+   * marker on that semaphore stays held; undefined while none is (`PgSemaphore.markerEpochs`).
+   * Absent: never known, as if none were held.
+   */
+  markerEpochs?(names: readonly string[]): ReadonlyArray<number | undefined>;
   /** After a release that found no local waiter on its semaphores while jobs are recorded as waiting. */
   promote(hold: H): Promise<void>;
   /** Whether anything here could promote put-back jobs (so a release should ask whether some are recorded). */
@@ -332,6 +338,11 @@ export class Gate<H extends GateHold> {
   private heldBackRelays: Array<() => void> = [];
   /** The semaphores that last busy try found short; undefined: not known (any of the set's). */
   private short: readonly string[] | undefined;
+  /**
+   * For each of `short`, this process's waiter marker on it when that try began (see
+   * `GateContext.markerEpochs`); undefined where none was held.
+   */
+  private shortMarkers: ReadonlyArray<number | undefined> = [];
   /** Mean time a job held its tickets, in ms: an exponential average (weight 0.1), 0 until the first job ends. */
   private meanHold = 0;
   /** Times each hold in use was handed on; a hold enters when acquired and leaves when released. */
@@ -888,16 +899,21 @@ export class Gate<H extends GateHold> {
    * `more`: it found a ticket while the set was not saturated, so more may be free and the
    * next waiter should try too. After a busy try, a success used the ticket one release
    * freed; waking the next waiter then only makes a busy call (each release wakes one waiter
-   * by itself: locally, or by its NOTIFY).
+   * by itself: locally, or by its NOTIFY). The same while another gate sharing a semaphore
+   * with this one waits after finding one of this set's semaphores short (`['api',
+   * 'tenant:7']` beside `['api', 'tenant:8']` short on `api`): this set's last success says
+   * nothing of that one (in global + per tenant every such wake-up came back busy).
    */
   private async attempt(label: string): Promise<{ hold: H | null; more: boolean }> {
-    const plenty = !this.saturated;
+    const plenty = !this.saturated && !this.ctx.groupSaturated(this);
     let short: readonly string[] | undefined;
+    const markers = this.ctx.markerEpochs?.(this.req.names);
     const got = await this.ctx.tryHold(this.req, label, (names) => (short = names.length > 0 ? names : undefined));
     this.unreachable = got === 'unavailable';
     if (got === 'unavailable') return { hold: null, more: false };
     this.saturated = got === 'busy';
     this.short = short;
+    this.shortMarkers = short && markers ? short.map((n) => markers[this.req.names.indexOf(n)]) : [];
     if (got === 'busy') return { hold: null, more: false };
     this.holdCount++;
     this.handoffs.set(got, { count: 0, since: Date.now() });
@@ -911,12 +927,28 @@ export class Gate<H extends GateHold> {
       .then((stop) => {
         // A release between this gate's busy try and its waiter marker being granted found no
         // marker and sent no NOTIFY: one try now covers it (only after a busy try: otherwise
-        // the gate's waiters came without trying, behind others whose markers were held).
-        if (this.saturated) this.ctx.kick(this);
+        // the gate's waiters came without trying, behind others whose markers were held). Not
+        // when this process held the marker of every semaphore that try found short from before
+        // it began until now (another gate or waiter here watched them): then every release in
+        // between found a marker and sent its NOTIFY, which the process it named uses or passes
+        // on. In global + per tenant those tries were 90 % busy (DESIGN-NOTES, thirteenth round).
+        if (this.saturated && !this.shortStayedWatched()) this.ctx.kick(this);
         return stop;
       })
       .catch(() => async () => undefined);
     this.watching = watching;
+  }
+
+  /**
+   * The last busy try said which semaphores were short, and this process held its waiter marker
+   * on each of them from before that try began until now (the same marker: see
+   * `GateContext.markerEpochs`).
+   */
+  private shortStayedWatched(): boolean {
+    const short = this.short;
+    if (!short || short.length === 0 || !this.ctx.markerEpochs) return false;
+    const now = this.ctx.markerEpochs(short);
+    return short.every((_, i) => this.shortMarkers[i] !== undefined && now[i] === this.shortMarkers[i]);
   }
 
   private async stopWatching(): Promise<void> {

@@ -608,12 +608,15 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
     /** What each busy try says was short (none given: unknown). */
     const shorts: string[][] = [];
     const notify = new Map<string, (relay?: () => void, own?: boolean) => boolean | void>();
+    /** This process's waiter marker per semaphore, as `PgSemaphore.markerEpochs` numbers it (none: not held). */
+    const markers = new Map<string, number>();
     const ctx = {
       tryHold: vi.fn(async (_req: { names: string[] }, _label: string, onShort?: (names: readonly string[]) => void) => {
         const r = results.shift() ?? 'busy';
         if (r === 'busy') onShort?.(shorts.shift() ?? []);
         return r;
       }),
+      markerEpochs: (names: readonly string[]) => names.map((n) => markers.get(n)),
       watch: vi.fn(async (names: string[], onRelease: (relay?: () => void, own?: boolean) => boolean | void) => {
         notify.set(names.join(','), onRelease);
         return async () => undefined;
@@ -635,7 +638,7 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
       return w;
     };
     cleanup = () => aborts.forEach((a) => a.abort());
-    return { set, ctx, results, shorts, notify, wait };
+    return { set, ctx, results, shorts, notify, markers, wait };
   }
   const tenant = (t: number) => ({ names: ['api', `tenant:${t}`], counts: [1, 1] });
   /** Tenant 1's waiter (after a busy try) and then tenant 2's, both gates watching. */
@@ -661,6 +664,55 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
     // a set sharing no semaphore still tries
     expect(await mail.arrive('c')).toBeNull();
     expect(g.ctx.tryHold).toHaveBeenCalledTimes(calls + 1);
+  });
+
+  // The try once the watch is in place covers a release that found no marker and sent no
+  // NOTIFY. With this process's marker on the short semaphore held from before the busy try
+  // until then (another gate here watched it), every release found one and sent its NOTIFY.
+  it.each([
+    { marker: 'held all along', before: 5, after: 5, short: ['api'], tries: 1 },
+    { marker: 'given back and taken anew', before: 5, after: 6, short: ['api'], tries: 2 },
+    { marker: 'taken only after the try', before: undefined, after: 6, short: ['api'], tries: 2 },
+    { marker: 'held all along, but the try said nothing of what was short', before: 5, after: 5, short: [], tries: 2 },
+    { marker: 'held on api all along, but tenant:1 was short', before: 5, after: 5, short: ['tenant:1'], tries: 2 },
+  ])('after a busy try, the try once the watch is in place: marker $marker -> $tries acquire calls', async ({ before, after, short, tries }) => {
+    const g = group();
+    const g1 = g.set.gateFor(tenant(1));
+    if (before !== undefined) g.markers.set('api', before);
+    g.shorts.push(short);
+    expect(await g1.arrive('a')).toBeNull();
+    g.markers.set('api', after);
+    g.wait(g1, 'w1');
+    await vi.waitFor(() => expect(g.notify.size).toBe(1));
+    await tick();
+    await tick();
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(tries);
+  });
+
+  // A success of a set that was not saturated says more may be free; not for a semaphore a
+  // gate sharing it waits on after finding it short.
+  it.each([
+    { others: 'a gate sharing api waits after finding api short', othersWait: true, tries: 1 },
+    { others: 'no other gate waits', othersWait: false, tries: 2 },
+  ])('a woken head that gets a ticket, $others: $tries acquire calls for its gate', async ({ othersWait, tries }) => {
+    const g = group();
+    const [g1, g2] = [g.set.gateFor(tenant(1)), g.set.gateFor(tenant(2))];
+    if (othersWait) {
+      g.shorts.push(['api'], ['api']);
+      expect(await g2.arrive('x')).toBeNull();
+      g.wait(g2, 'x');
+      await vi.waitFor(() => expect(g.notify.size).toBe(1));
+    }
+    g.wait(g1, 'w1');
+    g.wait(g1, 'w2');
+    await vi.waitFor(() => expect(g.notify.has('api,tenant:1')).toBe(true));
+    await tick();
+    const calls = g.ctx.tryHold.mock.calls.length;
+    g.results.push(hold('h'));
+    g.notify.get('api,tenant:1')!(undefined, true); // tenant 1 came free (a NOTIFY only its gate watches)
+    await tick();
+    await tick();
+    expect(g.ctx.tryHold).toHaveBeenCalledTimes(calls + tries);
   });
 
   it('queues an arrival only behind a gate whose busy try found a semaphore it needs short', async () => {
