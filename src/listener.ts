@@ -57,13 +57,6 @@ export class Listener {
   /** The install has no `hears_slot()` (before 0005_functions): hear by `hears()` and the pid. */
   private noSlots = false;
   private readonly waiters = new Map<number, Waiter[]>();
-  /**
-   * Per semaphore name, the watches registered here that cover it, and when their markers were
-   * last taken (a number from `markerSeq`): see {@link Listener.markerEpochs}.
-   */
-  private readonly watchedNames = new Map<string, { count: number; since: number }>();
-  /** Counts marker takings, so that each gets a number of its own. */
-  private markerSeq = 0;
   /** Gives up the current LISTEN connection (waiters poll until the next wait reconnects). */
   private drop: ((err?: Error) => void) | undefined;
   /** Statements on the LISTEN connection run one after another. */
@@ -126,17 +119,6 @@ export class Listener {
     return this.client !== undefined && this.heard;
   }
 
-  /**
-   * For each name, a number that stays the same exactly as long as this process's waiter marker
-   * on that semaphore stays held; undefined while it holds none (no watch registered, or the
-   * LISTEN connection is down or not known to hear NOTIFYs). The same number at two moments
-   * means the marker was held all the time between them, so every release in between found a
-   * marker and sent a NOTIFY to some waiting process.
-   */
-  markerEpochs(names: readonly string[]): Array<number | undefined> {
-    return names.map((n) => (this.hears ? this.watchedNames.get(n)?.since : undefined));
-  }
-
   /** Registers a waiter on the semaphores named; returns a function that unregisters it. */
   async watch(names: string[], wake: OnRelease): Promise<() => Promise<void>> {
     const client = await this.connect();
@@ -152,19 +134,7 @@ export class Listener {
       list.push(waiter);
       this.waiters.set(id, list);
     }
-    let covered = [...new Set(names)];
-    for (const n of covered) {
-      const w = this.watchedNames.get(n);
-      if (w) w.count++;
-      else this.watchedNames.set(n, { count: 1, since: ++this.markerSeq });
-    }
     return async () => {
-      // no longer counted as held from here on, before the markers go back (once)
-      for (const n of covered) {
-        const w = this.watchedNames.get(n);
-        if (w && --w.count === 0) this.watchedNames.delete(n);
-      }
-      covered = [];
       for (const id of ids) {
         const list = this.waiters.get(id);
         if (!list) continue;
@@ -194,8 +164,6 @@ export class Listener {
         this.stopProbing();
         client.removeListener('notification', this.onNotification);
         client.release(err ?? true);
-        // the markers went with the connection; a reconnect takes them again, as new ones
-        for (const w of this.watchedNames.values()) w.since = ++this.markerSeq;
         // Waiters now see no wake-ups until the next wait reconnects; their poll covers the gap.
         for (const list of this.waiters.values()) for (const w of list) w.wake(noRelay);
       };

@@ -582,15 +582,6 @@ export class PgSemaphore {
   }
 
   /**
-   * For each name, a number that stays the same exactly as long as this process's waiter
-   * marker on that semaphore stays held (undefined: none held, or wake-ups not known to reach
-   * this process). See `Listener.markerEpochs`. @internal
-   */
-  markerEpochs(names: readonly string[]): Array<number | undefined> {
-    return this.listener?.markerEpochs(names) ?? names.map(() => undefined);
-  }
-
-  /**
    * Wake-ups from other processes reach this one: its LISTEN connection is open and a probe
    * NOTIFY arrived on it (never through PgBouncer in transaction mode). @internal
    */

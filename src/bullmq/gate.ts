@@ -88,12 +88,6 @@ export interface GateContext<H extends GateHold> {
   watch(names: string[], onRelease: (relay: () => void, own?: boolean) => boolean | void): Promise<() => Promise<void>>;
   /** NOTIFYs from other processes' releases reach this process (the LISTEN connection is confirmed). */
   hearsReleases(): boolean;
-  /**
-   * For each name, a number that stays the same exactly as long as this process's waiter
-   * marker on that semaphore stays held; undefined while none is (`PgSemaphore.markerEpochs`).
-   * Absent: never known, as if none were held.
-   */
-  markerEpochs?(names: readonly string[]): ReadonlyArray<number | undefined>;
   /** After a release that found no local waiter on its semaphores while jobs are recorded as waiting. */
   promote(hold: H): Promise<void>;
   /** Whether anything here could promote put-back jobs (so a release should ask whether some are recorded). */
@@ -338,11 +332,6 @@ export class Gate<H extends GateHold> {
   private heldBackRelays: Array<() => void> = [];
   /** The semaphores that last busy try found short; undefined: not known (any of the set's). */
   private short: readonly string[] | undefined;
-  /**
-   * For each of `short`, this process's waiter marker on it when that try began (see
-   * `GateContext.markerEpochs`); undefined where none was held.
-   */
-  private shortMarkers: ReadonlyArray<number | undefined> = [];
   /** Mean time a job held its tickets, in ms: an exponential average (weight 0.1), 0 until the first job ends. */
   private meanHold = 0;
   /** Times each hold in use was handed on; a hold enters when acquired and leaves when released. */
@@ -562,7 +551,9 @@ export class Gate<H extends GateHold> {
           }
         }
         // Wake-ups come from local releases and NOTIFY; the head's poll is only the fallback
-        // for a lost one, so it starts slow. The others sleep until woken.
+        // for a lost one, so it starts slow. The others sleep until woken. A watch that failed
+        // is tried again by the head, once per poll (see `startWatching`).
+        if (isHead) this.startWatching();
         const pause = isHead ? backoff(polls, { min: 250, max: 2_000 }) : deadline - now;
         polls++;
         await me.pause(Math.max(1, Math.min(pause, deadline - now)), signal);
@@ -907,13 +898,11 @@ export class Gate<H extends GateHold> {
   private async attempt(label: string): Promise<{ hold: H | null; more: boolean }> {
     const plenty = !this.saturated && !this.ctx.groupSaturated(this);
     let short: readonly string[] | undefined;
-    const markers = this.ctx.markerEpochs?.(this.req.names);
     const got = await this.ctx.tryHold(this.req, label, (names) => (short = names.length > 0 ? names : undefined));
     this.unreachable = got === 'unavailable';
     if (got === 'unavailable') return { hold: null, more: false };
     this.saturated = got === 'busy';
     this.short = short;
-    this.shortMarkers = short && markers ? short.map((n) => markers[this.req.names.indexOf(n)]) : [];
     if (got === 'busy') return { hold: null, more: false };
     this.holdCount++;
     this.handoffs.set(got, { count: 0, since: Date.now() });
@@ -922,33 +911,25 @@ export class Gate<H extends GateHold> {
 
   private startWatching(): void {
     if (this.watching) return;
-    const watching = this.ctx
+    const watching: Promise<() => Promise<void>> = this.ctx
       .watch(this.req.names, (relay, own) => this.wakeOwn(relay, own) || this.ctx.kick(this, relay))
       .then((stop) => {
         // A release between this gate's busy try and its waiter marker being granted found no
         // marker and sent no NOTIFY: one try now covers it (only after a busy try: otherwise
-        // the gate's waiters came without trying, behind others whose markers were held). Not
-        // when this process held the marker of every semaphore that try found short from before
-        // it began until now (another gate or waiter here watched them): then every release in
-        // between found a marker and sent its NOTIFY, which the process it named uses or passes
-        // on. In global + per tenant those tries were 90 % busy (DESIGN-NOTES, thirteenth round).
-        if (this.saturated && !this.shortStayedWatched()) this.ctx.kick(this);
+        // the gate's waiters came without trying, behind others whose markers were held).
+        if (this.saturated) this.ctx.kick(this);
         return stop;
       })
-      .catch(() => async () => undefined);
+      .catch(() => {
+        // No watch (the LISTEN connection was lost while it ran, Postgres unreachable): no
+        // NOTIFY reaches these waiters. Forget it, so that the next waiter, or the head at its
+        // next poll, watches again; kept, it left the gate deaf for as long as anyone waited
+        // here. The head polls meanwhile (no kick here: with Postgres down, watch, kick and
+        // try would follow each other without a pause).
+        if (this.watching === watching) this.watching = undefined;
+        return async () => undefined;
+      });
     this.watching = watching;
-  }
-
-  /**
-   * The last busy try said which semaphores were short, and this process held its waiter marker
-   * on each of them from before that try began until now (the same marker: see
-   * `GateContext.markerEpochs`).
-   */
-  private shortStayedWatched(): boolean {
-    const short = this.short;
-    if (!short || short.length === 0 || !this.ctx.markerEpochs) return false;
-    const now = this.ctx.markerEpochs(short);
-    return short.every((_, i) => this.shortMarkers[i] !== undefined && now[i] === this.shortMarkers[i]);
   }
 
   private async stopWatching(): Promise<void> {

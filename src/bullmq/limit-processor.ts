@@ -167,7 +167,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       linger: opts.linger ?? (defaultLinger ? DEFAULT_LINGER_MS : 0),
       lingerClock: defaultLinger ? new LingerClock(DEFAULT_LINGER_MS, DEFAULT_LINGER_MAX_MS) : undefined,
     },
-    { tryHold, watch: (names, onRelease) => sem.watch(names, onRelease), hearsReleases: () => sem.hearsWakeUps, markerEpochs: (names) => sem.markerEpochs(names), promote: (hold) => promotion.promoteWaiting(hold), mayPromote: () => promotion.active },
+    { tryHold, watch: (names, onRelease) => sem.watch(names, onRelease), hearsReleases: () => sem.hearsWakeUps, promote: (hold) => promotion.promoteWaiting(hold), mayPromote: () => promotion.active },
   );
 
   /** A closing worker fetches no next job: the holds kept for one (`linger`) go back at once. */

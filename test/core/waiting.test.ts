@@ -2,7 +2,7 @@
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { setupSchema, waitFor } from '../helpers/db.js';
-import { advisoryLocksOf, classidOf, heldOf, listenerOf, nsOf, rejection, track, within } from '../helpers/core.js';
+import { classidOf, heldOf, listenerOf, nsOf, rejection, track, within } from '../helpers/core.js';
 import { SemaphoreBusyError, SemaphoreTimeoutError, type Hold, type PgSemaphore } from '../../src/index.js';
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
@@ -220,48 +220,6 @@ describe('waiting for a ticket', () => {
     } finally {
       await unwatch();
     }
-  });
-
-  // The wrapper skips its extra try after a busy one when the short semaphore's marker stayed
-  // held all along (src/bullmq/gate.ts): the numbers must change whenever the marker may not have.
-  it("markerEpochs: one number while the process's waiter marker stays held, a new one after it was given back or its connection was lost", async () => {
-    const other = `${name}-m`;
-    await ctx.sem.make(other, 1);
-    const { rows } = await ctx.admin.query<{ id: number }>(`SELECT id FROM "${ctx.schema}".semaphores WHERE name = $1`, [name]);
-    const id = rows[0]!.id;
-    const heard = () => waitFor(() => waiter.hearsWakeUps, { timeout: 5_000, what: 'the probe' });
-    expect(waiter.markerEpochs([name, other])).toEqual([undefined, undefined]);
-    const first = await waiter.watch([name], () => false);
-    await heard();
-    const [e1, none] = waiter.markerEpochs([name, other]);
-    expect(e1).toEqual(expect.any(Number));
-    expect(none).toBeUndefined();
-    const second = await waiter.watch([name, other], () => false);
-    const [e1Again, e2] = waiter.markerEpochs([name, other]);
-    expect(e1Again).toBe(e1);
-    expect(e2).toEqual(expect.any(Number));
-    expect(e2).not.toBe(e1);
-    await first();
-    // still held, by the second watch: the server agrees
-    expect(waiter.markerEpochs([name])).toEqual([e1]);
-    const pid = listenerOf(waiter).backendPid!;
-    expect(await advisoryLocksOf(ctx.admin, pid, ns ^ 2, id)).toBe(1);
-    // the connection is lost: no number while it is down, new ones once the markers are taken again
-    await ctx.admin.query('SELECT pg_terminate_backend($1)', [pid]);
-    await waitFor(() => waiter.markerEpochs([name])[0] === undefined, { timeout: 5_000, what: 'the listener to see its connection lost' });
-    const third = await waiter.watch([other], () => false); // reconnects
-    await heard();
-    const [e1New, e2New] = waiter.markerEpochs([name, other]);
-    expect(e1New).toEqual(expect.any(Number));
-    expect([e1New === e1, e2New === e2]).toEqual([false, false]);
-    expect(await advisoryLocksOf(ctx.admin, listenerOf(waiter).backendPid!, ns ^ 2, id)).toBe(1);
-    await second();
-    await third();
-    expect(waiter.markerEpochs([name, other])).toEqual([undefined, undefined]);
-    const fourth = await waiter.watch([name], () => false);
-    await heard();
-    expect(waiter.markerEpochs([name])[0]).not.toBe(e1New);
-    await fourth();
   });
 
   it('the LISTEN session has short TCP keepalives (a vanished host stops being named within ~25 s)', async () => {

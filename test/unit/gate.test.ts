@@ -608,15 +608,12 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
     /** What each busy try says was short (none given: unknown). */
     const shorts: string[][] = [];
     const notify = new Map<string, (relay?: () => void, own?: boolean) => boolean | void>();
-    /** This process's waiter marker per semaphore, as `PgSemaphore.markerEpochs` numbers it (none: not held). */
-    const markers = new Map<string, number>();
     const ctx = {
       tryHold: vi.fn(async (_req: { names: string[] }, _label: string, onShort?: (names: readonly string[]) => void) => {
         const r = results.shift() ?? 'busy';
         if (r === 'busy') onShort?.(shorts.shift() ?? []);
         return r;
       }),
-      markerEpochs: (names: readonly string[]) => names.map((n) => markers.get(n)),
       watch: vi.fn(async (names: string[], onRelease: (relay?: () => void, own?: boolean) => boolean | void) => {
         notify.set(names.join(','), onRelease);
         return async () => undefined;
@@ -638,7 +635,7 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
       return w;
     };
     cleanup = () => aborts.forEach((a) => a.abort());
-    return { set, ctx, results, shorts, notify, markers, wait };
+    return { set, ctx, results, shorts, notify, wait };
   }
   const tenant = (t: number) => ({ names: ['api', `tenant:${t}`], counts: [1, 1] });
   /** Tenant 1's waiter (after a busy try) and then tenant 2's, both gates watching. */
@@ -664,29 +661,6 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
     // a set sharing no semaphore still tries
     expect(await mail.arrive('c')).toBeNull();
     expect(g.ctx.tryHold).toHaveBeenCalledTimes(calls + 1);
-  });
-
-  // The try once the watch is in place covers a release that found no marker and sent no
-  // NOTIFY. With this process's marker on the short semaphore held from before the busy try
-  // until then (another gate here watched it), every release found one and sent its NOTIFY.
-  it.each([
-    { marker: 'held all along', before: 5, after: 5, short: ['api'], tries: 1 },
-    { marker: 'given back and taken anew', before: 5, after: 6, short: ['api'], tries: 2 },
-    { marker: 'taken only after the try', before: undefined, after: 6, short: ['api'], tries: 2 },
-    { marker: 'held all along, but the try said nothing of what was short', before: 5, after: 5, short: [], tries: 2 },
-    { marker: 'held on api all along, but tenant:1 was short', before: 5, after: 5, short: ['tenant:1'], tries: 2 },
-  ])('after a busy try, the try once the watch is in place: marker $marker -> $tries acquire calls', async ({ before, after, short, tries }) => {
-    const g = group();
-    const g1 = g.set.gateFor(tenant(1));
-    if (before !== undefined) g.markers.set('api', before);
-    g.shorts.push(short);
-    expect(await g1.arrive('a')).toBeNull();
-    g.markers.set('api', after);
-    g.wait(g1, 'w1');
-    await vi.waitFor(() => expect(g.notify.size).toBe(1));
-    await tick();
-    await tick();
-    expect(g.ctx.tryHold).toHaveBeenCalledTimes(tries);
   });
 
   // A success of a set that was not saturated says more may be free; not for a semaphore a
@@ -1028,6 +1002,46 @@ describe('Gate: wake-ups that must not be lost (items of the cold review)', () =
     expect(await t.gate.arrive('job-0')).toBe(null); // busy
     t.waiter('w1');
     await vi.waitFor(() => expect(t.ctx.tryHold).toHaveBeenCalledTimes(2), { timeout: 100, interval: 5 });
+  });
+});
+
+describe('Gate: a watch that failed', () => {
+  /** `setup()` whose first watch rejects (the LISTEN connection lost while it ran); later ones take. */
+  function failingFirstWatch() {
+    const t = setup();
+    cleanup = t.stop;
+    let onRelease: (() => void) | undefined;
+    (t.ctx.watch as ReturnType<typeof vi.fn>).mockImplementationOnce(async () => {
+      throw new Error('Connection terminated unexpectedly');
+    });
+    (t.ctx.watch as ReturnType<typeof vi.fn>).mockImplementation(async (_names: string[], cb: () => void) => {
+      onRelease = cb;
+      return async () => undefined;
+    });
+    return { t, notify: () => onRelease!() };
+  }
+
+  it('is watched again by the next waiter, and NOTIFYs reach the gate again', async () => {
+    const { t, notify } = failingFirstWatch();
+    expect(await t.gate.arrive('job-0')).toBeNull(); // busy
+    const w1 = t.waiter('w1');
+    await vi.waitFor(() => expect(t.ctx.watch).toHaveBeenCalledTimes(1));
+    await tick();
+    t.waiter('w2');
+    await vi.waitFor(() => expect(t.ctx.watch).toHaveBeenCalledTimes(2));
+    await tick();
+    const h = hold('h');
+    t.results.push(h);
+    notify();
+    await vi.waitFor(() => expect(w1.settled).toEqual({ hold: h, handoff: false }));
+  });
+
+  it('is watched again by the head at its next poll, with no other waiter coming', async () => {
+    const { t } = failingFirstWatch();
+    expect(await t.gate.arrive('job-0')).toBeNull(); // busy
+    t.waiter('w1');
+    // the first poll comes after 250 ms at the earliest
+    await vi.waitFor(() => expect(t.ctx.watch).toHaveBeenCalledTimes(2), { timeout: 3_000, interval: 20 });
   });
 });
 
