@@ -890,13 +890,10 @@ export class Gate<H extends GateHold> {
    * `more`: it found a ticket while the set was not saturated, so more may be free and the
    * next waiter should try too. After a busy try, a success used the ticket one release
    * freed; waking the next waiter then only makes a busy call (each release wakes one waiter
-   * by itself: locally, or by its NOTIFY). The same while another gate sharing a semaphore
-   * with this one waits after finding one of this set's semaphores short (`['api',
-   * 'tenant:7']` beside `['api', 'tenant:8']` short on `api`): this set's last success says
-   * nothing of that one (in global + per tenant every such wake-up came back busy).
+   * by itself: locally, or by its NOTIFY).
    */
   private async attempt(label: string): Promise<{ hold: H | null; more: boolean }> {
-    const plenty = !this.saturated && !this.ctx.groupSaturated(this);
+    const plenty = !this.saturated;
     let short: readonly string[] | undefined;
     const got = await this.ctx.tryHold(this.req, label, (names) => (short = names.length > 0 ? names : undefined));
     this.unreachable = got === 'unavailable';

@@ -663,32 +663,6 @@ describe('GateSet: gates sharing a semaphore take turns', () => {
     expect(g.ctx.tryHold).toHaveBeenCalledTimes(calls + 1);
   });
 
-  // A success of a set that was not saturated says more may be free; not for a semaphore a
-  // gate sharing it waits on after finding it short.
-  it.each([
-    { others: 'a gate sharing api waits after finding api short', othersWait: true, tries: 1 },
-    { others: 'no other gate waits', othersWait: false, tries: 2 },
-  ])('a woken head that gets a ticket, $others: $tries acquire calls for its gate', async ({ othersWait, tries }) => {
-    const g = group();
-    const [g1, g2] = [g.set.gateFor(tenant(1)), g.set.gateFor(tenant(2))];
-    if (othersWait) {
-      g.shorts.push(['api'], ['api']);
-      expect(await g2.arrive('x')).toBeNull();
-      g.wait(g2, 'x');
-      await vi.waitFor(() => expect(g.notify.size).toBe(1));
-    }
-    g.wait(g1, 'w1');
-    g.wait(g1, 'w2');
-    await vi.waitFor(() => expect(g.notify.has('api,tenant:1')).toBe(true));
-    await tick();
-    const calls = g.ctx.tryHold.mock.calls.length;
-    g.results.push(hold('h'));
-    g.notify.get('api,tenant:1')!(undefined, true); // tenant 1 came free (a NOTIFY only its gate watches)
-    await tick();
-    await tick();
-    expect(g.ctx.tryHold).toHaveBeenCalledTimes(calls + tries);
-  });
-
   it('queues an arrival only behind a gate whose busy try found a semaphore it needs short', async () => {
     const g = group();
     const [g1, g2, g3] = [1, 2, 3].map((t) => g.set.gateFor(tenant(t)));
