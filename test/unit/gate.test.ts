@@ -1006,7 +1006,12 @@ describe('Gate: a watch that failed', () => {
     await tick();
     const h = hold('h');
     t.results.push(h);
+    const calls = (t.ctx.tryHold as ReturnType<typeof vi.fn>).mock.calls.length;
     notify();
+    // the NOTIFY's try comes within a few turns of the event loop, far below the next poll
+    await tick();
+    await tick();
+    expect(t.ctx.tryHold).toHaveBeenCalledTimes(calls + 1);
     await vi.waitFor(() => expect(w1.settled).toEqual({ hold: h, handoff: false }));
   });
 
