@@ -552,7 +552,8 @@ export class Gate<H extends GateHold> {
         }
         // Wake-ups come from local releases and NOTIFY; the head's poll is only the fallback
         // for a lost one, so it starts slow. The others sleep until woken. A watch that failed
-        // is tried again by the head, once per poll (see `startWatching`).
+        // is tried again by the head each time round this loop (a poll or a wake-up), one watch
+        // at a time (see `startWatching`).
         if (isHead) this.startWatching();
         const pause = isHead ? backoff(polls, { min: 250, max: 2_000 }) : deadline - now;
         polls++;
@@ -919,8 +920,8 @@ export class Gate<H extends GateHold> {
       })
       .catch(() => {
         // No watch (the LISTEN connection was lost while it ran, Postgres unreachable): no
-        // NOTIFY reaches these waiters. Forget it, so that the next waiter, or the head at its
-        // next poll, watches again; kept, it left the gate deaf for as long as anyone waited
+        // NOTIFY reaches these waiters. Forget it, so that the next waiter, or the head when it
+        // next wakes or polls, watches again; kept, it left the gate deaf for as long as anyone waited
         // here. The head polls meanwhile (no kick here: with Postgres down, watch, kick and
         // try would follow each other without a pause).
         if (this.watching === watching) this.watching = undefined;
