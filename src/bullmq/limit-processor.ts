@@ -373,8 +373,12 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
         // waiter, promoting) has run. A job that used `tx` waits: its COMMIT is its result. In
         // transaction holding the slot's next job may arrive before that COMMIT: a try then may
         // find the ticket still taken and wait for the release's wake-up like any other waiter.
+        // A stopping worker is the exception: `close()` waits for this job, so the job waits for
+        // its release, and the tickets are back once `close()` resolves (not waiting, the
+        // release's round trip could still be in flight then, and a status read counted it).
         gate.enter();
-        done.catch(() => undefined).finally(() => gate.leave());
+        const settled = done.catch(() => undefined).finally(() => gate.leave());
+        if (stop?.stopping) await settled;
       } else {
         await done;
       }

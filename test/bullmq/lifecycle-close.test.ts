@@ -2,10 +2,11 @@ import type { Job, Worker } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { limitProcessor } from '../../src/bullmq/index.js';
 import { bullmqQueues, type Backend } from '../helpers/bullmq.js';
-import { setupSchema, waitFor } from '../helpers/db.js';
+import { databaseUrl, setupSchema, waitFor } from '../helpers/db.js';
 import { startFakeApi } from '../helpers/fake-api.js';
 import { startChild, type Child } from '../helpers/processes.js';
 import { oneFleetAtATime } from '../helpers/heavy.js';
+import { startSlowLink } from '../helpers/slow-link.js';
 
 // Shutting workers down while jobs wait in them for a ticket (issue 13, part 3): close()
 // returns promptly without starting the waiting jobs, which go back to the queue without
@@ -64,7 +65,7 @@ describe.each<Backend>(['redis', 'postgres'])('worker.close() on BullMQ %s while
   let bq: Awaited<ReturnType<typeof bullmqQueues>>;
   const workers: Worker[] = [];
   beforeAll(async () => {
-    bq = await bullmqQueues(backend, ['close-elsewhere', 'close-here', 'close-force', 'close-cancel'].map((n) => `${backend}-${n}`));
+    bq = await bullmqQueues(backend, ['close-elsewhere', 'close-here', 'close-force', 'close-cancel', 'close-slow'].map((n) => `${backend}-${n}`));
   });
   afterAll(async () => {
     await Promise.all(workers.map((w) => w.close(true).catch(() => undefined)));
@@ -134,6 +135,46 @@ describe.each<Backend>(['redis', 'postgres'])('worker.close() on BullMQ %s while
     expect((await ctx.sem.status(sem)).held).toBe(0);
 
     await completeWithNewWorker(bq, q, sem, N);
+  });
+
+  it('close() resolves only once the running job\'s ticket is back, even when the release\'s round trip is slow', async () => {
+    const sem = `close-slow-${backend}`;
+    await ctx.sem.make(sem, 1);
+    const q = queue('close-slow');
+    // the worker's semaphore reaches Postgres through a link that is slowed once the job runs:
+    // its release takes longer than BullMQ's completion of the job
+    const pgUrl = new URL(databaseUrl());
+    const link = await startSlowLink({ host: pgUrl.hostname, port: Number(pgUrl.port || 5432) });
+    const slowSem = ctx.another({ connection: link.via(databaseUrl()) });
+    try {
+      let releaseJob!: () => void;
+      const jobMayEnd = new Promise<void>((r) => (releaseJob = r));
+      const processor = limitProcessor<{ first?: boolean }>(
+        slowSem,
+        async (job, token, signal) => {
+          await jobMayEnd;
+          return callApi(job, token, signal);
+        },
+        { semaphore: sem },
+      );
+      const w = bq.worker(q.name, processor, { concurrency: 1 });
+      workers.push(w);
+      await q.add('x', {});
+      await waitFor(async () => (await ctx.sem.status(sem)).held === 1, { what: 'the job to hold the ticket' });
+
+      const closing = w.close();
+      link.delayMs = 300;
+      releaseJob();
+      await closing;
+      expect(processor.stats.ran).toBe(1);
+      expect(await counts(q)).toEqual({ active: 0, queued: 0, completed: 1, failed: 0 });
+      // read on a connection of its own, not through the slow link
+      expect((await ctx.sem.status(sem)).held).toBe(0);
+    } finally {
+      link.delayMs = 0;
+      await slowSem.close();
+      await link.close();
+    }
   });
 
   it('cancelAllJobs() then close() (the shutdown of BullMQ\'s cancellation guide) puts the waiting jobs back; none fails', async () => {
