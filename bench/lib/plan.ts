@@ -76,7 +76,8 @@ export function fullPlan(): WorkloadSpec[] {
       cap: 5,
       mode: 'single',
       tenants: 0,
-      contenders: ALL,
+      // plain-pg: BullMQ's Postgres backend alone, uncapped: the ceiling of pgsem-pg here
+      contenders: [...ALL, 'plain-pg'],
     },
     {
       id: 'per-key',
@@ -89,7 +90,7 @@ export function fullPlan(): WorkloadSpec[] {
       mode: 'tenant',
       tenants: 100,
       // BullMQ's global concurrency is one cap per queue: nothing per key.
-      contenders: ['pgsem-redis', 'pgsem-pg', 'pgsem-redis-session', 'pgsem-nowake', 'redis-semaphore', 'plain'],
+      contenders: ['pgsem-redis', 'pgsem-pg', 'pgsem-redis-session', 'pgsem-nowake', 'redis-semaphore', 'plain', 'plain-pg'],
     },
     {
       // Issue 11: a global cap and per-tenant caps taken together, as users combine them.
