@@ -65,7 +65,7 @@ describe.each<Backend>(['redis', 'postgres'])('worker.close() on BullMQ %s while
   let bq: Awaited<ReturnType<typeof bullmqQueues>>;
   const workers: Worker[] = [];
   beforeAll(async () => {
-    bq = await bullmqQueues(backend, ['close-elsewhere', 'close-here', 'close-force', 'close-cancel', 'close-slow'].map((n) => `${backend}-${n}`));
+    bq = await bullmqQueues(backend, ['close-elsewhere', 'close-here', 'close-force', 'close-cancel', 'close-slow-transaction', 'close-slow-session'].map((n) => `${backend}-${n}`));
   });
   afterAll(async () => {
     await Promise.all(workers.map((w) => w.close(true).catch(() => undefined)));
@@ -105,10 +105,15 @@ describe.each<Backend>(['redis', 'postgres'])('worker.close() on BullMQ %s while
     const q = queue('close-here');
     let releaseFirst!: () => void;
     const firstMayEnd = new Promise<void>((r) => (releaseFirst = r));
+    let firstStarted!: () => void;
+    const firstRuns = new Promise<void>((r) => (firstStarted = r));
     const processor = limitProcessor<{ first?: boolean }>(
       ctx.sem,
       async (job, token, signal) => {
-        if (job.data.first) await firstMayEnd;
+        if (job.data.first) {
+          firstStarted();
+          await firstMayEnd;
+        }
         return callApi(job, token, signal);
       },
       { semaphore: sem, localWait: LOCAL_WAIT },
@@ -116,7 +121,8 @@ describe.each<Backend>(['redis', 'postgres'])('worker.close() on BullMQ %s while
     const w = bq.worker(q.name, processor, { concurrency: 16 });
     workers.push(w);
     await q.add('x', { first: true });
-    await waitFor(async () => (await ctx.sem.status(sem)).held === 1, { what: 'the first job to hold the ticket' });
+    await firstRuns;
+    expect((await ctx.sem.status(sem)).held).toBe(1);
     await q.addBulk(Array.from({ length: N - 1 }, (_, i) => ({ name: 'x', data: { i } })));
     await waitFor(async () => (await counts(q)).active === N, { timeout: 15_000, what: `${N - 1} jobs to wait behind the first` });
 
@@ -137,41 +143,53 @@ describe.each<Backend>(['redis', 'postgres'])('worker.close() on BullMQ %s while
     await completeWithNewWorker(bq, q, sem, N);
   });
 
-  it('close() resolves only once the running job\'s ticket is back, even when the release\'s round trip is slow', async () => {
-    const sem = `close-slow-${backend}`;
+  it.each(['transaction', 'session'] as const)('close() resolves only once the running job\'s ticket is back, even when the release\'s round trip is slow (%s holding)', async (holding) => {
+    const sem = `close-slow-${holding}-${backend}`;
     await ctx.sem.make(sem, 1);
-    const q = queue('close-slow');
+    const q = queue(`close-slow-${holding}`);
     // the worker's semaphore reaches Postgres through a link that is slowed once the job runs:
     // its release takes longer than BullMQ's completion of the job
     const pgUrl = new URL(databaseUrl());
-    const link = await startSlowLink({ host: pgUrl.hostname, port: Number(pgUrl.port || 5432) });
-    const slowSem = ctx.another({ connection: link.via(databaseUrl()) });
+    const link = await startSlowLink({ host: pgUrl.hostname.replace(/^\[|\]$/g, ''), port: Number(pgUrl.port || 5432) });
+    const slowSem = ctx.another({ connection: link.via(databaseUrl()), holding });
+    let releaseJob!: () => void;
+    const jobMayEnd = new Promise<void>((r) => (releaseJob = r));
+    let bodyStarted!: () => void;
+    const running = new Promise<void>((r) => (bodyStarted = r));
+    let w: Worker | undefined;
     try {
-      let releaseJob!: () => void;
-      const jobMayEnd = new Promise<void>((r) => (releaseJob = r));
       const processor = limitProcessor<{ first?: boolean }>(
         slowSem,
         async (job, token, signal) => {
+          bodyStarted();
           await jobMayEnd;
           return callApi(job, token, signal);
         },
         { semaphore: sem },
       );
-      const w = bq.worker(q.name, processor, { concurrency: 1 });
+      w = bq.worker(q.name, processor, { concurrency: 1 });
       workers.push(w);
       await q.add('x', {});
-      await waitFor(async () => (await ctx.sem.status(sem)).held === 1, { what: 'the job to hold the ticket' });
+      // the body runs (a ticket seen held in Postgres is not yet a running job: a close() then
+      // puts the job back before it starts)
+      await running;
+      expect((await ctx.sem.status(sem)).held).toBe(1);
 
       const closing = w.close();
       link.delayMs = 300;
+      const released = performance.now();
       releaseJob();
       await closing;
+      // the link did slow the release, and close() waited for it
+      expect(performance.now() - released).toBeGreaterThanOrEqual(250);
       expect(processor.stats.ran).toBe(1);
       expect(await counts(q)).toEqual({ active: 0, queued: 0, completed: 1, failed: 0 });
       // read on a connection of its own, not through the slow link
       expect((await ctx.sem.status(sem)).held).toBe(0);
     } finally {
+      releaseJob();
       link.delayMs = 0;
+      await w?.close();
       await slowSem.close();
       await link.close();
     }
