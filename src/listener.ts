@@ -32,13 +32,17 @@ const QUICK_PROBES = 5;
 const MAX_PROBE_PAUSE_MS = 30_000;
 /** How long statements on the LISTEN connection wait for a probe on its way (see `Listener.quiet`). */
 const QUIET_MS = 250;
+/** A lost LISTEN connection with waiters is reopened after this pause, doubling while it fails... */
+const REOPEN_FIRST_MS = 100;
+/** ...up to this one (Postgres down for a while). */
+const REOPEN_MAX_MS = 5_000;
 
 /**
  * One LISTEN connection per {@link PgSemaphore}, opened the first time something waits.
  * Waiters register the semaphores they wait on (a shared session-level advisory lock via
  * `watch()`, so releasers know to send a NOTIFY); a notification wakes the oldest local
- * waiter on that semaphore. If this connection is lost, waiters fall back to polling and
- * it is reopened on the next wait.
+ * waiter on that semaphore. If this connection is lost, waiters fall back to polling, and it
+ * is reopened on the next wait, or soon after the loss while waiters are registered.
  * @internal
  */
 export class Listener {
@@ -77,6 +81,12 @@ export class Listener {
   relays = 0;
   /** A relay failed (and was logged). */
   private relayFailed = false;
+  /** The reopening of a lost connection, pending (see {@link Listener.reopenSoon}). */
+  private reopenTimer: NodeJS.Timeout | undefined;
+  /** Reopenings tried since the connection was last open. */
+  private reopenTries = 0;
+  /** `close()` ran: nothing is reopened. */
+  private closed = false;
 
   private run<T>(fn: () => Promise<T>): Promise<T> {
     const counted = async () => {
@@ -164,8 +174,9 @@ export class Listener {
         this.stopProbing();
         client.removeListener('notification', this.onNotification);
         client.release(err ?? true);
-        // Waiters now see no wake-ups until the next wait reconnects; their poll covers the gap.
+        // Waiters see no wake-ups until the connection is back; their poll covers the gap.
         for (const list of this.waiters.values()) for (const w of list) w.wake(noRelay);
+        this.reopenSoon();
       };
       client.on('error', (err) => {
         this.logger.warn(`pg-semaphore: listener connection lost (${err.message}); waiters poll until it is back`);
@@ -197,6 +208,7 @@ export class Listener {
       this.heard = false;
       this.slot = undefined;
       this.probes = 0;
+      this.reopenTries = 0;
       // A waiter that stopped while this connection opened found none to give its markers back
       // on; they were taken again above: give them back (a waiter stopping from now on does).
       const gone = again.filter((w) => !w.ids.some((id) => this.waiters.get(id)?.includes(w))).flatMap((w) => w.ids);
@@ -205,6 +217,30 @@ export class Listener {
       return client;
     })();
     return this.connecting;
+  }
+
+  /**
+   * Reopens a lost LISTEN connection while waiters are registered, without waiting for a new
+   * `watch()`: a BullMQ gate watches once for as long as anyone waits there, so one whose
+   * waiters never all leave made none, and heard no NOTIFY again. Reopened, the waiters'
+   * markers are taken again ({@link Listener.connect}) and each is woken once: a release
+   * between the loss and now found no marker of theirs and sent them nothing. While it fails
+   * (Postgres down), tried again after a pause that doubles up to `REOPEN_MAX_MS`.
+   */
+  private reopenSoon(): void {
+    if (this.closed || this.reopenTimer || this.waiters.size === 0) return;
+    const pause = Math.min(REOPEN_MAX_MS, REOPEN_FIRST_MS * 2 ** this.reopenTries++);
+    this.reopenTimer = setTimeout(() => {
+      this.reopenTimer = undefined;
+      if (this.closed || this.client || this.waiters.size === 0) return;
+      this.connect().then(
+        () => {
+          if (!this.closed) for (const w of this.allWaiters()) w.wake(noRelay);
+        },
+        () => this.reopenSoon(),
+      );
+    }, pause);
+    this.reopenTimer.unref();
   }
 
   /**
@@ -388,6 +424,9 @@ export class Listener {
 
   /** Closes the LISTEN connection, if open. */
   async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.reopenTimer);
+    this.reopenTimer = undefined;
     const client = this.client ?? (this.connecting ? await this.connecting.catch(() => undefined) : undefined);
     this.client = undefined;
     this.connecting = undefined;

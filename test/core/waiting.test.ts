@@ -113,6 +113,38 @@ describe('waiting for a ticket', () => {
     }
   });
 
+  it('a LISTEN connection lost while a wait goes on is reopened with its marker, and the release names the waiter again', async () => {
+    const listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
+    await listen.connect();
+    const notes: string[] = [];
+    listen.on('notification', (n) => notes.push(n.payload ?? ''));
+    await listen.query('LISTEN pg_semaphore');
+    try {
+      const hold = await holder.hold(name);
+      stray.push(hold);
+      const waiting = track(attempt(waiter.hold(name, { wait: 20_000 })));
+      await waitFor(async () => (await watchers()) === 1, { timeout: 5_000, what: 'the waiter to register' });
+      const lost = listenerOf(waiter).backendPid!;
+      await ctx.admin.query('SELECT pg_terminate_backend($1)', [lost]);
+      // reopened by itself: this wait makes no new watch (before, it polled to its end, unnamed)
+      await waitFor(
+        async () => {
+          const { backendPid, wakeId } = listenerOf(waiter);
+          return backendPid !== undefined && backendPid !== lost && wakeId !== undefined && (await watchers()) === 1;
+        },
+        { timeout: 5_000, what: 'the LISTEN connection to be reopened, hearing, with the waiter marker' },
+      );
+      expect(waiting.settled).toBe(false);
+      const named = String(wakeIdOf(waiter));
+      await hold.release();
+      await within(waiting.promise, 5_000, 'the waiter to get the ticket');
+      // the release found the marker taken again and named this process
+      await waitFor(() => notes.some((n) => n.startsWith(`${ns}:`) && n.split(':')[2] === named), { timeout: 2_000, what: 'the NOTIFY naming the waiter' });
+    } finally {
+      await listen.end();
+    }
+  });
+
   it('a release wakes one waiting process, not each: its NOTIFY names the LISTEN session (its slot) of one of them', async () => {
     const second = ctx.another({ maxPollInterval: 10_000 });
     const listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
