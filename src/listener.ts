@@ -164,6 +164,12 @@ export class Listener {
     if (this.client) return Promise.resolve(this.client);
     this.connecting ??= (async () => {
       const client = await this.pool.connect();
+      if (this.closed) {
+        // a reopening that got its connection after close(): give it back
+        this.connecting = undefined;
+        client.release();
+        throw new Error('pg-semaphore: the listener is closed');
+      }
       const drop = (err?: Error) => {
         if (this.client !== client) return;
         this.drop = undefined;
@@ -208,7 +214,6 @@ export class Listener {
       this.heard = false;
       this.slot = undefined;
       this.probes = 0;
-      this.reopenTries = 0;
       // A waiter that stopped while this connection opened found none to give its markers back
       // on; they were taken again above: give them back (a waiter stopping from now on does).
       const gone = again.filter((w) => !w.ids.some((id) => this.waiters.get(id)?.includes(w))).flatMap((w) => w.ids);
@@ -340,7 +345,11 @@ export class Listener {
       }
       void this.run(() => this.markHears(client)).then(
         () => {
-          if (this.client === client) this.heard = true;
+          if (this.client !== client) return;
+          this.heard = true;
+          // proved itself: a later loss is reopened quickly again (not a connection that dies
+          // as it opens, e.g. its slot failing every time, reopened 10 times a second)
+          this.reopenTries = 0;
         },
         (err: Error) => {
           // hears_slot() may have failed after taking its slot or some markers (session locks
