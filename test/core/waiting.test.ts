@@ -69,16 +69,22 @@ async function watchers(): Promise<number> {
   return rows[0]!.n;
 }
 
+/** A connection of the test's own listening on pg-semaphore's channel; `notes` collects the payloads. End `listen` after. */
+async function listenToNotifies(): Promise<{ listen: pg.Client; notes: string[] }> {
+  const listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
+  await listen.connect();
+  const notes: string[] = [];
+  listen.on('notification', (n) => notes.push(n.payload ?? ''));
+  await listen.query('LISTEN pg_semaphore');
+  return { listen, notes };
+}
+
 /** How a wake-up names this PgSemaphore's process: -(slot + 1) once its listener holds a slot. */
 const wakeIdOf = (s: PgSemaphore) => listenerOf(s).wakeId;
 
 describe('waiting for a ticket', () => {
   it('wakes promptly when the holder releases, and gets the ticket only after the release', async () => {
-    const listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
-    await listen.connect();
-    const notes: string[] = [];
-    listen.on('notification', (n) => notes.push(n.payload ?? ''));
-    await listen.query('LISTEN pg_semaphore');
+    const { listen, notes } = await listenToNotifies();
     try {
       const hold = await holder.hold(name);
       stray.push(hold);
@@ -114,11 +120,7 @@ describe('waiting for a ticket', () => {
   });
 
   it('a LISTEN connection lost while a wait goes on is reopened with its marker, and the release names the waiter again', async () => {
-    const listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
-    await listen.connect();
-    const notes: string[] = [];
-    listen.on('notification', (n) => notes.push(n.payload ?? ''));
-    await listen.query('LISTEN pg_semaphore');
+    const { listen, notes } = await listenToNotifies();
     try {
       const hold = await holder.hold(name);
       stray.push(hold);
@@ -147,11 +149,7 @@ describe('waiting for a ticket', () => {
 
   it('a release wakes one waiting process, not each: its NOTIFY names the LISTEN session (its slot) of one of them', async () => {
     const second = ctx.another({ maxPollInterval: 10_000 });
-    const listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
-    await listen.connect();
-    const notes: string[] = [];
-    listen.on('notification', (n) => notes.push(n.payload ?? ''));
-    await listen.query('LISTEN pg_semaphore');
+    const { listen, notes } = await listenToNotifies();
     try {
       const hold = await holder.hold(name);
       stray.push(hold);
@@ -271,11 +269,7 @@ describe('waiting for a ticket', () => {
     const other = `${name}-b`;
     await ctx.sem.make(other, 1);
     const second = ctx.another({ maxPollInterval: 10_000 });
-    const listen = new pg.Client({ connectionString: ctx.admin.options.connectionString });
-    await listen.connect();
-    const notes: string[] = [];
-    listen.on('notification', (n) => notes.push(n.payload ?? ''));
-    await listen.query('LISTEN pg_semaphore');
+    const { listen, notes } = await listenToNotifies();
     try {
       const stops = [await waiter.watch([name], () => true), await second.watch([other], () => true)];
       await waitFor(() => waiter.hearsWakeUps && second.hearsWakeUps, { timeout: 5_000, what: 'the probes' });
