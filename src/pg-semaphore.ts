@@ -669,6 +669,8 @@ export class PgSemaphore {
     let stop: AbortController | undefined;
     let unsubscribe: (() => void) | undefined;
     let unwatch: (() => Promise<void>) | undefined;
+    /** A watch of this wait failed (and was logged): the next ones are tried quietly. */
+    let watchFailed = false;
     let woken = false;
     /** Passes on the wake-up that named this process (see `OnRelease`), until a try used it. */
     let relayWake: (() => void) | undefined;
@@ -726,15 +728,24 @@ export class PgSemaphore {
         if (this.closing) throw new PgSemaphoreError('expected an open PgSemaphore, got one closed while waiting');
         const now = Date.now();
         if (now >= deadline) throw new SemaphoreTimeoutError('acquire', req.names, wait.timeout ?? 0);
-        if (!unwatch) {
-          const watching = await this.watchWhileWaiting(req.names, (relay) => {
-            woken = true;
-            relayWake = relay;
-            nap?.abort();
-          });
-          unwatch = watching ?? (async () => undefined);
-          // a release between our failed try and the watch would be missed: try again at once
-          if (watching) continue;
+        if (!unwatch && this.listen) {
+          const watching = await this.watchWhileWaiting(
+            req.names,
+            (relay) => {
+              woken = true;
+              relayWake = relay;
+              nap?.abort();
+            },
+            watchFailed,
+          );
+          if (watching) {
+            unwatch = watching;
+            // a release between our failed try and the watch would be missed: try again at once
+            continue;
+          }
+          // the watch failed (its connection lost while it ran, say): this turn polls, the next
+          // watches again (once the LISTEN connection is back, the releases name this wait)
+          watchFailed = true;
         }
         if (!woken) {
           if (!stop) {
@@ -855,13 +866,13 @@ export class PgSemaphore {
    * Registers for wake-ups on these semaphores (LISTEN/NOTIFY); undefined when listening is
    * off or cannot start (waiting then polls).
    */
-  private async watchWhileWaiting(names: string[], onRelease: OnRelease): Promise<(() => Promise<void>) | undefined> {
+  private async watchWhileWaiting(names: string[], onRelease: OnRelease, quiet = false): Promise<(() => Promise<void>) | undefined> {
     if (!this.listen) return undefined;
     try {
       this.listener ??= new Listener(this.pool, this.qs, this.logger);
       return await this.listener.watch(names, onRelease);
     } catch (err) {
-      this.logger.warn(`pg-semaphore: cannot LISTEN (${(err as Error).message}); waiting by polling only`);
+      if (!quiet) this.logger.warn(`pg-semaphore: cannot LISTEN (${(err as Error).message}); polling until a watch succeeds`);
       return undefined;
     }
   }

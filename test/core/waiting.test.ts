@@ -147,6 +147,47 @@ describe('waiting for a ticket', () => {
     }
   });
 
+  it('a watch that failed is tried again at the next turn of the wait, and the release names the waiter', async () => {
+    const { listen, notes } = await listenToNotifies();
+    // the marker of the semaphore held exclusively: the waiter's watch (a shared lock on it) waits
+    const blockWatch = new pg.Client({ connectionString: ctx.admin.options.connectionString });
+    await blockWatch.connect();
+    try {
+      const { rows } = await ctx.admin.query<{ id: number }>(`SELECT id FROM "${ctx.schema}".semaphores WHERE name = $1`, [name]);
+      const id = rows[0]!.id;
+      await blockWatch.query('SELECT pg_advisory_lock($1::integer, $2::integer)', [ns ^ 2, id]);
+      const hold = await holder.hold(name);
+      stray.push(hold);
+      const waiting = track(attempt(waiter.hold(name, { wait: 20_000 })));
+      // the watch waits for the marker lock: end its connection, so the watch fails
+      const watcher = await waitFor(
+        async () => {
+          const { rows: w } = await ctx.admin.query<{ pid: number }>(
+            `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = $1::bigint AND objid = $2::bigint AND objsubid = 2`,
+            [classidOf(ns ^ 2), id],
+          );
+          return w[0]?.pid;
+        },
+        { timeout: 5_000, what: 'the watch to wait for the marker lock' },
+      );
+      await ctx.admin.query('SELECT pg_terminate_backend($1)', [watcher]);
+      await blockWatch.query('SELECT pg_advisory_unlock($1::integer, $2::integer)', [ns ^ 2, id]);
+      // watched again by the same wait, on a new LISTEN connection (before, it polled to its end)
+      await waitFor(async () => (await watchers()) === 1 && wakeIdOf(waiter) !== undefined && listenerOf(waiter).backendPid !== watcher, {
+        timeout: 5_000,
+        what: 'the wait to watch again',
+      });
+      expect(waiting.settled).toBe(false);
+      const named = String(wakeIdOf(waiter));
+      await hold.release();
+      await within(waiting.promise, 5_000, 'the waiter to get the ticket');
+      await waitFor(() => notes.some((n) => n.startsWith(`${ns}:`) && n.split(':')[2] === named), { timeout: 2_000, what: 'the NOTIFY naming the waiter' });
+    } finally {
+      await blockWatch.end();
+      await listen.end();
+    }
+  });
+
   it('a release wakes one waiting process, not each: its NOTIFY names the LISTEN session (its slot) of one of them', async () => {
     const second = ctx.another({ maxPollInterval: 10_000 });
     const { listen, notes } = await listenToNotifies();
