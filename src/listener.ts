@@ -132,18 +132,26 @@ export class Listener {
   /** Registers a waiter on the semaphores named; returns a function that unregisters it. */
   async watch(names: string[], wake: OnRelease): Promise<() => Promise<void>> {
     const client = await this.connect();
-    let slot: number | undefined;
-    const { rows } = await this.run(() => {
-      slot = this.client === client ? this.slot : undefined;
-      return client.query<{ ids: number[] }>(statements.watch(this.qs, names, slot));
+    // registered inside the statement's turn on the connection: a statement queued behind it
+    // (the slot's, which moves every registered waiter's markers under the slot) sees it
+    const waiter = await this.run(async () => {
+      const slot = this.client === client ? this.slot : undefined;
+      const { rows } = await client.query<{ ids: number[] }>(statements.watch(this.qs, names, slot));
+      const registered: Waiter = { ids: rows[0]?.ids ?? [], wake, client, slot };
+      for (const id of registered.ids) {
+        const list = this.waiters.get(id) ?? [];
+        list.push(registered);
+        this.waiters.set(id, list);
+      }
+      return registered;
+    }).catch((err: Error) => {
+      // on a connection still open (a timeout, a cancel), the markers the statement took before
+      // it failed stay held (session locks outlive it) with no waiter to give them back: give
+      // up the connection with them (the listener reopens one while waiters are registered)
+      if (this.client === client) this.drop?.(err);
+      throw err;
     });
-    const ids = rows[0]?.ids ?? [];
-    const waiter: Waiter = { ids, wake, client, slot };
-    for (const id of ids) {
-      const list = this.waiters.get(id) ?? [];
-      list.push(waiter);
-      this.waiters.set(id, list);
-    }
+    const { ids } = waiter;
     return async () => {
       for (const id of ids) {
         const list = this.waiters.get(id);

@@ -242,6 +242,8 @@ export class PgSemaphore {
    * no listener to a long-lived signal.)
    */
   private readonly waits = new Set<AbortController>();
+  /** After a failed watch: when a wait may watch again, and failures in a row (see `watchWhileWaiting`). */
+  private readonly watchRetry = { at: 0, failures: 0 };
   /** Caller signals shared by many waits get one listener each, not one per wait. */
   private readonly fanout = new AbortFanout();
   private closing = false;
@@ -757,7 +759,7 @@ export class PgSemaphore {
           }
           nap = new AbortController();
           if (stop.signal.aborted || wait.signal?.aborted) nap.abort();
-          await sleep(Math.min(backoff(sleeps++, { min: 25, max: this.maxPollMs }), deadline - now), nap.signal);
+          await sleep(Math.min(backoff(sleeps++, { min: 25, max: this.maxPollMs }), deadline - Date.now()), nap.signal);
           nap = undefined;
           wait.signal?.throwIfAborted();
         }
@@ -866,13 +868,20 @@ export class PgSemaphore {
    * Registers for wake-ups on these semaphores (LISTEN/NOTIFY); undefined when listening is
    * off or cannot start (waiting then polls).
    */
-  private async watchWhileWaiting(names: string[], onRelease: OnRelease, quiet = false): Promise<(() => Promise<void>) | undefined> {
+  private async watchWhileWaiting(names: string[], onRelease: OnRelease, retry = false): Promise<(() => Promise<void>) | undefined> {
     if (!this.listen) return undefined;
+    // a wait's retry after a failed watch waits for the pause shared by the instance: a LISTEN
+    // that keeps failing costs a connection per pause, not one per turn of every wait
+    if (retry && Date.now() < this.watchRetry.at) return undefined;
     try {
       this.listener ??= new Listener(this.pool, this.qs, this.logger);
-      return await this.listener.watch(names, onRelease);
+      const unwatch = await this.listener.watch(names, onRelease);
+      this.watchRetry.failures = 0;
+      return unwatch;
     } catch (err) {
-      if (!quiet) this.logger.warn(`pg-semaphore: cannot LISTEN (${(err as Error).message}); polling until a watch succeeds`);
+      this.watchRetry.at = Date.now() + Math.min(WATCH_RETRY_MAX_MS, WATCH_RETRY_FIRST_MS * 2 ** this.watchRetry.failures++);
+      // once per wait
+      if (!retry) this.logger.warn(`pg-semaphore: cannot LISTEN (${(err as Error).message}); polling until a watch succeeds`);
       return undefined;
     }
   }
@@ -953,6 +962,10 @@ export class PgSemaphore {
 }
 
 const CONNECTION_STRING = 'a connection string such as postgres://user@host:5432/db';
+/** After a failed watch, waits watch again after this pause, doubling while watches fail... */
+const WATCH_RETRY_FIRST_MS = 250;
+/** ...up to this one. */
+const WATCH_RETRY_MAX_MS = 5_000;
 
 /**
  * Errors of the direct statements after which the function serves every try: no right to read

@@ -170,7 +170,8 @@ describe('waiting for a ticket', () => {
         },
         { timeout: 5_000, what: 'the watch to wait for the marker lock' },
       );
-      await ctx.admin.query('SELECT pg_terminate_backend($1)', [watcher]);
+      // (and wait for it to end: the unlock must not come first)
+      await ctx.admin.query('SELECT pg_terminate_backend($1, 5000)', [watcher]);
       await blockWatch.query('SELECT pg_advisory_unlock($1::integer, $2::integer)', [ns ^ 2, id]);
       // watched again by the same wait, on a new LISTEN connection (before, it polled to its end)
       await waitFor(async () => (await watchers()) === 1 && wakeIdOf(waiter) !== undefined && listenerOf(waiter).backendPid !== watcher, {
