@@ -2,7 +2,7 @@
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { setupSchema, waitFor } from '../helpers/db.js';
-import { classidOf, heldOf, listenerOf, nsOf, rejection, track, within } from '../helpers/core.js';
+import { classidOf, heldOf, listenerOf, nsOf, rejection, track, within, type Tracked } from '../helpers/core.js';
 import { SemaphoreBusyError, SemaphoreTimeoutError, type Hold, type PgSemaphore } from '../../src/index.js';
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
@@ -79,6 +79,18 @@ async function listenToNotifies(): Promise<{ listen: pg.Client; notes: string[] 
   return { listen, notes };
 }
 
+/**
+ * Releases `hold` while `waiting` (the waiter's wait) still waits: the waiter gets the ticket,
+ * and the release's NOTIFY (collected in `notes`) named the waiter's process.
+ */
+async function releaseWakesByName(hold: Hold, waiting: Tracked<Hold>, notes: string[]): Promise<void> {
+  expect(waiting.settled).toBe(false);
+  const named = String(wakeIdOf(waiter));
+  await hold.release();
+  await within(waiting.promise, 5_000, 'the waiter to get the ticket');
+  await waitFor(() => notes.some((n) => n.startsWith(`${ns}:`) && n.split(':')[2] === named), { timeout: 2_000, what: 'the NOTIFY naming the waiter' });
+}
+
 /** How a wake-up names this PgSemaphore's process: -(slot + 1) once its listener holds a slot. */
 const wakeIdOf = (s: PgSemaphore) => listenerOf(s).wakeId;
 
@@ -136,12 +148,8 @@ describe('waiting for a ticket', () => {
         },
         { timeout: 5_000, what: 'the LISTEN connection to be reopened, hearing, with the waiter marker' },
       );
-      expect(waiting.settled).toBe(false);
-      const named = String(wakeIdOf(waiter));
-      await hold.release();
-      await within(waiting.promise, 5_000, 'the waiter to get the ticket');
       // the release found the marker taken again and named this process
-      await waitFor(() => notes.some((n) => n.startsWith(`${ns}:`) && n.split(':')[2] === named), { timeout: 2_000, what: 'the NOTIFY naming the waiter' });
+      await releaseWakesByName(hold, waiting, notes);
     } finally {
       await listen.end();
     }
@@ -178,11 +186,7 @@ describe('waiting for a ticket', () => {
         timeout: 5_000,
         what: 'the wait to watch again',
       });
-      expect(waiting.settled).toBe(false);
-      const named = String(wakeIdOf(waiter));
-      await hold.release();
-      await within(waiting.promise, 5_000, 'the waiter to get the ticket');
-      await waitFor(() => notes.some((n) => n.startsWith(`${ns}:`) && n.split(':')[2] === named), { timeout: 2_000, what: 'the NOTIFY naming the waiter' });
+      await releaseWakesByName(hold, waiting, notes);
     } finally {
       await blockWatch.end();
       await listen.end();
