@@ -362,7 +362,9 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
       metrics.held.add(-hold.tickets.length, attrs);
       metrics.holdTime.record(heldMs / 1000, attrs);
       let handedOff = false;
-      const done = gate.free(hold, { commit: ok || !txUsed, reusable: !txUsed, mayKeep: stop?.stopping !== true }).then((handed) => void (handedOff = handed)).finally(() => events.emit('released', { job: job as Job, names, heldMs, handedOff }));
+      // read once: nothing is kept for a next job, and the release is waited for (below)
+      const stopping = stop?.stopping === true;
+      const done = gate.free(hold, { commit: ok || !txUsed, reusable: !txUsed, mayKeep: !stopping }).then((handed) => void (handedOff = handed)).finally(() => events.emit('released', { job: job as Job, names, heldMs, handedOff }));
       if (sem.holding === 'session' || !txUsed) {
         // A release that cannot fail the job is not waited for: session holding's (one
         // statement on the process's holding connection, where the next acquire queues behind
@@ -378,7 +380,7 @@ export function limitProcessor<D = unknown, R = unknown, N extends string = stri
         // release's round trip could still be in flight then, and a status read counted it).
         gate.enter();
         const settled = done.catch(() => undefined).finally(() => gate.leave());
-        if (stop?.stopping) await settled;
+        if (stopping) await settled;
       } else {
         await done;
       }
