@@ -874,8 +874,7 @@ export class PgSemaphore {
     // that keeps failing costs a connection per pause, not one per turn of every wait
     if (retry && Date.now() < this.watchRetry.at) return undefined;
     try {
-      this.listener ??= new Listener(this.pool, this.qs, this.logger);
-      const unwatch = await this.listener.watch(names, onRelease);
+      const unwatch = await this.watch(names, onRelease);
       this.watchRetry.failures = 0;
       return unwatch;
     } catch (err) {

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { limitProcessor } from '../../src/bullmq/index.js';
 import type { Hold, PgSemaphore } from '../../src/index.js';
 import { bullmqQueues } from '../helpers/bullmq.js';
-import { classidOf, listenerOf, nsOf } from '../helpers/core.js';
+import { listenerOf, waiterMarkerPids } from '../helpers/core.js';
 import { setupSchema, waitFor } from '../helpers/db.js';
 
 // A worker's LISTEN connection lost while its jobs wait for a ticket (a Postgres restart, a
@@ -25,16 +25,8 @@ afterAll(async () => {
   await ctx?.drop();
 });
 
-/** Backends holding a waiter marker of semaphore `name` (shared session-level advisory locks). */
-async function markerHolders(name: string): Promise<number[]> {
-  const ns = await nsOf(ctx.admin, ctx.schema);
-  const { rows } = await ctx.admin.query<{ pid: number }>(
-    `SELECT DISTINCT l.pid FROM pg_locks l JOIN "${ctx.schema}".semaphores m ON m.id = l.objid::bigint
-      WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock' AND l.classid = $1::bigint AND l.objsubid = 2 AND m.name = $2`,
-    [classidOf(ns ^ 2), name],
-  );
-  return rows.map((r) => r.pid);
-}
+/** Backends holding a waiter marker of semaphore `name`. */
+const markerHolders = (name: string) => waiterMarkerPids(ctx.admin, ctx.schema, name);
 
 describe('a worker whose LISTEN connection is lost while its jobs wait', () => {
   it('gets it back with the gate\'s marker, and its waiting jobs run once the ticket is released', async () => {

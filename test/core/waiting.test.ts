@@ -2,7 +2,7 @@
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { setupSchema, waitFor } from '../helpers/db.js';
-import { classidOf, heldOf, listenerOf, nsOf, rejection, track, within, type Tracked } from '../helpers/core.js';
+import { classidOf, heldOf, listenerOf, nsOf, rejection, track, waiterMarkerPids, within, type Tracked } from '../helpers/core.js';
 import { SemaphoreBusyError, SemaphoreTimeoutError, type Hold, type PgSemaphore } from '../../src/index.js';
 
 let ctx: Awaited<ReturnType<typeof setupSchema>>;
@@ -61,12 +61,7 @@ async function waiterAsleepAfter(start: number, tries: number) {
 
 /** Backends that registered as waiting on this test's semaphore (shared session-level marker locks). */
 async function watchers(): Promise<number> {
-  const { rows } = await ctx.admin.query<{ n: number }>(
-    `SELECT count(*)::int AS n FROM pg_locks l JOIN "${ctx.schema}".semaphores m ON m.id = l.objid::bigint
-      WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock' AND l.classid = $1::bigint AND l.objsubid = 2 AND m.name = $2`,
-    [classidOf(ns ^ 2), name],
-  );
-  return rows[0]!.n;
+  return (await waiterMarkerPids(ctx.admin, ctx.schema, name)).length;
 }
 
 /** A connection of the test's own listening on pg-semaphore's channel; `notes` collects the payloads. End `listen` after. */

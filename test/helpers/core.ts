@@ -74,6 +74,21 @@ export async function nsOf(admin: pg.Pool, schema: string): Promise<number> {
   return rows[0]!.ns;
 }
 
+/**
+ * Backends registered as waiting on semaphore `name` of `schema`: one pid per granted waiter
+ * marker (a shared session-level advisory lock a LISTEN connection takes when something waits).
+ */
+export async function waiterMarkerPids(admin: pg.Pool, schema: string, name: string): Promise<number[]> {
+  const ns = await nsOf(admin, schema);
+  const { rows } = await admin.query<{ pid: number }>(
+    `SELECT l.pid FROM pg_locks l JOIN "${schema}".semaphores m ON m.id = l.objid::bigint
+      WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock' AND l.classid = $1::bigint AND l.objsubid = 2 AND m.name = $2
+      ORDER BY l.pid`,
+    [classidOf(ns ^ 2), name],
+  );
+  return rows.map((r) => r.pid);
+}
+
 /** `classid` of pg_locks for a two-key advisory lock whose first key is `key1`. */
 export function classidOf(key1: number): number {
   return (key1 + 2 ** 32) % 2 ** 32;
